@@ -1,0 +1,20 @@
+"""Built-in methods (declared lazily; each target is ``factory(backbone, **options) -> DenseModel``)."""
+
+from __future__ import annotations
+
+from phreg_bench.registries import METHODS
+
+METHODS.add("raw", "phreg_bench.methods.base:build_raw", aliases=("none", "clip", "vanilla"),
+            summary="the backbone as it is (no method)")
+for _name, _summary in {
+    "maskclip": "value path, no residual, no FFN (PH-Reg / ClearCLIP definition of MaskCLIP)",
+    "maskclip-official": "value path keeping residual and FFN (MaskCLIP ECCV'22 code)",
+    "sclip": "q-q + k-k correlative attention, residual and FFN kept (SCLIP ECCV'24)",
+    "clearclip": "q-q attention, no residual, no FFN (ClearCLIP ECCV'24)",
+    "naclip": "k-k attention + Gaussian neighbourhood bias, sigma 5, reduced block (NACLIP WACV'25)",
+}.items():
+    METHODS.add(_name, f"phreg_bench.methods.training_free:build_{_name.replace('-', '_')}", summary=_summary)
+METHODS.add("tta", "phreg_bench.methods.tta:build",
+            summary="test-time shift/flip denoising with N views around an inner method")
+METHODS.add("phreg", "phreg_bench.methods.phreg:build", aliases=("ph-reg",),
+            summary="PH-Reg student: distilled registers loaded from an adapter file")

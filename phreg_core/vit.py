@@ -1,0 +1,243 @@
+"""One token-level view of any ViT: the seam that backbones, methods and the student share.
+
+A :class:`ViTAdapter` exposes a pre-trained ViT (timm, open_clip or third party) as a fixed sequence of
+steps — patch embedding with positional embeddings resampled to any grid, optional extra register
+tokens, the transformer blocks, the final norm and an optional projection — so that
+
+* every backbone returns patch tokens as a ``[B, C, h, w]`` grid, with prefix tokens (CLS, registers)
+  kept apart and never mixed with patches;
+* a training-free method can swap the last block for a parameterised variant (see ``last_block``);
+* the PH-Reg student can insert new register tokens without forking the model's code.
+
+Blocks other than the replaced last one run through the model's own modules, so fused attention kernels
+and the original numerics are kept.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BlockParts",
+    "TokenLayout",
+    "TokenOutput",
+    "ViTAdapter",
+    "insert_registers",
+    "resample_grid_embed",
+]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each kind of token sits in the sequence ``[B, N, C]``.
+
+    The sequence is ``[prefix (CLS + built-in registers), patches, extra registers]`` when extra registers
+    are appended (open_clip students), or ``[prefix, patches]`` with the extra registers counted inside
+    the prefix when they are placed the way timm places ``reg_tokens``.
+    """
+
+    num_prefix: int
+    grid: tuple[int, int]
+    num_appended: int = 0
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def patch_slice(self) -> slice:
+        return slice(self.num_prefix, self.num_prefix + self.num_patches)
+
+    def split(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Split ``[B, N, C]`` into patches ``[B, C, h, w]`` and the non-patch tokens ``[B, P, C]``."""
+        batch, _, channels = tokens.shape
+        patches = tokens[:, self.patch_slice]
+        others = torch.cat([tokens[:, : self.num_prefix], tokens[:, self.num_prefix + self.num_patches :]], 1)
+        grid = patches.transpose(1, 2).reshape(batch, channels, *self.grid)
+        return grid, others
+
+
+@dataclass
+class TokenOutput:
+    """Dense output of one layer: patch grid, prefix tokens (CLS then registers), and the grid size."""
+
+    patches: Tensor  # [B, C, h, w]
+    prefix: Tensor  # [B, P, C]: CLS (if any), then every register token
+    grid: tuple[int, int]
+    layer: int = -1
+
+
+@dataclass
+class BlockParts:
+    """Structured access to one pre-norm transformer block, for last-block surgery.
+
+    ``qkv`` maps normalised tokens ``[B, N, C]`` to ``q, k, v`` of shape ``[B, heads, N, head_dim]`` (with
+    any q/k norm of the model applied); ``out_proj`` maps ``[B, N, C]`` back. ``ls1``/``ls2`` are the
+    layer-scale branches (identity where the model has none).
+    """
+
+    norm1: Callable[[Tensor], Tensor]
+    qkv: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+    out_proj: Callable[[Tensor], Tensor]
+    norm2: Callable[[Tensor], Tensor]
+    mlp: Callable[[Tensor], Tensor]
+    num_heads: int
+    ls1: Callable[[Tensor], Tensor] = nn.Identity()
+    ls2: Callable[[Tensor], Tensor] = nn.Identity()
+
+
+def resample_grid_embed(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
+    """Bicubically resample patch positional embeddings ``[1, h*w, C]`` to a new grid.
+
+    Bicubic resampling from the native grid is what NACLIP and PH-Reg use for 448-px CLIP inputs.
+    """
+    if tuple(src_grid) == tuple(dst_grid):
+        return pos
+    channels = pos.shape[-1]
+    grid = pos.reshape(1, *src_grid, channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=dst_grid, mode="bicubic", align_corners=False)
+    return grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, dst_grid[0] * dst_grid[1], channels)
+
+
+def insert_registers(
+    tokens: Tensor, layout: TokenLayout, registers: Tensor, placement: str
+) -> tuple[Tensor, TokenLayout]:
+    """Add register tokens ``[R, C]`` to a sequence, without positional embedding.
+
+    ``placement="append"`` puts them after the patches (PH-Reg's open_clip student: ``[CLS, patches,
+    regs]``); ``"prefix"`` puts them right after the existing prefix (timm's ``reg_tokens`` layout:
+    ``[CLS, regs, patches]``).
+    """
+    batch = tokens.shape[0]
+    regs = registers.to(tokens.dtype).unsqueeze(0).expand(batch, -1, -1)
+    if placement == "append":
+        out = torch.cat([tokens, regs], dim=1)
+        return out, TokenLayout(layout.num_prefix, layout.grid, layout.num_appended + regs.shape[1])
+    if placement == "prefix":
+        cut = layout.num_prefix
+        out = torch.cat([tokens[:, :cut], regs, tokens[:, cut:]], dim=1)
+        return out, TokenLayout(cut + regs.shape[1], layout.grid, layout.num_appended)
+    raise ValueError(f"unknown register placement {placement!r}; use 'append' or 'prefix'")
+
+
+LastBlockFn = Callable[[BlockParts, Tensor, TokenLayout], Tensor]
+
+
+class ViTAdapter(nn.Module):
+    """Uniform token-level access to a ViT. Subclasses wrap one model family.
+
+    Subclasses set ``patch_size``, ``embed_dim``, ``num_heads``, ``native_grid``, ``num_prefix_tokens``
+    (CLS + built-in registers), ``num_builtin_registers``, ``has_class_token``, ``output_dim``
+    (``embed_dim`` or the projection's width), ``register_placement``, ``mean``/``std`` and implement the
+    abstract methods. ``blocks`` must be the model's own ``nn.ModuleList``.
+    """
+
+    patch_size: int
+    embed_dim: int
+    num_heads: int
+    native_grid: tuple[int, int]
+    num_prefix_tokens: int
+    num_builtin_registers: int = 0
+    has_class_token: bool = True
+    output_dim: int
+    register_placement: str = "prefix"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    blocks: nn.ModuleList
+
+    # -- steps a family implements ------------------------------------------------------------------
+    @abstractmethod
+    def embed(self, images: Tensor) -> tuple[Tensor, TokenLayout]:
+        """Patch-embed ``[B, 3, H, W]`` and add (resampled) positional embeddings and prefix tokens.
+
+        Returns the sequence *before* the pre-norm (``ln_pre``/``norm_pre``) and its layout.
+        """
+
+    @abstractmethod
+    def norm_pre(self, tokens: Tensor) -> Tensor:
+        """The norm applied after embedding (``ln_pre``), identity for most timm models."""
+
+    @abstractmethod
+    def block_parts(self, index: int) -> BlockParts:
+        """Structured parts of block ``index`` (negative indices count from the end)."""
+
+    @abstractmethod
+    def final_norm(self, tokens: Tensor) -> Tensor:
+        """The final norm (``ln_post`` / ``norm``)."""
+
+    def project(self, tokens: Tensor) -> Tensor:
+        """Map normalised tokens to the output space (CLIP's ``proj``); identity by default."""
+        return tokens
+
+    @property
+    def has_projection(self) -> bool:
+        return self.output_dim != self.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"input {height}x{width} is not a multiple of the patch size {self.patch_size}; "
+                "resize or pad the image first"
+            )
+        return height // self.patch_size, width // self.patch_size
+
+    # -- the shared forward -------------------------------------------------------------------------
+    def forward_tokens(
+        self,
+        images: Tensor,
+        layers: Sequence[int] = (-1,),
+        *,
+        registers: Tensor | None = None,
+        last_block: LastBlockFn | None = None,
+        final_norm: bool = True,
+        project: bool = False,
+    ) -> list[TokenOutput]:
+        """Run the ViT and return dense outputs of the requested block indices.
+
+        ``registers`` ``[R, C]`` are inserted after embedding (before ``norm_pre``) at
+        ``register_placement``. ``last_block`` replaces the final block (training-free methods, PH-Reg's
+        MaskCLIP student). ``final_norm`` applies the final norm to every returned layer; ``project``
+        (only with ``final_norm``) maps tokens through the CLIP projection.
+        """
+        depth = self.depth
+        wanted = sorted({layer % depth for layer in layers})
+        tokens, layout = self.embed(images)
+        if registers is not None:
+            tokens, layout = insert_registers(tokens, layout, registers, self.register_placement)
+        tokens = self.norm_pre(tokens)
+        outputs: dict[int, Tensor] = {}
+        for index, block in enumerate(self.blocks):
+            if index > wanted[-1]:
+                break
+            if index == depth - 1 and last_block is not None:
+                tokens = last_block(self.block_parts(index), tokens, layout)
+            else:
+                tokens = block(tokens)
+            if index in wanted:
+                outputs[index] = tokens
+        results = []
+        for layer in layers:
+            out = outputs[layer % depth]
+            if final_norm:
+                out = self.final_norm(out)
+                if project:
+                    out = self.project(out)
+            patches, others = layout.split(out)
+            results.append(TokenOutput(patches=patches, prefix=others, grid=layout.grid, layer=layer % depth))
+        return results
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Final normalised (and, for CLIP, projected) patch grid ``[B, C', h, w]``."""
+        return self.forward_tokens(images, project=True)[0].patches
+
