@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ class RunContext:
     limit: int | None = None  # evaluate only the first N samples (the result is marked partial)
     seed: int = 0
     budget: str = "full"  # probe schedules: "full" (paper) or "quick"
-    progress: Callable[..., Any] | None = None  # rich progress factory; None: silent
+    progress: Any = None  # a rich.progress.Progress (see phreg_bench.progress.track); None: silent
     options: dict[str, Any] = field(default_factory=dict)  # family-specific extras
 
 

@@ -1,0 +1,47 @@
+"""The built-in backbone: a 4-block ViT with seeded random weights, built offline in milliseconds."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_core.adapters import TimmViTAdapter
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, shapes, dtypes and bytes), in key order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_tiny_vit(argument: str | None = None, *, weights: str | None = None, random_init: bool = True,
+                   seed: int = 0, img_size: int = 64, **options) -> Backbone:
+    """A timm ``VisionTransformer`` (patch 8, width 64, depth 4, 4 heads) with weights drawn from ``seed``."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if options:
+        raise ValueError(f"tiny-vit takes no options {sorted(options)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = VisionTransformer(img_size=img_size, patch_size=8, embed_dim=64, depth=4, num_heads=4,
+                                  num_classes=0, dynamic_img_size=True)
+    weights_id = f"random-init(seed={seed})"
+    if weights:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(weights))
+        weights_id = weights
+    model.eval()
+    vision = TimmViTAdapter(model)
+    info = BackboneInfo(
+        name="tiny-vit", family="builtin", architecture="vit(p8,w64,d4,h4)", weights_id=weights_id,
+        weights_sha256=state_dict_sha256(model), patch_size=8, embed_dim=64, output_dim=64, depth=4,
+        num_heads=4, num_registers=0, has_text=False, native_resolution=(img_size, img_size),
+        mean=vision.mean, std=vision.std,
+    )
+    return Backbone(vision, info)

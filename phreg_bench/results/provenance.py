@@ -1,0 +1,70 @@
+"""Provenance of a measured result: versions, code state, hardware, command, time."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = ("phreg-bench", "torch", "torchvision", "timm", "open_clip_torch", "torchmetrics", "numpy", "safetensors")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(source: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout the code runs from (None outside a git checkout)."""
+    folder = source or Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if commit is None else bool(dirty)}
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def provenance(command: list[str] | None, seed: int, started_at: str, finished_at: str) -> dict[str, Any]:
+    return {
+        "package_versions": package_versions(),
+        "git": git_state(),
+        "hardware": hardware(),
+        "command": command if command is not None else sys.argv,
+        "seed": seed,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }

@@ -1,0 +1,176 @@
+"""Run backbone × method × tasks, skipping finished work, writing one result file per task."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phreg_bench.backbones.base import Backbone
+from phreg_bench.registries import BACKBONES, METHODS, TASK_FAMILIES, TASKS
+from phreg_bench.results.provenance import provenance, utc_now
+from phreg_bench.results.records import measured_record
+from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
+from phreg_bench.tasks.base import RunContext, TaskFamily, TaskSpec
+
+
+@dataclass
+class RunRequest:
+    """What `phreg-bench run` was asked to do."""
+
+    backbone: str
+    method: str = "raw"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
+    protocol: str | None = None
+    protocol_overrides: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    random_init: bool = False
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    results_dir: Path = Path("phreg_results")
+    overwrite: str = "only-missing"
+
+
+@dataclass
+class TaskRun:
+    task: str
+    status: str  # "done", "skipped" or "failed"
+    path: Path | None
+    main_metric: str | None = None
+    value: float | None = None
+    error: str | None = None
+
+
+def build_backbone(name: str, *, weights: str | None = None, random_init: bool = False, **options: Any) -> Backbone:
+    """Resolve a registered name, alias, pass-through prefix or ``module:factory`` and build it."""
+    factory, argument = BACKBONES.resolve(name)
+    backbone = factory(argument, weights=weights, random_init=random_init, **options)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone factory for {name!r} returned {type(backbone).__name__}, not a Backbone")
+    if argument is not None or name not in BACKBONES:
+        backbone.info.name = name
+    return backbone
+
+
+def family_for(spec: TaskSpec) -> TaskFamily:
+    return TASK_FAMILIES.get(spec.family)()
+
+
+def expand_tasks(names: list[str], backbone: Backbone | None) -> list[TaskSpec]:
+    """Full names stay; a short name (``voc``) expands to every family that applies to the backbone."""
+    specs: list[TaskSpec] = []
+    for name in names:
+        if "/" in name or ":" in name or name in TASKS:
+            spec = TASKS.get(name)  # a registered name, or a third-party ``package.module:SPEC``
+            if not isinstance(spec, TaskSpec):
+                raise TypeError(f"task {name!r} did not resolve to a TaskSpec")
+            specs.append(spec)
+            continue
+        matches = [e.target for e in TASKS if e.metadata.get("short_name") == name and isinstance(e.target, TaskSpec)]
+        if backbone is not None:
+            matches = [spec for spec in matches if family_for(spec).applies_to(backbone)]
+        if not matches:
+            TASKS.canonical(name)  # raises with a suggestion
+        specs.extend(sorted(matches, key=lambda spec: spec.name))
+    unique = {spec.name: spec for spec in specs}
+    return list(unique.values())
+
+
+def autocast(ctx: RunContext):
+    """bf16/fp16 autocast on CUDA when asked for; a no-op context otherwise (CPU runs stay fp32)."""
+    if ctx.device.type != "cuda" or ctx.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[ctx.precision]
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run(
+    request: RunRequest,
+    ctx: RunContext,
+    *,
+    log: Callable[[str], None] = print,
+    backbone: Backbone | None = None,
+) -> list[TaskRun]:
+    """Run every requested task; failures of one task are reported and the others still run."""
+    if request.overwrite not in OVERWRITE_MODES:
+        raise ValueError(f"--overwrite must be one of {OVERWRITE_MODES}, got {request.overwrite!r}")
+    method_factory = METHODS.get(request.method)  # fail on bad names before any model is built
+    expand_tasks(request.tasks, None)
+    backbone = backbone or build_backbone(request.backbone, weights=request.weights,
+                                          random_init=request.random_init, **request.backbone_options)
+    specs = expand_tasks(request.tasks, backbone)
+    log(f"tasks: {', '.join(spec.name for spec in specs)}")
+    model = method_factory(backbone, **request.method_options)
+    model.to(ctx.device).eval()
+    store = ResultStore(request.results_dir)
+    store.remove_stale_temp_files()
+    runs = []
+    for spec in specs:
+        family = family_for(spec)
+        if not family.applies_to(backbone):
+            log(f"skip {spec.name}: needs a text tower, {backbone.info.name!r} has none")
+            runs.append(TaskRun(spec.name, "skipped", None, error="not applicable"))
+            continue
+        protocol = request.protocol if request.protocol in spec.protocols else None
+        if request.protocol and protocol is None:
+            log(f"note: {spec.name} has no protocol {request.protocol!r}; using {spec.default_protocol!r}")
+        settings = family.resolve_settings(spec, protocol, ctx)
+        settings.update(request.protocol_overrides)
+        runs.append(_run_task(spec, family, model, settings, ctx, store, request.overwrite, log))
+    return runs
+
+
+def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any], ctx: RunContext,
+              store: ResultStore, overwrite: str, log: Callable[[str], None]) -> TaskRun:
+    backbone_info = model.backbone.info.to_dict()
+    task_info = {"name": spec.name, "family": spec.family, "version": spec.version, "spec_hash": spec.spec_hash()}
+    record = measured_record(
+        task=task_info, backbone=backbone_info, method=model.describe(),
+        protocol={"name": settings["name"], "settings": settings}, seed=ctx.seed, limit=ctx.limit,
+    )
+    path = store.path_for(record)
+    if overwrite == "only-missing" and store.is_done(path):
+        log(f"skip {spec.name}: already done ({path})")
+        return TaskRun(spec.name, "skipped", path)
+    started_at, start = utc_now(), time.perf_counter()
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    torch.manual_seed(ctx.seed)
+    try:
+        with autocast(ctx):
+            outcome = family.run(model, spec, settings, ctx)
+    except Exception as error:  # one broken task must not lose the others' results
+        log(f"FAILED {spec.name}: {type(error).__name__}: {error}")
+        return TaskRun(spec.name, "failed", None, error=f"{type(error).__name__}: {error}")
+    elapsed = time.perf_counter() - start
+    expected = spec.num_samples
+    complete = ctx.limit is None and (expected is None or outcome.num_samples >= expected)
+    record.update(
+        metrics={"main": outcome.main_metric, "higher_is_better": spec.higher_is_better,
+                 "values": outcome.metrics, "per_class": outcome.per_class},
+        status={"complete": complete, "num_samples": outcome.num_samples, "expected_samples": expected,
+                "limit": ctx.limit},
+        timings={"total_s": round(elapsed, 3), "phases": outcome.phases,
+                 "images_per_s": round(outcome.num_samples / elapsed, 3) if elapsed > 0 else None,
+                 "peak_memory_mb": round(_peak_memory_mb(ctx.device), 1), "device": str(ctx.device),
+                 "precision": ctx.precision},
+        provenance=provenance(sys.argv, ctx.seed, started_at, utc_now()),
+        extra=outcome.extra,
+    )
+    path = store.write(record)
+    value = outcome.metrics[outcome.main_metric]
+    log(f"done {spec.name}: {outcome.main_metric} = {value:.4g} -> {path}")
+    return TaskRun(spec.name, "done", path, outcome.main_metric, value)

@@ -1,0 +1,104 @@
+"""The built-in synthetic task family: segmentation of generated scenes by a class-prototype probe.
+
+Images come from :mod:`phreg_bench.synthetic.scenes` (deterministic, generated in memory, no download).
+The probe is training-free: each class prototype is the mean of L2-normalised patch features over the
+train scenes, weighted by how much of each patch the class covers; a validation pixel takes the class of
+the most similar prototype (cosine), after bilinear upsampling of the patch-level similarities. Dense
+features with artifacts make prototypes noisier, so the probe's mIoU tracks feature quality.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from phreg_bench.progress import track
+from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
+
+
+def scene_batch(indices: list[int], size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[B, 3, S, S]`` in [0, 1] and labels ``[B, S, S]`` for the given scene indices."""
+    from phreg_bench.synthetic.scenes import render
+
+    scenes = [render(index, size=size, seed=seed) for index in indices]
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(np.stack([s.labels for s in scenes])).long()
+    return images, labels
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255):
+    valid = target != ignore_index
+    index = target[valid] * num_classes + pred[valid]
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes).double()
+
+
+def iou_metrics(confusion: torch.Tensor) -> tuple[dict[str, float], list[float | None]]:
+    """mIoU / mAcc / aAcc in percent; a class absent from prediction and truth is None and left out."""
+    tp = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    gt = confusion.sum(1)
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
+    metrics = {
+        "mIoU": 100 * float(np.nanmean(iou.numpy())),
+        "mAcc": 100 * float(np.nanmean(acc.numpy())),
+        "aAcc": 100 * float(tp.sum() / confusion.sum().clamp(min=1)),
+    }
+    return metrics, [None if np.isnan(v) else 100 * float(v) for v in iou.tolist()]
+
+
+class SyntheticSegmentation(TaskFamily):
+    name = "synthetic"
+
+    def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        from phreg_bench.synthetic.scenes import CLASS_NAMES
+
+        size, seed = int(settings["image_size"]), int(settings["scene_seed"])
+        train = list(range(int(settings["num_train"])))
+        val = list(range(100_000, 100_000 + int(settings["num_val"])))
+        if ctx.limit is not None:
+            val = val[: ctx.limit]
+        num_classes = len(CLASS_NAMES)
+        phases: dict[str, float] = {}
+
+        start = time.perf_counter()
+        sums, weights = None, torch.zeros(num_classes)
+        for batch in track(_chunks(train, ctx.batch_size), f"{spec.name}: prototypes", progress=ctx.progress):
+            feats, labels = self._features(model, batch, size, seed, ctx)
+            share = F.adaptive_avg_pool2d(F.one_hot(labels, num_classes).permute(0, 3, 1, 2).float(),
+                                          feats.shape[-2:])  # [B, K, h, w]: class share of each patch
+            batch_sums = torch.einsum("bkhw,bchw->kc", share, feats)
+            sums = batch_sums if sums is None else sums + batch_sums
+            weights += share.sum((0, 2, 3))
+        prototypes = F.normalize(sums / weights.clamp(min=1e-6)[:, None], dim=1)
+        phases["prototypes_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+        for batch in track(_chunks(val, ctx.batch_size), f"{spec.name}: evaluate", progress=ctx.progress):
+            feats, labels = self._features(model, batch, size, seed, ctx)
+            scores = torch.einsum("bchw,kc->bkhw", feats, prototypes)
+            scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            confusion += confusion_matrix(scores.argmax(1), labels, num_classes)
+        phases["evaluate_s"] = time.perf_counter() - start
+        metrics, per_class = iou_metrics(confusion)
+        return TaskOutcome(
+            main_metric=spec.metric, metrics=metrics, num_samples=len(val),
+            per_class=dict(zip(CLASS_NAMES, per_class, strict=True)), phases=phases,
+        )
+
+    @staticmethod
+    @torch.inference_mode()
+    def _features(model, indices: list[int], size: int, seed: int, ctx: RunContext):
+        images, labels = scene_batch(indices, size, seed)
+        images = model.backbone.normalize(images.to(ctx.device))
+        feats = model.forward_tokens(images, project=False).patches.float()
+        return F.normalize(feats, dim=1).cpu(), labels
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
