@@ -20,7 +20,7 @@ DEFAULT_TASKS = ["synthetic/segmentation"]
 def run_default(args: argparse.Namespace) -> int:
     from phreg_bench.cli.run import resolve_device
     from phreg_bench.leaderboard import build_all
-    from phreg_bench.progress import make_progress
+    from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, build_backbone, run
     from phreg_bench.tasks.base import RunContext
 
@@ -36,7 +36,7 @@ def run_default(args: argparse.Namespace) -> int:
         for method in DEFAULT_METHODS:
             request = RunRequest(backbone=DEFAULT_BACKBONE, method=method, tasks=DEFAULT_TASKS,
                                  results_dir=results_dir, overwrite=args.overwrite)
-            runs = run(request, ctx, log=progress.console.print, backbone=backbone)
+            runs = run(request, ctx, log=plain_logger(progress), backbone=backbone)
             failed += sum(r.status == "failed" for r in runs)
     written = build_all(results_dir, leaderboard_dir)
     console.print(f"results: {results_dir}")

@@ -1,9 +1,10 @@
 """Leaderboards built from result files only: JSON, Markdown and one self-contained HTML page.
 
-Rules: rows are backbone × method (× kind × budget), columns the suite's tasks; a mean only for complete
-rows whose main metrics agree in name and direction; a delta against the same backbone with method
-``raw``; every file left out is listed with the reason (invalid, version or protocol mismatch, partial run,
-superseded). Reported (paper) rows carry a marker and are never averaged with measured runs.
+Rules: rows are backbone × method (× kind × budget, plus the probes' feature mode), columns the suite's
+tasks; a mean only for complete rows whose main metrics agree in name and direction; a delta against the
+same backbone with method ``raw``; every file left out is listed with the reason (invalid, version or
+protocol mismatch, partial run, superseded). Reported (paper) rows carry a marker and are never averaged
+with measured runs.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
         configs.setdefault(key, set()).add(canonical_json(record["method"].get("config", {})))
     rows: dict[tuple[str, str, str, str], Row] = {}
     for path, record in sorted(accepted, key=lambda item: _finished(item[1])):
-        budget = str(record["protocol"]["settings"].get("budget", "full"))
+        budget = _variant(record["protocol"]["settings"])
         row = Row(record["kind"], record["backbone"]["name"], _method_label(record, configs), budget)
         row = rows.setdefault(row.key, row)
         task = record["task"]["name"]
@@ -99,6 +100,14 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
                            "higher_is_better": metrics["higher_is_better"], "file": str(path),
                            "citation": record.get("citation")}
     return list(rows.values()), excluded
+
+
+def _variant(settings: dict[str, Any]) -> str:
+    """Runs that differ in training schedule or feature mode are kept in separate rows."""
+    variant = str(settings.get("budget", "full"))
+    if settings.get("train_features"):
+        variant += f"/{settings['train_features']}"
+    return variant
 
 
 def _finished(record: dict[str, Any]) -> str:
@@ -149,8 +158,13 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _signed(value: float | None) -> str:
-    return "" if value is None else f"{value:+.2f}"
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def _digits(value: float | None) -> int:
+    """Four decimals for sub-unit metrics (RMSE in metres, Pearson), two for percentages."""
+    return 4 if value is not None and abs(value) < 1 else 2
 
 
 def to_markdown(board: dict[str, Any]) -> str:
@@ -164,8 +178,8 @@ def to_markdown(board: dict[str, Any]) -> str:
         for task in tasks:
             value = row["values"].get(task)
             delta = row["delta_vs_raw"].get(task)
-            cells.append(_fmt(value, 4 if value is not None and abs(value) < 1 else 2)
-                         + (f" ({_signed(delta)})" if delta is not None else ""))
+            shown = _fmt(value, _digits(value))
+            cells.append(shown + (f" ({_signed(delta, _digits(value))})" if delta is not None else ""))
         lines.append(f"| {_md_escape(row['backbone'])}{mark} | {_md_escape(row['method'])} | {row['budget']} | "
                      + " | ".join(cells) + f" | {_fmt(row['mean'])} | {_signed(row['mean_delta_vs_raw'])} |")
     lines += ["", f"{REPORTED_MARK} reported in a paper (see the result file's citation), never averaged "
@@ -218,8 +232,8 @@ def to_html(boards: list[dict[str, Any]]) -> str:
                      f"<td class='t'>{esc(row['budget'])}</td>"]
             for task in tasks:
                 value, delta = row["values"].get(task), row["delta_vs_raw"].get(task)
-                extra = f" <span class='d'>{_signed(delta)}</span>" if delta is not None else ""
-                shown = _fmt(value, 4 if value is not None and abs(value) < 1 else 2)
+                extra = f" <span class='d'>{_signed(delta, _digits(value))}</span>" if delta is not None else ""
+                shown = _fmt(value, _digits(value))
                 cells.append(f"<td data-v='{'' if value is None else value}'>{shown}{extra}</td>")
             cells.append(f"<td>{_fmt(row['mean'])}</td><td>{_signed(row['mean_delta_vs_raw'])}</td>")
             parts.append(f"<tr class='{esc(row['kind'])}'>{''.join(cells)}</tr>")

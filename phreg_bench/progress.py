@@ -39,3 +39,8 @@ def track(iterable: Iterable[T], description: str, total: int | None = None,
             progress.advance(task)
     finally:
         progress.remove_task(task)
+
+
+def plain_logger(progress: Progress):
+    """A ``log(message)`` that prints above the bars, with no rich markup (messages may contain '[...]')."""
+    return lambda message: progress.console.print(message, markup=False, highlight=False)

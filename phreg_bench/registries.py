@@ -14,5 +14,6 @@ DATASETS = Registry("dataset")
 
 # Declarations only: these modules add string targets and metadata, and import nothing heavy.
 from phreg_bench.backbones import catalogue as _backbones  # noqa: E402, F401
+from phreg_bench.datasets import catalogue as _datasets  # noqa: E402, F401
 from phreg_bench.methods import catalogue as _methods  # noqa: E402, F401
 from phreg_bench.tasks import catalogue as _tasks  # noqa: E402, F401

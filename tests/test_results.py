@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_measured_record_round_trips_and_validates(tmp_path):
     assert loads_strict(dumps_strict(record)) == record
     assert record["kind"] == "measured" and record["status"]["complete"]
     assert record["protocol"]["settings"]["image_size"] == 32
-    assert record["provenance"]["package_versions"]["torch"] == torch.__version__
+    assert record["provenance"]["package_versions"]["torch"] == metadata.version("torch")
     assert set(record["provenance"]) >= {"git", "hardware", "command", "seed", "started_at", "finished_at"}
     assert 0 <= record["metrics"]["values"]["mIoU"] <= 100
 

@@ -26,13 +26,17 @@ def handle(args: argparse.Namespace) -> int:
     table = Table(title=args.kind, show_lines=False)
     table.add_column("name", no_wrap=True)
     if args.kind == "backbones":
-        for column in ("aliases", "patch", "width", "depth", "text", "registers", "summary"):
-            table.add_column(column)
+        for column in ("patch", "width", "depth", "text", "regs"):
+            table.add_column(column, justify="right", no_wrap=True)
+        table.add_column("aliases / summary", ratio=1)
         for entry in BACKBONES:
             meta = entry.metadata
-            table.add_row(entry.name, ", ".join(entry.aliases), str(meta.get("patch_size", "")),
-                          str(meta.get("width", "")), str(meta.get("depth", "")), _yes_no(meta.get("text")),
-                          str(meta.get("registers", "")), meta.get("summary", entry.source))
+            about = meta.get("summary", entry.source)
+            if entry.aliases:
+                about = f"{about} (aka {', '.join(entry.aliases)})"
+            table.add_row(entry.name, str(meta.get("patch_size", "")), str(meta.get("width", "")),
+                          str(meta.get("depth", "")), _yes_no(meta.get("text")), str(meta.get("registers", "")),
+                          about)
     elif args.kind == "methods":
         for column in ("aliases", "summary"):
             table.add_column(column)

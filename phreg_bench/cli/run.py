@@ -83,7 +83,7 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.progress import make_progress
+    from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, run
     from phreg_bench.tasks.base import RunContext
 
@@ -123,7 +123,7 @@ def handle(args: argparse.Namespace) -> int:
             num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
             progress=progress,
         )
-        runs = run(request, ctx, log=progress.console.print)
+        runs = run(request, ctx, log=plain_logger(progress))
     if args.leaderboard_dir is not None:
         from phreg_bench.leaderboard import build_all
 

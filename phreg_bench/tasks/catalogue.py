@@ -12,3 +12,6 @@ for _spec in load_builtin_specs():
 
 for _name, _suite in load_suites().items():
     SUITES.add(_name, _suite)
+TASK_FAMILIES.add("ovseg", "phreg_bench.tasks.ovseg:OpenVocabSegmentation")
+TASK_FAMILIES.add("linseg", "phreg_bench.tasks.linseg:LinearProbeSegmentation")
+TASK_FAMILIES.add("depth", "phreg_bench.tasks.depth:LinearProbeDepth")

@@ -1,0 +1,42 @@
+"""The backbone factory phreg-bench calls: ``build(argument, *, weights, random_init, **options)``."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_example_backbone.adapter import ExampleViTAdapter
+from phreg_example_backbone.model import ExampleViT
+
+
+def build(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,
+          seed: int = 0, **options) -> Backbone:
+    """ExampleViT with seeded random weights, or weights from a local safetensors file.
+
+    ``options`` are ExampleViT's constructor arguments (``image_size``, ``patch``, ``dim``, ``depth``,
+    ``heads``), e.g. ``--backbone-option depth=2``.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ExampleViT(**options).eval()
+    weights_id = f"random-init(seed={seed})"
+    if weights:  # safetensors only: never unpickle a file
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(weights))
+        weights_id = str(Path(weights).resolve())
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.contiguous().numpy().tobytes())
+    vision = ExampleViTAdapter(model)
+    size = model.grid * model.patch
+    info = BackboneInfo(
+        name="example-vit", family="custom", architecture=f"ExampleViT({options})", weights_id=weights_id,
+        weights_sha256=digest.hexdigest(), patch_size=vision.patch_size, embed_dim=vision.embed_dim,
+        output_dim=vision.output_dim, depth=vision.depth, num_heads=vision.num_heads, num_registers=0,
+        has_text=False, native_resolution=(size, size), mean=vision.mean, std=vision.std,
+    )
+    return Backbone(vision, info)

@@ -1,0 +1,297 @@
+"""Backbones from open_clip models with a plain ``VisionTransformer`` image tower (CLIP, OpenCLIP, DFN, MetaCLIP).
+
+``build("ViT-B-16/openai")`` builds open_clip's architecture (with the tag's QuickGELU flag and
+preprocessing) and loads, in this order of precedence, ``--random-init`` seeded weights (no network), a
+local ``--weights`` file, or the tag's hub weights. ``build_hub("laion/CLIP-ViT-B-16-laion2B-s34B-b88K")``
+reads the repo's ``open_clip_config.json`` first. Weight files are read by
+:func:`~phreg_bench.backbones.weights.read_state_dict` (no arbitrary unpickling) and converted with
+open_clip's own helpers (third-party key conversion, positional-embedding resizing).
+
+Image towers that open_clip builds from timm (SigLIP, SigLIP 2, PE, ViTamin, EVA) are refused: SigLIP's
+and PE's joint space is reached through attention pooling (MAP head), not a linear projection of each
+token, so there is no per-patch CLIP-space output to give. ResNet and ConvNeXt towers are not ViTs.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.hub import (
+    OPEN_CLIP_FILES,
+    HubUnavailableError,
+    cached_file,
+    fetch,
+    unreachable_reason,
+)
+from phreg_bench.backbones.open_clip_text import OpenClipTextTower
+from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
+from phreg_core.adapters import OpenClipViTAdapter
+
+# tiny test config: 2 blocks of width 48 (2 heads), 4x4 grid; text tower 2 blocks of width 32; joint dim 32
+REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4, "text_depth": 2, "text_width": 32, "text_heads": 2,
+           "embed_dim": 32}
+HUB_CONFIG = "open_clip_config.json"
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+OPENAI_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # popped by open_clip too
+
+
+def reduced_config(reduced: bool | dict[str, int] | None) -> dict[str, int] | None:
+    if not reduced:
+        return None
+    config = dict(REDUCED)
+    if isinstance(reduced, dict):
+        unknown = set(reduced) - set(REDUCED)
+        if unknown:
+            raise ValueError(f"reduced= takes {sorted(REDUCED)}, got {sorted(unknown)}")
+        config.update(reduced)
+    return config
+
+
+def check_supported(model_cfg: dict[str, Any], label: str) -> None:
+    vision = model_cfg.get("vision_cfg", {})
+    if "timm_model_name" in vision:
+        raise TypeError(
+            f"open_clip model {label!r} has a timm image tower ({vision['timm_model_name']}, pool "
+            f"{vision.get('timm_pool')!r}): not a plain CLIP ViT. Its joint space is reached through the pooling "
+            "head, not a per-token projection, so no dense CLIP-space features exist; use "
+            "timm:<name> for its patch features")
+    if isinstance(vision.get("layers"), (list, tuple)):
+        raise TypeError(f"open_clip model {label!r} has a ResNet image tower, not a ViT")
+    if vision.get("attentional_pool"):
+        raise TypeError(f"open_clip model {label!r} pools with attention (CoCa-style): not supported")
+
+
+def _reduce(model_cfg: dict[str, Any], small: dict[str, int]) -> dict[str, Any]:
+    cfg = copy.deepcopy(model_cfg)
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    patch = int(vision["patch_size"])
+    vision.update(layers=small["depth"], width=small["width"], head_width=small["width"] // small["heads"],
+                  image_size=small["grid"] * patch)
+    text.update(layers=small["text_depth"], width=small["text_width"], heads=small["text_heads"])
+    cfg["embed_dim"] = small["embed_dim"]
+    return {"vision_cfg": vision, "text_cfg": text, "embed_dim": cfg["embed_dim"]}
+
+
+def _safe_alternatives(filename: str) -> tuple[str, ...]:
+    """The safetensors twin open_clip looks for before a ``.bin``/``.pth`` file."""
+    if filename == OPEN_CLIP_FILES[1]:
+        return (OPEN_CLIP_FILES[0],)
+    return (filename[:-4] + ".safetensors",) if filename.endswith((".bin", ".pth")) else ()
+
+
+# -- weights sources ------------------------------------------------------------------------------------
+def _fetch_url(url: str, label: str) -> Path:
+    """open_clip's URL download (cache ``~/.cache/clip``), with the same fast offline failure as the hub."""
+    from open_clip.pretrained import download_pretrained_from_url
+
+    target = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(urlparse(url).path)
+    if target.is_file():
+        return target
+    reason = unreachable_reason(url)
+    if reason:
+        raise HubUnavailableError(
+            f"cannot get weights for open_clip model {label!r}: {reason}.\n  needed: {url}\n"
+            f"  cache: {target.parent}\n  fix: download it on a machine with internet into that folder, or pass "
+            "`--weights PATH` (`--random-init` runs without weights)")
+    return Path(download_pretrained_from_url(url))
+
+
+def tag_weights(pretrained_cfg: dict[str, Any], label: str) -> tuple[Path, str, str | None]:
+    """``(file, weights_id, hub_repo)`` for an open_clip pretrained tag, preferring the hub like open_clip."""
+    hub = pretrained_cfg.get("hf_hub", "")
+    if hub:
+        repo, filename = os.path.split(hub)  # open_clip: "org/repo/" means its default file name
+        candidates = (*_safe_alternatives(filename), filename) if filename else OPEN_CLIP_FILES
+        path = fetch(repo, candidates, what=f"weights for open_clip model {label!r}")
+        return path, f"hf-hub:{repo}/{path.name}", repo
+    if pretrained_cfg.get("url"):
+        path = _fetch_url(pretrained_cfg["url"], label)
+        return path, pretrained_cfg["url"], None
+    raise WeightsError(f"open_clip model {label!r} names no weights location; pass --weights PATH")
+
+
+def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """The steps of ``open_clip.load_checkpoint`` after reading the file, then a strict load."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state_dict = dict(state_dict)
+    for key in OPENAI_JIT_EXTRAS:
+        state_dict.pop(key, None)
+    state_dict = convert_state_dict(model, state_dict)
+    if "positional_embedding" in state_dict and not hasattr(model, "positional_embedding"):
+        state_dict = convert_to_custom_text_state_dict(state_dict)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(model, key, None)
+        if key in state_dict and own is not None and own.ndim != state_dict[key].ndim:
+            state_dict[key] = state_dict[key].reshape(own.shape)
+    if "logit_bias" not in state_dict and getattr(model, "logit_bias", None) is not None:
+        state_dict["logit_bias"] = torch.zeros_like(model.logit_bias)
+    resize_pos_embed(state_dict, model)
+    resize_text_pos_embed(state_dict, model)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise WeightsError(f"{source}: weights do not fit the open_clip model: {error}") from error
+
+
+# -- building -------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def tokenizer_for(name: str):
+    """open_clip's tokenizer for an architecture (or ``local-dir:`` config), built once per name."""
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
+
+
+def _create(create_name: str, *, seed: int, quick_gelu: bool, preprocess: dict[str, Any],
+            overrides: dict[str, Any], img_size: int | None) -> torch.nn.Module:
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(create_name, pretrained=None, load_weights=False, device="cpu",
+                                       force_quick_gelu=quick_gelu, force_image_size=img_size,
+                                       force_preprocess_cfg=preprocess or None, **overrides)
+    return model.eval()
+
+
+def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, weights_id: str, sha: str,
+            extra: dict[str, Any]) -> Backbone:
+    vision = OpenClipViTAdapter(model.visual)
+    preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
+    vision.interpolation = preprocess.get("interpolation", vision.interpolation)
+    text = OpenClipTextTower(model, tokenizer, identity=f"open_clip:{architecture}@{sha[:16]}")
+    extra = {**extra, "logit_scale": float(model.logit_scale.detach().exp()),
+             "context_length": int(getattr(model, "context_length", 0) or 0) or None,
+             "text_pool": text.pool_type, "text_truncation": text.can_truncate}
+    size = model.visual.image_size
+    info = BackboneInfo(
+        name=name, family="open_clip", architecture=architecture, weights_id=weights_id, weights_sha256=sha,
+        patch_size=vision.patch_size, embed_dim=vision.embed_dim, output_dim=vision.output_dim, depth=vision.depth,
+        num_heads=vision.num_heads, num_registers=0, has_text=True,
+        native_resolution=(size, size) if isinstance(size, int) else (int(size[0]), int(size[1])),
+        mean=tuple(float(v) for v in vision.mean), std=tuple(float(v) for v in vision.std),
+        interpolation=vision.interpolation, extra={k: v for k, v in extra.items() if v is not None},
+    )
+    return Backbone(vision.eval(), info, text.eval())
+
+
+def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
+          reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
+          quick_gelu: bool | None = None) -> Backbone:
+    """A :class:`Backbone` for ``"<arch>/<pretrained tag>"`` (or ``"<arch>"`` with --weights/--random-init).
+
+    ``quick_gelu`` defaults to the tag's setting (OpenAI, DFN and MetaCLIP weights were trained with
+    QuickGELU). An untagged ``<arch>`` uses the architecture's own activation (QuickGELU only for the
+    ``-quickgelu`` names): pass ``quick_gelu=true`` for such checkpoints, or name their tag.
+    ``img_size`` changes the native resolution (open_clip resizes the positional embedding once at load);
+    it is not needed for other input sizes, which are resampled from the native grid at every forward.
+    """
+    import open_clip
+
+    if not argument:
+        raise ValueError("open_clip backbones need '<arch>/<pretrained>', e.g. open_clip:ViT-B-16/openai")
+    if argument.startswith("hf-hub:"):
+        return build_hub(argument[len("hf-hub:"):], weights=weights, random_init=random_init, seed=seed,
+                         reduced=reduced, img_size=img_size, name=name)
+    if random_init and weights:
+        raise ValueError("--random-init and --weights exclude each other")
+    arch, _, tag = argument.partition("/")
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise ValueError(f"open_clip has no architecture {arch!r} (see open_clip.list_models())")
+    check_supported(model_cfg, argument)
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    if tag and not pretrained_cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise ValueError(f"open_clip {arch!r} has no pretrained tag {tag!r} (known: {known})")
+    if not tag and not (weights or random_init):
+        raise ValueError(f"open_clip:{arch} names no pretrained tag: add '/<tag>', --weights PATH or --random-init")
+    small = reduced_config(reduced)
+    if quick_gelu is None:
+        quick_gelu = bool(pretrained_cfg.get("quick_gelu", False) or model_cfg.get("quick_gelu", False))
+    elif tag and quick_gelu != bool(pretrained_cfg.get("quick_gelu", False)):
+        raise ValueError(f"quick_gelu={quick_gelu} contradicts the pretrained tag {tag!r} of {arch!r}")
+
+    hub_repo, weights_file, weights_id = None, None, f"random-init(seed={seed})"
+    if weights:
+        weights_file = Path(weights).expanduser().resolve()
+        weights_id = str(weights_file)
+    elif not random_init:
+        weights_file, weights_id, hub_repo = tag_weights(pretrained_cfg, argument)
+
+    preprocess = {k: pretrained_cfg[k] for k in PREPROCESS_KEYS if k in pretrained_cfg}
+    model = _create(arch, seed=seed, quick_gelu=quick_gelu, preprocess=preprocess,
+                    overrides=_reduce(model_cfg, small) if small else {}, img_size=img_size)
+    if weights_file is not None:
+        load_state_dict(model, read_state_dict(weights_file), str(weights_file))
+    sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
+    architecture = arch + (f" [reduced {small}]" if small else "")
+    return _finish(model, tokenizer_for(arch), name=name or f"open_clip:{argument}",
+                   architecture=architecture, weights_id=weights_id, sha=sha,
+                   extra={"pretrained_tag": tag or None, "hub_repo": hub_repo,
+                          "quick_gelu": quick_gelu or bool(model_cfg.get("quick_gelu", False)),
+                          "reduced": small})
+
+
+def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
+              reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
+              ) -> Backbone:
+    """A :class:`Backbone` for an open_clip model on the Hugging Face hub (``org/repo``)."""
+    if not repo:
+        raise ValueError("hf-hub backbones need a repo id, e.g. hf-hub:apple/DFN2B-CLIP-ViT-B-16")
+    if random_init and weights:
+        raise ValueError("--random-init and --weights exclude each other")
+    config_path = fetch(repo, (HUB_CONFIG,), what=f"the open_clip config of {repo!r}")
+    model_cfg = json.loads(config_path.read_text())["model_cfg"]
+    label = f"hf-hub:{repo}"
+    check_supported(model_cfg, label)
+    small = reduced_config(reduced)
+    weights_file, weights_id = None, f"random-init(seed={seed})"
+    if weights:
+        weights_file = Path(weights).expanduser().resolve()
+        weights_id = str(weights_file)
+    elif not random_init:
+        weights_file = fetch(repo, OPEN_CLIP_FILES, what=f"weights for {label!r}")
+        weights_id = f"hf-hub:{repo}/{weights_file.name}"
+    local = f"local-dir:{config_path.parent}"
+    model = _create(local, seed=seed, quick_gelu=False, preprocess={},
+                    overrides=_reduce(model_cfg, small) if small else {}, img_size=img_size)
+    if weights_file is not None:
+        load_state_dict(model, read_state_dict(weights_file), str(weights_file))
+    sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
+    architecture = label + (f" [reduced {small}]" if small else "")
+    return _finish(model, tokenizer_for(local), name=name or label, architecture=architecture,
+                   weights_id=weights_id, sha=sha,
+                   extra={"hub_repo": repo, "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
+                          "reduced": small})
+
+
+def build_hf_hub(argument: str | None, **options: Any) -> Backbone:
+    """The ``hf-hub:`` prefix: an open_clip repo (``open_clip_config.json``), else a timm repo (``config.json``)."""
+    from phreg_bench.backbones import timm_backbones
+
+    if not argument:
+        raise ValueError("hf-hub backbones need a repo id, e.g. hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K")
+    is_timm = cached_file(argument, ("config.json",)) is not None and cached_file(argument, (HUB_CONFIG,)) is None
+    if not is_timm:
+        try:
+            return build_hub(argument, **options)
+        except HubUnavailableError as error:
+            if "has none of the files" not in str(error):
+                raise
+    options.setdefault("name", f"hf-hub:{argument}")
+    return timm_backbones.build(f"hf-hub:{argument}", **options)
+
+
+__all__ = ["build", "build_hub", "build_hf_hub", "load_state_dict"]

@@ -1,0 +1,24 @@
+"""Pass-through backbone ``phreg:<base>``: the base backbone, named as a PH-Reg student's base.
+
+Results of ``phreg-bench run --backbone phreg:<base> --adapter PATH`` are filed under ``phreg:<base>``; the
+weights (and their sha256, which the ``phreg`` method checks against the adapter) are the base's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phreg_bench.backbones.base import Backbone
+
+
+def build(argument: str | None, *, weights: str | None = None, random_init: bool = False,
+          **options: Any) -> Backbone:
+    from phreg_bench.registries import BACKBONES
+
+    if not argument:
+        raise ValueError("backbone 'phreg:' needs a base, e.g. phreg:tiny-vit or phreg:open_clip:ViT-B-16/openai")
+    factory, base_argument = BACKBONES.resolve(argument)
+    backbone = factory(base_argument, weights=weights, random_init=random_init, **options)
+    backbone.info.extra = {**backbone.info.extra, "phreg_base": backbone.info.name}
+    backbone.info.name = f"phreg:{backbone.info.name}"
+    return backbone

@@ -1,0 +1,109 @@
+"""`phreg-bench distill`: train PH-Reg registers for a backbone on a folder of images.
+
+    phreg-bench distill --backbone X --data DIR --out DIR [--registers 16 --views 10 --epochs E
+                        --batch-size B --resume --weights PATH --random-init ...]
+
+Multi-GPU: ``torchrun --nproc_per_node G -m phreg_bench distill ...`` (``--batch-size`` is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "distill", help="distil PH-Reg registers into a backbone (writes an adapter)",
+        description="Self-distil test-time-denoised teacher features into a student with new registers "
+        "(PH-Reg). Writes OUT/adapter.safetensors + OUT/adapter.json, checkpoints and log.jsonl.")
+    parser.add_argument("--backbone", "-b", required=True, help="backbone name (see `phreg-bench ls backbones`)")
+    parser.add_argument("--data", type=Path, help="folder of training images (recursive jpg/png/webp)")
+    parser.add_argument("--hf-dataset", help="Hugging Face dataset name instead of --data (needs the [hf] extra)")
+    parser.add_argument("--hf-split", default="train")
+    parser.add_argument("--hf-image-column", default="image")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (adapter, checkpoints, log)")
+    parser.add_argument("--weights", help="local weights file for the backbone")
+    parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke tests)")
+    parser.add_argument("--recipe", default="auto", choices=("auto", "clip", "dinov2"),
+                        help="hyper-parameter preset; auto = clip for CLIP towers, dinov2 otherwise")
+    parser.add_argument("--registers", type=int, default=16, help="new register tokens (default 16)")
+    parser.add_argument("--views", type=int, default=10, help="TTA views per image (default 10)")
+    parser.add_argument("--shift-frac", type=float, default=0.15, help="max shift / grid (default 0.15)")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    parser.add_argument("--batch-size", type=int, help="images per step and process (default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="initial learning rate (default: the recipe's)")
+    parser.add_argument("--lr-end", type=float, help="final learning rate (default: the recipe's)")
+    parser.add_argument("--resolution", type=int,
+                        help="training crop (default: the recipe's 448/518 if a multiple of the patch size, "
+                        "else the backbone's native resolution)")
+    parser.add_argument("--unlock", default="official",
+                        help="official (code: CLIP last 2 blocks), paper (last block), or a list such as "
+                        "'registers,pos_embed,patch_embed,last_blocks=1'")
+    parser.add_argument("--student-last-block", default="auto",
+                        help="auto (CLIP: maskclip value path; others: unchanged), none, or a preset name")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--cache-targets", type=Path, help="cache denoised teacher targets here (fixes crops)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=handle)
+
+
+def _resolution(requested: int | None, recipe_resolution: int, patch: int, native: int) -> int:
+    if requested is not None:
+        if requested % patch:
+            raise ValueError(f"--resolution {requested} is not a multiple of the patch size {patch}")
+        return requested
+    return recipe_resolution if recipe_resolution % patch == 0 else native
+
+
+def handle(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from phreg_bench.registries import BACKBONES
+    from phreg_core.data import HFImageDataset, ImageFolderDataset
+    from phreg_core.student import Student
+    from phreg_core.teacher import default_teacher, is_clip_family
+    from phreg_core.trainer import RECIPES, DistillConfig, distill
+
+    if (args.data is None) == (args.hf_dataset is None):
+        raise ValueError("pass exactly one of --data DIR or --hf-dataset NAME")
+    factory, argument = BACKBONES.resolve(args.backbone)
+    backbone = factory(argument, weights=args.weights, random_init=args.random_init)
+    vision = backbone.vision
+    recipe = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
+    preset = RECIPES[recipe]
+    resolution = _resolution(args.resolution, preset.resolution, vision.patch_size, backbone.info.native_resolution[0])
+    config = DistillConfig(
+        epochs=args.epochs, batch_size=args.batch_size or preset.batch_size, lr=args.lr or preset.lr,
+        lr_end=args.lr_end or preset.lr_end, resolution=resolution, views=args.views, shift_frac=args.shift_frac,
+        seed=args.seed, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, out_dir=str(args.out),
+        resume=args.resume, device=args.device, precision=args.precision, num_workers=args.num_workers,
+        cache_targets=str(args.cache_targets) if args.cache_targets else None, progress=not args.no_progress,
+        base_name=backbone.info.name, base_weights_sha256=backbone.info.weights_sha256,
+        extra={"recipe": recipe, "backbone": backbone.info.to_dict(), "unlock": args.unlock,
+               "student_last_block": args.student_last_block},
+    )
+    fixed = config.cache_targets is not None
+    if args.data is not None:
+        dataset = ImageFolderDataset(args.data, resolution, vision.mean, vision.std, seed=args.seed, fixed_crops=fixed)
+    else:
+        dataset = HFImageDataset.from_hub(args.hf_dataset, args.hf_split, resolution=resolution, mean=vision.mean,
+                                          std=vision.std, image_column=args.hf_image_column, seed=args.seed,
+                                          fixed_crops=fixed)
+    grid = vision.grid_for(resolution, resolution)
+    last_block = None if args.student_last_block == "none" else args.student_last_block
+    student = Student(vision, args.registers, last_block=last_block, unlock=args.unlock, train_grid=grid,
+                      seed=args.seed)
+    teacher = default_teacher(vision)
+    result = distill(teacher, student, dataset, config)
+    Console(stderr=True).print(
+        f"distilled {result.steps} steps ({result.images_seen} images, {result.skipped_batches} batches skipped, "
+        f"{result.corrupt_images} unreadable files); final loss {result.final_loss}; adapter {result.adapter_path}")
+    return 0

@@ -1,0 +1,238 @@
+"""The zero-shot segmentation harness of NACLIP / SCLIP / ClearCLIP / PH-Reg, without mmseg.
+
+Per image (reference notes §2.1; ``sinahmr/NACLIP:naclip.py``, ``0raiser0/PH-Reg:zero_shot/segmentor.py``):
+
+1. resize so the short side is ``resize`` (mmseg ``Resize(scale=(max_long, resize), keep_ratio=True)``);
+2. normalise with the backbone's mean / std;
+3. ``crop > 0``: slide ``crop``×``crop`` windows with ``stride`` (mmseg's ``slide_inference`` grid; all
+   windows of an image have one size, so they are batched); ``crop == 0``: the whole image at once;
+4. per window: L2-normalised patch features @ unit-norm text queries → cosine logits on the patch grid,
+   bilinearly upsampled to the window size; windows are summed into the image and divided by the count
+   map; the result is bilinearly resized to the original label size (whole-image mode upsamples the grid
+   straight to the original size, as ``forward_feature(img, ori_shape)`` does);
+5. ``softmax(logit_scale · logits)`` over queries, max over each class's queries, optional SCLIP area
+   rule, ``argmax``, then pixels whose max probability is below ``prob_thd`` become class 0.
+
+Resize semantics (documented choice): mmcv's ``imrescale`` size rule exactly (scale factor
+``min(max_long / long side, resize / short side)``, new size ``int(x · f + 0.5)``); the interpolation is
+torch's bilinear with half-pixel centres and no antialiasing — the same sampling as OpenCV's
+``INTER_LINEAR`` — rounded back to integers as OpenCV's uint8 output is. OpenCV's fixed-point arithmetic can
+differ by one grey level on some pixels.
+
+Window sizes that are not a multiple of the patch size (images smaller than the crop, whole-image mode):
+``window_pad="none"`` drops the trailing pixels as CLIP's strided patch convolution does (NACLIP, SCLIP,
+PH-Reg) and still upsamples to the full window; ``"center"`` zero-pads the normalised window to a multiple
+of the patch size and crops the upsampled logits back (ClearCLIP's ``compute_padsize``). Whole-image mode
+always uses ``"none"``, as every reference ``forward_feature`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from phreg_bench.text import ClassQueries
+
+WINDOW_PADS = ("none", "center")
+
+
+@dataclass(frozen=True)
+class HarnessSettings:
+    """The numbers a protocol preset fixes (see ``tasks/ovseg/*.yaml``)."""
+
+    resize: int  # short side after resizing; 0 keeps the image size
+    crop: int  # sliding-window size; 0 = whole image
+    stride: int
+    logit_scale: float
+    prob_thd: float = 0.0
+    area_thd: float | None = None  # SCLIP's small-segment rule (SCLIP VOC21 config: 0.1)
+    max_long: int = 2048  # mmseg Resize scale=(2048, short)
+    window_pad: str = "none"
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> HarnessSettings:
+        names = {f.name for f in fields(cls)}
+        values = {key: settings[key] for key in names if key in settings}
+        out = cls(**values)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        if self.resize < 0 or self.crop < 0 or self.max_long <= 0:
+            raise ValueError(f"resize/crop must be >= 0 and max_long > 0, got {self}")
+        if self.crop > 0 and self.stride <= 0:
+            raise ValueError(f"stride must be > 0 when crop > 0, got {self.stride}")
+        if self.window_pad not in WINDOW_PADS:
+            raise ValueError(f"window_pad must be one of {WINDOW_PADS}, got {self.window_pad!r}")
+        if not 0.0 <= self.prob_thd <= 1.0:
+            raise ValueError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
+
+
+def rescale_size(height: int, width: int, short: int, max_long: int = 2048) -> tuple[int, int]:
+    """mmcv ``rescale_size`` for ``keep_ratio=True`` with ``scale=(max_long, short)``: ``(new_h, new_w)``."""
+    factor = min(max_long / max(height, width), short / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``[B, 3, H, W]`` grey levels (0..255), rounded like OpenCV's uint8 output."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    out = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255)
+
+
+def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` windows (last row/column aligned to the edge)."""
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
+            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return boxes
+
+
+def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
+    """ClearCLIP ``compute_padsize``: ``(left, right, top, bottom)`` to reach a multiple of ``patch``."""
+    left = right = top = bottom = 0
+    if width % patch:
+        extra = patch - width % patch
+        left, right = extra // 2, extra - extra // 2
+    if height % patch:
+        extra = patch - height % patch
+        top, bottom = extra // 2, extra - extra // 2
+    return left, right, top, bottom
+
+
+class SynonymPlan:
+    """How to reduce ``[Q, ...]`` query scores to ``[C, ...]`` class scores (max over each class's queries)."""
+
+    def __init__(self, query_class: Tensor, num_classes: int):
+        classes = query_class.detach().cpu().long()
+        counts = torch.bincount(classes, minlength=num_classes)
+        if classes.numel() == 0 or len(counts) > num_classes or (counts == 0).any():
+            raise ValueError(f"every one of the {num_classes} classes needs at least one query, and only those")
+        device = query_class.device
+        self.identity = torch.equal(classes, torch.arange(num_classes))
+        self.first = torch.tensor([int(torch.nonzero(classes == c)[0]) for c in range(num_classes)], device=device)
+        self.groups = [(c, torch.nonzero(classes == c).flatten().to(device))
+                       for c in torch.nonzero(counts > 1).flatten().tolist()]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        if self.identity:
+            return scores
+        out = scores.index_select(0, self.first.to(scores.device))
+        for c, members in self.groups:
+            out[c] = scores.index_select(0, members.to(scores.device)).amax(0)
+        return out
+
+
+def synonym_max(scores: Tensor, query_class: Tensor, num_classes: int) -> Tensor:
+    """``[C, ...]``: for each class the max over its queries of ``scores`` ``[Q, ...]``."""
+    return SynonymPlan(query_class, num_classes)(scores)
+
+
+def classify(logits: Tensor, queries: ClassQueries, settings: HarnessSettings) -> Tensor:
+    """Class map ``[H, W]`` (int64) from cosine logits ``[Q, H, W]`` (reference §2.1 post-processing)."""
+    probs = torch.softmax(logits.float() * settings.logit_scale, dim=0)
+    probs = queries.synonym_plan(probs)
+    if settings.area_thd is not None:
+        # SCLIP clip_segmentor.py: non-background classes predicted on <= area_thd of the non-background
+        # predicted area get their probabilities zeroed.
+        area = torch.bincount(probs.argmax(0).flatten(), minlength=queries.num_classes)[1:].float()
+        keep = (area > settings.area_thd * area.sum()).to(probs.dtype)
+        probs[1:] *= keep.view(-1, *([1] * (probs.ndim - 1)))
+    pred = probs.argmax(0)
+    if settings.prob_thd > 0:  # torch.where, not a boolean-mask assignment: no GPU sync
+        pred = torch.where(probs.amax(0) < settings.prob_thd, torch.zeros_like(pred), pred)
+    return pred
+
+
+class OVSegPredictor:
+    """Dense cosine logits of one image at its original size, for a method's :class:`DenseModel`."""
+
+    def __init__(self, model, queries: ClassQueries, settings: HarnessSettings, *, batch_size: int = 8,
+                 device: torch.device | str = "cpu"):
+        self.model = model
+        self.queries = queries
+        self.settings = settings
+        self.batch_size = max(1, int(batch_size))
+        self.device = torch.device(device)
+        self.patch = int(model.backbone.info.patch_size)
+        self.text = queries.embeddings.to(self.device, torch.float32)
+
+    def prepare(self, image: np.ndarray | Tensor) -> Tensor:
+        """``uint8 [H, W, 3]`` → resized, normalised ``[1, 3, h, w]`` float on the device."""
+        tensor = torch.as_tensor(image).to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
+        if self.settings.resize > 0:
+            size = rescale_size(tensor.shape[-2], tensor.shape[-1], self.settings.resize, self.settings.max_long)
+            tensor = resize_image(tensor, size)
+        return self.model.backbone.normalize(tensor / 255.0)
+
+    def grid_logits(self, windows: Tensor) -> Tensor:
+        """``[n, Q, h/p, w/p]`` cosine logits of windows whose sides are multiples of the patch size."""
+        feats = self.model.forward_tokens(windows, project=True).patches
+        with torch.autocast(self.device.type, enabled=False):
+            feats = F.normalize(feats.float(), dim=1)
+            return torch.einsum("ndhw,qd->nqhw", feats, self.text).contiguous()
+
+    def _trim(self, windows: Tensor) -> Tensor:
+        height, width = windows.shape[-2:]
+        rows, cols = height // self.patch, width // self.patch
+        if rows == 0 or cols == 0:
+            raise ValueError(f"window {height}x{width} is smaller than the patch size {self.patch}")
+        return windows[..., : rows * self.patch, : cols * self.patch]
+
+    @torch.inference_mode()
+    def dense_logits(self, image: np.ndarray | Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
+        """Cosine logits ``[Q, H0, W0]`` at ``out_size`` (default: the input image's size)."""
+        out_size = tuple(out_size or image.shape[:2])
+        inputs = self.prepare(image)
+        if self.settings.crop <= 0:
+            grid = self.grid_logits(self._trim(inputs))
+            return F.interpolate(grid, size=out_size, mode="bilinear", align_corners=False)[0]
+        return self._slide(inputs, out_size)
+
+    def _slide(self, inputs: Tensor, out_size: tuple[int, int]) -> Tensor:
+        crop, stride = self.settings.crop, self.settings.stride
+        height, width = inputs.shape[-2:]
+        boxes = window_boxes(height, width, crop, stride)
+        num_queries = self.text.shape[0]
+        summed = torch.zeros(num_queries, height, width, device=self.device)
+        count = torch.zeros(1, height, width, device=self.device)
+        win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+        pad = pad_size(win_h, win_w, self.patch) if self.settings.window_pad == "center" else (0, 0, 0, 0)
+        for start in range(0, len(boxes), self.batch_size):
+            chunk = boxes[start : start + self.batch_size]
+            windows = torch.cat([inputs[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            if any(pad):
+                windows = self._trim(F.pad(windows, pad))
+                size = windows.shape[-2:]
+            else:
+                windows, size = self._trim(windows), (win_h, win_w)
+            grids = self.grid_logits(windows)
+            for (y1, y2, x1, x2), grid in zip(chunk, grids, strict=True):
+                with torch.autocast(self.device.type, enabled=False):
+                    up = F.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
+                    if any(pad):
+                        up = up[:, pad[2] : pad[2] + win_h, pad[0] : pad[0] + win_w]
+                    summed[:, y1:y2, x1:x2] += up
+                count[:, y1:y2, x1:x2] += 1
+        with torch.autocast(self.device.type, enabled=False):
+            logits = summed.div_(count)
+            if tuple(out_size) == (height, width):  # bilinear resizing to the same size is the identity
+                return logits
+            return F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+
+    def predict(self, image: np.ndarray | Tensor, out_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """``(class map [H0, W0], cosine logits [Q, H0, W0])``."""
+        logits = self.dense_logits(image, out_size)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            return classify(logits, self.queries, self.settings), logits

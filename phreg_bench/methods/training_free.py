@@ -1,0 +1,71 @@
+"""Training-free open-vocabulary methods: CLIP with its last block run differently.
+
+Each factory wraps a backbone with one :data:`phreg_core.last_block.PRESETS` entry (reference notes §4):
+
+* ``maskclip`` — MaskCLIP as PH-Reg / ClearCLIP define it: ``out_proj(v)``, no residual, no FFN
+  (``0raiser0/PH-Reg:models/OpenaiMaskCLIP/clip_reg.py``);
+* ``maskclip-official`` — MaskCLIP ECCV'22: the value path keeps the residual and the FFN
+  (``chongzhou96/MaskCLIP:mmseg/models/backbones/vit.py``);
+* ``sclip`` — SCLIP ECCV'24 correlative self-attention ``softmax(q qᵀ s) + softmax(k kᵀ s)``, residual and
+  FFN kept (``wangf3014/SCLIP:clip/model.py``);
+* ``clearclip`` — ClearCLIP ECCV'24: ``softmax(q qᵀ s)``, no residual, no FFN (``mc-lan/ClearCLIP``);
+* ``naclip`` — NACLIP WACV'25: ``softmax(k kᵀ s + Ω)`` with a Gaussian neighbourhood bias of σ = 5, reduced
+  block (``sinahmr/NACLIP:clip/model.py``).
+
+``method_config`` is the preset's :meth:`LastBlockConfig.to_dict` (it enters the result's config hash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import Tensor
+
+from phreg_bench.backbones.base import Backbone
+from phreg_bench.methods.base import DenseModel
+from phreg_core.last_block import PRESETS, LastBlockConfig
+from phreg_core.vit import TokenOutput
+
+
+class LastBlockModel(DenseModel):
+    """A backbone whose final block is replaced by a :class:`LastBlockConfig`."""
+
+    def __init__(self, backbone: Backbone, method_name: str, config: LastBlockConfig):
+        super().__init__(backbone, method_name, config.to_dict())
+        self.last_block = config
+
+    def forward_tokens(self, images: Tensor, *, project: bool = True) -> TokenOutput:
+        return self.backbone.forward_tokens(images, last_block=self.last_block, project=project)[0]
+
+
+def _build(name: str, backbone: Backbone, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> LastBlockModel:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        hint = f"; it accepts {', '.join(allowed)}" if allowed else "; it takes no options"
+        raise ValueError(f"method {name!r} got unknown options {unknown}{hint}")
+    config = PRESETS[name]
+    if "gaussian_std" in options:
+        config = replace(config, gaussian_std=float(options["gaussian_std"]))
+    return LastBlockModel(backbone, name, config)
+
+
+def build_maskclip(backbone: Backbone, **options: Any) -> LastBlockModel:
+    return _build("maskclip", backbone, options)
+
+
+def build_maskclip_official(backbone: Backbone, **options: Any) -> LastBlockModel:
+    return _build("maskclip-official", backbone, options)
+
+
+def build_sclip(backbone: Backbone, **options: Any) -> LastBlockModel:
+    return _build("sclip", backbone, options)
+
+
+def build_clearclip(backbone: Backbone, **options: Any) -> LastBlockModel:
+    return _build("clearclip", backbone, options)
+
+
+def build_naclip(backbone: Backbone, **options: Any) -> LastBlockModel:
+    """NACLIP; ``gaussian_std`` (default 5.0, NACLIP's ``--std``) may be changed for ablations."""
+    return _build("naclip", backbone, options, allowed=("gaussian_std",))

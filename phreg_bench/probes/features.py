@@ -1,0 +1,110 @@
+"""Frozen-backbone features for probes: extraction, cache identity and filling cache entries.
+
+Features are ``DenseModel.forward_tokens(images, project=False)``: the final layer's patch tokens after the
+final norm (width ``embed_dim``), and the CLS token ``prefix[:, 0]`` where a task needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from phreg_bench.probes.cache import CacheEntry, FeatureCache
+from phreg_bench.progress import track
+from phreg_bench.tasks.base import RunContext
+
+# Bump when the extraction code changes the cached bytes (enters every cache key).
+FEATURE_CODE_VERSION = "1"
+
+
+def model_identity(model) -> dict[str, Any]:
+    """What identifies a frozen feature extractor: architecture, weights bytes and the method config."""
+    info = model.backbone.info
+    return {
+        "backbone": info.name,
+        "architecture": info.architecture,
+        "weights_sha256": info.weights_sha256,
+        "weights_id": None if info.weights_sha256 else info.weights_id,
+        "method": model.describe(),
+    }
+
+
+def open_cache(ctx: RunContext, model) -> tuple[FeatureCache, str]:
+    """The run's feature cache, and why it is (not) persistent.
+
+    Without a weights sha256 the features cannot be content-addressed safely, so they live in a temporary
+    folder for this run only (fail-closed: never reused under a name that might not match the bytes).
+    """
+    if ctx.options.get("feature_cache") is False:
+        return FeatureCache(None), "disabled by RunContext.options['feature_cache']"
+    if not model.backbone.info.weights_sha256:
+        return FeatureCache(None), "temporary: backbone has no weights sha256"
+    return FeatureCache(ctx.cache_dir), "persistent"
+
+
+def cache_fields(model, ctx: RunContext, **fields: Any) -> dict[str, Any]:
+    """Everything that changes the cached bytes (beyond the caller's geometry/dataset fields)."""
+    return {"model": model_identity(model), "code_version": FEATURE_CODE_VERSION,
+            "precision": ctx.precision, "device_type": ctx.device.type, **fields}
+
+
+def autocast(ctx: RunContext):
+    if ctx.device.type == "cuda" and ctx.precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if ctx.precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def to_tensor(images: np.ndarray | Tensor) -> Tensor:
+    """``[B, H, W, 3]`` pixels in 0..255 (uint8 or float) -> float ``[B, 3, H, W]`` in [0, 1]."""
+    tensor = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    return tensor.permute(0, 3, 1, 2).float() / 255.0
+
+
+def center_pad(images: Tensor, multiple: int) -> Tensor:
+    """Zero-pad (in normalised space) H and W up to a multiple, split evenly (DINOv2 ``CenterPadding``)."""
+    pads = []
+    for size in (images.shape[-1], images.shape[-2]):
+        extra = -size % multiple
+        pads += [extra // 2, extra - extra // 2]
+    return F.pad(images, pads) if any(pads) else images
+
+
+@torch.inference_mode()
+def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch: bool = False,
+            with_cls: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Patch features ``[B, C, h, w]`` (and the CLS token ``[B, C]``) of 0..255 ``[B, H, W, 3]`` images, fp32."""
+    x = model.backbone.normalize(to_tensor(images).to(ctx.device))
+    if pad_to_patch:
+        x = center_pad(x, model.backbone.info.patch_size)
+    with autocast(ctx):
+        out = model.forward_tokens(x, project=False)
+    cls = None
+    if with_cls:
+        if not model.backbone.vision.has_class_token or out.prefix.shape[1] == 0:
+            raise ValueError(f"backbone {model.backbone.info.name!r} has no CLS token; the depth probe "
+                             "concatenates patch tokens with the CLS token (DINOv2/DVT linear protocol)")
+        cls = out.prefix[:, 0].float()
+    return out.patches.float(), cls
+
+
+def fill(entry: CacheEntry, produce: Callable[[np.ndarray], dict[str, np.ndarray]], batch_rows: int,
+         ctx: RunContext, description: str) -> dict[str, Any]:
+    """Compute and store every missing row of ``entry``; returns counts and seconds."""
+    missing = entry.missing_rows()
+    start = time.perf_counter()
+    chunks = [missing[i:i + batch_rows] for i in range(0, len(missing), batch_rows)]
+    for rows in track(chunks, description, progress=ctx.progress):
+        entry.write(rows, produce(rows))
+    entry.flush()
+    status = entry.status()
+    status.update(computed_rows=int(len(missing)), hit=len(missing) == 0,
+                  seconds=round(time.perf_counter() - start, 3))
+    return status

@@ -1,0 +1,1 @@
+"""A procedural world with known truth (labels and depth) for offline tests and the built-in default."""

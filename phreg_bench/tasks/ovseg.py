@@ -1,0 +1,162 @@
+"""The ``ovseg`` family: zero-shot open-vocabulary semantic segmentation with a CLIP-like backbone.
+
+A task spec (``tasks/ovseg/<dataset>.yaml``) names the dataset reader, split, class file and protocol
+presets; the resolved protocol (resize, crop, stride, logit scale, thresholds, templates) is recorded and
+hashed with every result. The harness is :mod:`phreg_bench.inference`, the metrics
+:mod:`phreg_bench.metrics.segmentation`, the text side :mod:`phreg_bench.text`.
+
+``RunContext.options`` understood here: ``skip_corrupt`` (bool) — skip unreadable or invalid samples and
+count them in ``extra["skipped"]`` instead of failing; ``pearson`` (bool, default True) — also compute the
+Table S.4 Pearson metric.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phreg_bench.datasets.base import DatasetError
+from phreg_bench.inference import HarnessSettings, OVSegPredictor
+from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
+from phreg_bench.progress import track
+from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
+from phreg_bench.tasks.specs import class_file, spec_root
+from phreg_bench.text import class_queries, file_sha256, read_class_names, read_templates
+
+SETTING_KEYS = {f.name for f in fields(HarnessSettings)} | {"name", "templates"}
+DEFAULTS: dict[str, Any] = {"prob_thd": 0.0, "area_thd": None, "max_long": 2048, "window_pad": "none",
+                            "templates": "imagenet_templates.txt"}
+
+
+def template_file(name: str) -> Path:
+    """A file name in the shipped ``tasks/templates/``, or a path to your own template file."""
+    path = spec_root() / "templates" / name
+    if path.exists():
+        return path
+    if Path(name).expanduser().is_file():
+        return Path(name).expanduser()
+    raise FileNotFoundError(f"template file {name!r} not found in {path.parent} nor as a path")
+
+
+def check_settings(settings: dict[str, Any], task: str) -> HarnessSettings:
+    unknown = sorted(set(settings) - SETTING_KEYS)
+    if unknown:
+        raise ValueError(f"{task}: unknown ovseg protocol settings {unknown}; known: {sorted(SETTING_KEYS)}")
+    return HarnessSettings.from_settings(settings)
+
+
+class _Guarded(torch.utils.data.Dataset):
+    """Returns the error message instead of raising, so a corrupt sample can be skipped and counted."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except DatasetError as error:
+            return str(error)
+
+
+def _identity(item):
+    return item
+
+
+class OpenVocabSegmentation(TaskFamily):
+    name = "ovseg"
+    needs_text = True
+
+    def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
+        name, settings = spec.protocol(protocol)
+        resolved = {"name": name, **DEFAULTS, **settings}
+        check_settings(resolved, spec.name)
+        return resolved
+
+    def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        from phreg_bench.registries import DATASETS
+
+        harness = check_settings({**DEFAULTS, **settings}, spec.name)
+        if spec.classes is None:
+            raise ValueError(f"{spec.name}: the task spec names no class file")
+        classes_path = class_file(spec.classes)
+        templates_path = template_file(settings.get("templates", DEFAULTS["templates"]))
+        classes, templates = read_class_names(classes_path), read_templates(templates_path)
+        reader = DATASETS.get(spec.dataset)
+        if reader.num_classes != len(classes):
+            raise ValueError(f"{classes_path} lists {len(classes)} classes but {reader.name} has {reader.num_classes}")
+        phases: dict[str, float] = {}
+
+        start = time.perf_counter()
+        text = getattr(model.backbone, "text", None)
+        queries = class_queries(model.encode_text, classes, templates,
+                                tower_identity=getattr(text, "identity", None),
+                                cache_dir=Path(ctx.cache_dir) / "text", device=ctx.device)
+        phases["text_s"] = time.perf_counter() - start
+
+        dataset = reader(ctx.data_root, split=spec.split, limit=ctx.limit)
+        predictor = OVSegPredictor(model, queries, harness, batch_size=ctx.batch_size, device=ctx.device)
+        metric = SegmentationMetric(reader.num_classes, device=ctx.device)
+        pearson = PearsonMetric() if ctx.options.get("pearson", True) else None
+        skip = bool(ctx.options.get("skip_corrupt", False))
+        loader = torch.utils.data.DataLoader(_Guarded(dataset), batch_size=None, shuffle=False,
+                                             num_workers=ctx.num_workers, collate_fn=_identity)
+        skipped: list[str] = []
+        evaluated, waiting = 0, 0.0
+        start = time.perf_counter()
+        iterator = iter(track(loader, spec.name, total=len(dataset), progress=ctx.progress))
+        while True:
+            tick = time.perf_counter()
+            sample = next(iterator, None)
+            waiting += time.perf_counter() - tick
+            if sample is None:
+                break
+            if isinstance(sample, str):
+                if not skip:
+                    raise DatasetError(f"{sample} (or set skip_corrupt to skip such files and count them)")
+                skipped.append(sample)
+                continue
+            label = torch.from_numpy(sample.label).to(ctx.device)
+            pred, logits = predictor.predict(sample.image, out_size=tuple(label.shape))
+            metric.update(pred, label)
+            if pearson is not None:
+                with torch.inference_mode():
+                    pearson.update(queries.synonym_plan(logits), label)
+            evaluated += 1
+        phases["evaluate_s"] = time.perf_counter() - start
+        phases["data_wait_s"] = waiting
+        if evaluated == 0:
+            raise DatasetError(f"{spec.name}: no sample was evaluated ({len(skipped)} skipped)")
+
+        result = metric.compute()
+        values = {key: float(result[key]) for key in ("mIoU", "mAcc", "aAcc")}
+        if any(v != v for v in values.values()):
+            raise ValueError(f"{spec.name}: no labelled pixel in the evaluated samples; metrics are undefined")
+        score = pearson.compute() if pearson is not None else None
+        if score is not None:
+            values["pearson"] = score
+        names = [synonyms[0] for synonyms in classes]
+        if reader.has_background:
+            names[0] = "background"
+        return TaskOutcome(
+            main_metric=spec.metric, metrics=values, num_samples=evaluated,
+            per_class={n: _finite(v) for n, v in zip(names, result["IoU"], strict=True)},
+            extra={
+                "per_class_acc": {n: _finite(v) for n, v in zip(names, result["Acc"], strict=True)},
+                "text_cache": queries.cache, "num_queries": len(queries.names),
+                "dataset_samples": dataset.full_count, "skipped": len(skipped), "skipped_files": skipped[:20],
+                "class_file": spec.classes, "class_file_sha256": file_sha256(classes_path),
+                "templates_sha256": file_sha256(templates_path),
+            },
+            phases={key: round(value, 3) for key, value in phases.items()},
+        )
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else float(value)

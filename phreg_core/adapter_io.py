@@ -1,0 +1,144 @@
+"""PH-Reg adapters on disk: ``adapter.safetensors`` (only the tensors that changed) + ``adapter.json``.
+
+The sidecar names the base backbone and the sha256 of its weights; loading onto other base weights is
+refused (the deltas are meaningless there). Both files are written atomically (temp file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from phreg_core.student import Student
+from phreg_core.vit import ViTAdapter
+
+__all__ = ["ADAPTER_FORMAT", "AdapterMismatchError", "adapter_paths", "load_adapter", "read_sidecar", "save_adapter"]
+
+ADAPTER_FORMAT = "phreg-adapter"
+ADAPTER_VERSION = 1
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter was made for other base weights (or another architecture)."""
+
+
+def adapter_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(tensors, sidecar)`` for a folder (``adapter.safetensors`` inside) or either file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "adapter.safetensors"
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors"), path
+    return path, path.with_suffix(".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, writer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_adapter(
+    student: Student,
+    path: str | Path,
+    *,
+    base_name: str | None,
+    base_weights_sha256: str | None,
+    config: dict[str, Any] | None = None,
+    steps: int = 0,
+    final_loss: float | None = None,
+    teacher: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write the student's changed tensors and the sidecar; returns both paths."""
+    from safetensors.torch import save_file
+
+    tensors_path, sidecar_path = adapter_paths(path)
+    state = student.changed_state()
+    _atomic_write_bytes(tensors_path, lambda tmp: save_file(state, tmp, metadata={"format": ADAPTER_FORMAT}))
+    sidecar = {
+        "format": ADAPTER_FORMAT,
+        "version": ADAPTER_VERSION,
+        "base": {"name": base_name, "weights_sha256": base_weights_sha256},
+        "registers": student.num_registers,
+        "unlock": student.unlock.to_dict(),
+        "student": student.spec(),
+        "teacher": teacher,
+        "config": config or {},
+        "steps": int(steps),
+        "final_loss": final_loss,
+        "tensors": {name: list(t.shape) for name, t in sorted(state.items())},
+        "tensors_file": tensors_path.name,
+        "tensors_sha256": _sha256(tensors_path),
+        **(extra or {}),
+    }
+    text = json.dumps(sidecar, indent=2, sort_keys=False, allow_nan=False)
+    _atomic_write_bytes(sidecar_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return tensors_path, sidecar_path
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    tensors_path, sidecar_path = adapter_paths(path)
+    if not sidecar_path.exists():
+        raise FileNotFoundError(f"adapter sidecar {sidecar_path} not found; an adapter is the pair "
+                                f"{tensors_path.name} + {sidecar_path.name} written by `phreg-bench distill`")
+    data = json.loads(sidecar_path.read_text())
+    if data.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{sidecar_path} is not a PH-Reg adapter sidecar (format {data.get('format')!r})")
+    if data.get("version", 0) > ADAPTER_VERSION:
+        raise ValueError(f"{sidecar_path} has adapter version {data['version']}; this phreg_core reads "
+                         f"<= {ADAPTER_VERSION}: upgrade phreg-bench")
+    return data
+
+
+def check_base(sidecar: dict[str, Any], weights_sha256: str | None, where: str = "adapter") -> None:
+    """Refuse an adapter made for other base weights."""
+    expected = sidecar.get("base", {}).get("weights_sha256")
+    name = sidecar.get("base", {}).get("name")
+    if expected is None:
+        raise AdapterMismatchError(f"{where} does not record its base weights sha256, so it cannot be checked "
+                                   "against this backbone; re-save it with base_weights_sha256 set")
+    if weights_sha256 != expected:
+        raise AdapterMismatchError(
+            f"{where} was distilled from {name!r} with weights sha256 {expected[:12]}…, but this backbone's "
+            f"weights hash to {str(weights_sha256)[:12]}…; load the same base weights (--weights) the "
+            "adapter was made from, or distil a new adapter for these weights")
+
+
+def load_adapter(base: ViTAdapter, path: str | Path, *, weights_sha256: str | None) -> tuple[Student, dict]:
+    """Rebuild the student on ``base`` and load the adapter; returns ``(student, sidecar)``."""
+    from safetensors.torch import load_file
+
+    tensors_path, sidecar_path = adapter_paths(path)
+    sidecar = read_sidecar(sidecar_path)
+    check_base(sidecar, weights_sha256, where=str(tensors_path))
+    if not tensors_path.exists():
+        raise FileNotFoundError(f"adapter tensors {tensors_path} not found next to {sidecar_path}")
+    actual = _sha256(tensors_path)
+    if actual != sidecar.get("tensors_sha256"):
+        raise AdapterMismatchError(f"{tensors_path} does not match the sha256 in {sidecar_path.name} (file "
+                                   "changed or truncated); copy both files of the adapter together")
+    student = Student.from_spec(base, sidecar["student"])
+    try:
+        student.load_changed_state(load_file(str(tensors_path)))
+    except (KeyError, ValueError) as error:
+        raise AdapterMismatchError(f"{tensors_path}: {error}") from error
+    return student.eval(), sidecar

@@ -1,0 +1,259 @@
+"""The PH-Reg student: a copy of the teacher's ViT plus ``m`` new register tokens and a few unlocked weights.
+
+Reference notes §1.4–§1.5:
+
+* registers: ``randn(m, d) / sqrt(d)``, no positional embedding, default ``m = 16``;
+* placement: open_clip towers append them after the patches (``[CLS, patches, regs]``, after the
+  positional embedding, before ``ln_pre``); timm towers put them right after the prefix, the way timm's own
+  ``reg_tokens`` sit (DINOv2's code prepends them before CLS; both keep them out of the patch grid);
+* last block: CLIP students use the MaskCLIP value path ``out_proj(v(ln_1 x))`` (no attention mixing, no
+  residual, no FFN; ``models/OpenaiMaskCLIP/clip_reg.py``); other ViTs keep their last block;
+* CLIP's positional embedding is bicubically resampled once to the training grid and that copy is the
+  trainable parameter (other input sizes re-interpolate from it);
+* unlocked (official code): registers, positional embedding, patch-embedding conv (+ bias), the last
+  block — for CLIP the last **two** blocks. The paper's text ("the final transformer layer") is the
+  ``"paper"`` unlock set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from phreg_core.last_block import PRESETS, LastBlockConfig
+from phreg_core.teacher import is_clip_family
+from phreg_core.vit import TokenOutput, ViTAdapter, resample_grid_embed
+
+__all__ = ["DEFAULT_REGISTERS", "Student", "UnlockSet", "embedding_paths"]
+
+DEFAULT_REGISTERS = 16  # PH-Reg App. B.1; `num_register_tokens=16` (CLIP), `--num_of_reg 16` (DINOv2)
+
+
+@dataclass(frozen=True)
+class UnlockSet:
+    """Which student weights train. Everything else stays frozen."""
+
+    registers: bool = True
+    pos_embed: bool = True
+    patch_embed: bool = True
+    last_blocks: int = 1
+
+    @classmethod
+    def official(cls, clip: bool) -> UnlockSet:
+        """The released code: CLIP unlocks ``resblocks[-2]`` and ``[-1]``, DINOv2 ``encoder.layer[-1]``."""
+        return cls(last_blocks=2 if clip else 1)
+
+    @classmethod
+    def paper(cls) -> UnlockSet:
+        """The paper's wording (§3.2, App. B.3): registers, pos-emb, patch conv and the final layer."""
+        return cls(last_blocks=1)
+
+    @classmethod
+    def parse(cls, spec: str | dict | UnlockSet, clip: bool) -> UnlockSet:
+        """``"official"``, ``"paper"``, a dict, or ``"registers,pos_embed,patch_embed,last_blocks=2"``."""
+        if isinstance(spec, UnlockSet):
+            return spec
+        if isinstance(spec, dict):
+            return cls(**spec)
+        if spec == "official":
+            return cls.official(clip)
+        if spec == "paper":
+            return cls.paper()
+        fields: dict[str, Any] = {"registers": False, "pos_embed": False, "patch_embed": False, "last_blocks": 0}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            key, sep, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key not in fields:
+                raise ValueError(f"unknown unlock item {key!r} in {spec!r}; use 'official', 'paper' or a list "
+                                 "of registers, pos_embed, patch_embed, last_blocks=K")
+            fields[key] = int(value) if key == "last_blocks" else (True if not sep else value.lower() == "true")
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Dotted paths (relative to the adapter) of the positional-embedding parameter and the patch-embedding conv.
+_EMBED_PATHS = {
+    "TimmViTAdapter": ("model.pos_embed", "model.patch_embed.proj"),
+    "OpenClipViTAdapter": ("visual.positional_embedding", "visual.conv1"),
+}
+
+
+def embedding_paths(adapter: ViTAdapter) -> tuple[str, str]:
+    """``(pos_embed_path, patch_embed_path)`` for an adapter.
+
+    Third-party adapters declare ``pos_embed_path`` and ``patch_embed_path`` attributes.
+    """
+    for klass in type(adapter).__mro__:
+        if klass.__name__ in _EMBED_PATHS:
+            return _EMBED_PATHS[klass.__name__]
+    pos, patch = getattr(adapter, "pos_embed_path", None), getattr(adapter, "patch_embed_path", None)
+    if pos is None or patch is None:
+        raise TypeError(f"{type(adapter).__name__} does not say where its positional and patch embeddings are; "
+                        "set `pos_embed_path` and `patch_embed_path` on the adapter class")
+    return pos, patch
+
+
+def _resolve(module: nn.Module, path: str) -> tuple[nn.Module, str]:
+    *parents, leaf = path.split(".")
+    for name in parents:
+        module = getattr(module, name)
+    return module, leaf
+
+
+def resample_pos_parameter(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
+    """Bicubically resample the patch rows of a positional embedding (``[1, P+N, C]`` or ``[P+N, C]``).
+
+    The first ``P = rows − h·w`` rows (CLS/prefix positions, if any) are kept as they are.
+    """
+    squeeze = pos.dim() == 2
+    table = pos.unsqueeze(0) if squeeze else pos
+    extra = table.shape[1] - src_grid[0] * src_grid[1]
+    if extra < 0:
+        raise ValueError(f"positional embedding has {table.shape[1]} rows, fewer than the {src_grid} grid")
+    patches = resample_grid_embed(table[:, extra:], src_grid, dst_grid)
+    out = torch.cat([table[:, :extra], patches], dim=1)
+    return out[0] if squeeze else out
+
+
+class Student(nn.Module):
+    """A deep copy of ``base`` with new registers and the PH-Reg unlock set.
+
+    ``last_block="auto"`` picks MaskCLIP's value path for CLIP towers and keeps the last block otherwise;
+    ``project="auto"`` returns projected (512-d) tokens for CLIP; ``train_grid`` with
+    ``resample_pos_embed="auto"`` stores CLIP's positional embedding at the training grid.
+    """
+
+    def __init__(
+        self,
+        base: ViTAdapter,
+        num_registers: int = DEFAULT_REGISTERS,
+        *,
+        placement: str | None = None,
+        last_block: str | LastBlockConfig | dict | None = "auto",
+        unlock: str | dict | UnlockSet = "official",
+        train_grid: Sequence[int] | None = None,
+        resample_pos_embed: bool | str = "auto",
+        project: bool | str = "auto",
+        seed: int = 0,
+    ):
+        super().__init__()
+        clip = is_clip_family(base)
+        self.vision = copy.deepcopy(base).float()
+        self.num_registers = int(num_registers)
+        self.placement = placement or base.register_placement
+        self.vision.register_placement = self.placement
+        if last_block == "auto":
+            last_block = PRESETS["maskclip"] if clip else None
+        elif isinstance(last_block, str):
+            last_block = PRESETS[last_block]
+        elif isinstance(last_block, dict):
+            last_block = LastBlockConfig(**last_block)
+        self.last_block: LastBlockConfig | None = last_block
+        self.unlock = UnlockSet.parse(unlock, clip)
+        self.project = clip if project == "auto" else bool(project)
+        self.train_grid = tuple(int(v) for v in train_grid) if train_grid is not None else None
+        self.resample_pos_embed = (clip if resample_pos_embed == "auto" else bool(resample_pos_embed))
+        self.seed = seed
+        if self.resample_pos_embed and self.train_grid is not None:
+            self._store_pos_embed_at(self.train_grid)
+        generator = torch.Generator().manual_seed(seed)
+        dim = base.embed_dim
+        self.registers = nn.Parameter(torch.randn(self.num_registers, dim, generator=generator) / math.sqrt(dim))
+        self._apply_unlock()
+        self.initial_trainable = {name: p.detach().cpu().clone() for name, p in self.trainable_named_parameters()}
+
+    # -- construction -------------------------------------------------------------------------------
+    def _store_pos_embed_at(self, grid: tuple[int, int]) -> None:
+        pos_path, _ = embedding_paths(self.vision)
+        parent, leaf = _resolve(self.vision, pos_path)
+        old = getattr(parent, leaf)
+        with torch.no_grad():
+            new = resample_pos_parameter(old.detach(), tuple(self.vision.native_grid), grid)
+        setattr(parent, leaf, nn.Parameter(new.clone().contiguous()))
+        self.vision.native_grid = tuple(grid)  # later inputs re-interpolate from the stored training grid
+
+    def _apply_unlock(self) -> None:
+        self.requires_grad_(False)
+        unlock = self.unlock
+        self.registers.requires_grad_(unlock.registers and self.num_registers > 0)
+        pos_path, patch_path = embedding_paths(self.vision)
+        if unlock.pos_embed:
+            parent, leaf = _resolve(self.vision, pos_path)
+            getattr(parent, leaf).requires_grad_(True)
+        if unlock.patch_embed:
+            parent, leaf = _resolve(self.vision, patch_path)
+            getattr(parent, leaf).requires_grad_(True)  # conv weight and bias (if any)
+        if unlock.last_blocks:
+            for block in self.vision.blocks[-unlock.last_blocks:]:
+                block.requires_grad_(True)
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
+    def changed_state(self, atol: float = 0.0) -> dict[str, Tensor]:
+        """Trainable tensors that differ from their initial value, plus the registers (always new)."""
+        out = {}
+        for name, param in self.trainable_named_parameters():
+            value = param.detach().cpu()
+            initial = self.initial_trainable.get(name)
+            if name == "registers" or initial is None or initial.shape != value.shape or \
+                    not torch.allclose(value, initial, rtol=0.0, atol=atol):
+                out[name] = value.contiguous()
+        if "registers" not in out and self.num_registers:
+            out["registers"] = self.registers.detach().cpu().contiguous()
+        return out
+
+    def load_changed_state(self, state: dict[str, Tensor]) -> None:
+        """Load tensors saved by :meth:`changed_state`; unknown names or shapes are an error."""
+        own = dict(self.named_parameters())
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise KeyError(f"adapter tensors {unknown[:5]} do not exist in this student; was it made for "
+                           "another architecture or student configuration?")
+        with torch.no_grad():
+            for name, value in state.items():
+                if own[name].shape != value.shape:
+                    raise ValueError(f"adapter tensor {name!r} has shape {tuple(value.shape)}, the student "
+                                     f"expects {tuple(own[name].shape)}")
+                own[name].copy_(value)
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
+                       project: bool | None = None) -> list[TokenOutput]:
+        """Dense outputs; ``prefix`` holds CLS, built-in registers, then the new registers."""
+        project = self.project if project is None else project
+        registers = self.registers if self.num_registers else None
+        return self.vision.forward_tokens(images, layers, registers=registers, last_block=self.last_block,
+                                          project=project)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The distillation output: final (CLIP: projected) patch tokens ``[B, C, h, w]``."""
+        return self.forward_tokens(images)[0].patches
+
+    def spec(self) -> dict[str, Any]:
+        """Everything needed to rebuild this student from the same base (stored in adapter sidecars)."""
+        return {
+            "num_registers": self.num_registers,
+            "placement": self.placement,
+            "last_block": self.last_block.to_dict() if self.last_block is not None else None,
+            "unlock": self.unlock.to_dict(),
+            "train_grid": list(self.train_grid) if self.train_grid is not None else None,
+            "resample_pos_embed": self.resample_pos_embed,
+            "project": self.project,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_spec(cls, base: ViTAdapter, spec: dict[str, Any]) -> Student:
+        return cls(base, spec["num_registers"], placement=spec["placement"], last_block=spec["last_block"],
+                   unlock=spec["unlock"], train_grid=spec["train_grid"],
+                   resample_pos_embed=spec["resample_pos_embed"], project=spec["project"], seed=spec["seed"])
