@@ -24,7 +24,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,9 @@ class ProofConfig:
     """Sizes and the short distillation recipe of the synthetic proof.
 
     The paper distils for 100 epochs at lr 1e-4…3e-4 (Tables S.2/S.3); a few hundred steps on a CPU need
-    a larger learning rate, so this tiny recipe uses AdamW 3e-3 → 3e-4 (per-epoch exponential decay, as the
-    trainer does), batch 8; every other setting is PH-Reg's (16 registers, 10 views, 15 % shifts, official
-    unlock set, loss (1 − cos) + MSE).
+    a larger learning rate, so this tiny recipe uses AdamW 5e-3 → 5e-4 (per-epoch exponential decay, as the
+    trainer does), batch 8, 200 steps; every other setting is PH-Reg's (16 registers, 10 views, 15 %
+    shifts, official unlock set, loss (1 − cos) + MSE, weight decay 1e-2).
     """
 
     scene_seed: int = 0
@@ -61,8 +61,8 @@ class ProofConfig:
     num_eval: int = 64
     steps: int = 200
     batch_size: int = 8
-    lr: float = 3e-3
-    lr_end: float = 3e-4
+    lr: float = 5e-3
+    lr_end: float = 5e-4
     registers: int = 16  # PH-Reg App. B.1
     views: int = 10  # PH-Reg §3.1
     seed: int = 0
@@ -102,11 +102,17 @@ def load_scenes(start: int, count: int, size: int, seed: int, normalize: Callabl
 
 
 def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, config: ProofConfig,
-                    out_dir: str | Path | None = None, progress: bool = False):
+                    out_dir: str | Path | None = None, progress=None, description: str = "distil",
+                    chunk: int = 25, target_cache: str | Path | None = None):
     """Distil a PH-Reg student of ``backbone`` on ``images``; returns ``(student, DistillResult)``.
 
-    ``denoise=False`` uses one view (the unmodified image) as the target: the raw teacher output.
-    With ``out_dir`` the trainer writes its log, checkpoint and the adapter there.
+    ``denoise=False`` uses one view (the unmodified image) as the target: the raw teacher output. The
+    run goes in chunks of ``chunk`` steps, each resuming the previous checkpoint (the trainer's exact
+    resume), which drives ``progress`` (a rich ``Progress``) and makes an interrupted run continue where
+    it stopped. ``out_dir`` keeps the checkpoints, the teacher-target cache, ``log.jsonl`` and the adapter
+    (``adapter.safetensors`` + ``adapter.json``); without it they live in a temporary folder.
+    ``target_cache`` names another folder for the denoised targets (variants with the same teacher, views
+    and seed share them: the cache is content-addressed).
     """
     from phreg_core.data import TensorImageDataset
     from phreg_core.student import Student
@@ -116,16 +122,34 @@ def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, 
     teacher = default_teacher(backbone.vision)
     student = Student(backbone.vision, registers, unlock="official", seed=config.seed)
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
-    with tempfile.TemporaryDirectory(prefix="phreg-targets-") as cache:
+    dataset = TensorImageDataset(images)
+    with tempfile.TemporaryDirectory(prefix="phreg-distill-") as scratch:
+        folder = Path(out_dir) if out_dir is not None else Path(scratch)
         settings = DistillConfig(
             epochs=max(1, math.ceil(config.steps / steps_per_epoch)), batch_size=config.batch_size,
             lr=config.lr, lr_end=config.lr_end, views=config.views if denoise else 1, seed=config.seed,
-            max_steps=config.steps, resolution=images.shape[-1], device="cpu", progress=progress,
-            save_adapter=out_dir is not None, out_dir=str(out_dir) if out_dir is not None else None,
-            checkpoint_every=0, cache_targets=cache if denoise else None, base_name=backbone.info.name,
+            resolution=images.shape[-1], device="cpu", progress=False, out_dir=str(folder), resume=True,
+            checkpoint_every=0, keep_checkpoints=1, save_adapter=False,
+            cache_targets=str(target_cache or folder / "targets") if denoise else None, base_name=backbone.info.name,
             base_weights_sha256=backbone.info.weights_sha256,
         )
-        result = distill(teacher, student, TensorImageDataset(images), settings)
+        task = progress.add_task(description, total=config.steps, info="") if progress is not None else None
+        seconds, result = 0.0, None
+        for stop in range(min(chunk, config.steps), config.steps + chunk, chunk):
+            stop = min(stop, config.steps)
+            last = stop == config.steps
+            result = distill(teacher, student, dataset, replace(settings, max_steps=stop,
+                                                                  save_adapter=last and out_dir is not None))
+            seconds += result.seconds
+            if task is not None:
+                loss = "-" if result.final_loss is None else f"loss {result.final_loss:.3f}"
+                progress.update(task, completed=result.steps, info=loss)
+            if last:
+                break
+        if task is not None:
+            progress.remove_task(task)
+    assert result is not None
+    result.seconds = seconds
     return student.eval(), result
 
 
@@ -181,16 +205,24 @@ class ProofResult:
         return {"rows": [r.to_dict() for r in self.rows], "config": asdict(self.config), "seconds": self.seconds}
 
 
-def run_proof(config: ProofConfig = ProofConfig(), *, log: Callable[[str], None] = print,
-              adapter_dir: str | Path | None = None, progress: bool = False) -> ProofResult:
-    """Build teacher and twin, distil every variant of ``config.variants``, evaluate every row.
+@dataclass
+class World:
+    """The teacher, its twin and the three scene sets of one proof run."""
 
-    ``adapter_dir`` keeps the full pipeline's adapter (``adapter.safetensors`` + ``adapter.json``) there.
-    """
+    teacher: Any  # Backbone with the artifact mechanism on
+    twin: Any  # the same weights, mechanism off
+    scenes: dict[str, Scenes]  # "distill", "probe", "eval"
+    twin_eval: Tensor  # the twin's patch tokens on the evaluation scenes
+
+
+def plain(backbone) -> Callable[[Tensor], Tensor]:
+    """``images -> final normalised patch grid`` of a backbone run as it is."""
+    return lambda images: backbone.forward_tokens(images)[0].patches
+
+
+def build_world(config: ProofConfig) -> World:
     from phreg_bench.backbones.planted import build_planted_vit
-    from phreg_bench.methods.tta import build as build_tta
 
-    start = time.perf_counter()
     teacher = build_planted_vit(**config.backbone_options)
     twin = build_planted_vit(artifacts=False, **config.backbone_options)
     size = teacher.info.native_resolution[0]
@@ -198,30 +230,50 @@ def run_proof(config: ProofConfig = ProofConfig(), *, log: Callable[[str], None]
               for name, first, count in (("distill", DISTILL_START, config.num_distill),
                                          ("probe", PROBE_START, config.num_probe),
                                          ("eval", EVAL_START, config.num_eval))}
-    probe, evaluation = scenes["probe"], scenes["eval"]
+    return World(teacher, twin, scenes, _features(plain(twin), scenes["eval"].images))
 
-    def plain(backbone):
-        return lambda images: backbone.forward_tokens(images)[0].patches
 
-    twin_eval = _features(plain(twin), evaluation.images)
-    rows = [evaluate("teacher (raw)", plain(teacher), probe, evaluation, twin_eval, None)]
+def evaluate_in(world: World, name: str, model_fn: Callable[[Tensor], Tensor], raw_rate: float | None) -> Row:
+    return evaluate(name, model_fn, world.scenes["probe"], world.scenes["eval"], world.twin_eval, raw_rate)
+
+
+def teacher_rows(world: World, config: ProofConfig) -> list[Row]:
+    """``teacher (raw)`` and ``teacher + TTA`` (the benchmark's ``tta`` method, PH-Reg's 10 views)."""
+    from phreg_bench.methods.tta import build as build_tta
+
+    raw = evaluate_in(world, "teacher (raw)", plain(world.teacher), None)
+    tta = build_tta(world.teacher, views=config.views, seed=config.seed)
+    denoised = evaluate_in(world, f"teacher + TTA ({config.views} views)",
+                           lambda x: tta.forward_tokens(x, project=False).patches, raw.outlier_rate)
+    return [raw, denoised]
+
+
+def run_proof(config: ProofConfig = ProofConfig(), *, log: Callable[[str], None] = print,
+              adapter_dir: str | Path | None = None, progress=None) -> ProofResult:
+    """Build teacher and twin, distil every variant of ``config.variants``, evaluate every row.
+
+    ``adapter_dir`` keeps the full pipeline's run (adapter, checkpoint, log) there; ``progress`` is an
+    optional rich ``Progress`` that shows each distillation.
+    """
+    start = time.perf_counter()
+    world = build_world(config)
+    rows = teacher_rows(world, config)
     raw_rate = rows[0].outlier_rate
-    tta = build_tta(teacher, views=config.views, seed=config.seed)
-    rows.append(evaluate(f"teacher + TTA ({config.views} views)", lambda x: tta.forward_tokens(x, project=False)
-                         .patches, probe, evaluation, twin_eval, raw_rate))
     log(f"teacher: {raw_rate:.2f}% outliers raw, {rows[1].outlier_rate:.2f}% after TTA")
-    for name in config.variants:
-        use_registers, denoise = VARIANTS[name]
-        keep = adapter_dir if (use_registers and denoise) else None
-        student, result = distill_variant(teacher, scenes["distill"].images, registers=config.registers if
-                                          use_registers else 0, denoise=denoise, config=config, out_dir=keep,
-                                          progress=progress)
-        row = evaluate(name, student, probe, evaluation, twin_eval, raw_rate)
-        row.register_share = register_share(student, evaluation.images)
-        row.seconds, row.final_loss = result.seconds, result.recent_loss
-        rows.append(row)
-        log(f"{name}: {result.steps} steps in {result.seconds:.1f}s, {row.outlier_rate:.2f}% outliers")
-    rows.append(evaluate("twin (no artifacts)", plain(twin), probe, evaluation, twin_eval, raw_rate))
+    with tempfile.TemporaryDirectory(prefix="phreg-targets-") as shared_targets:
+        for name in config.variants:
+            use_registers, denoise = VARIANTS[name]
+            keep = adapter_dir if (use_registers and denoise) else None
+            student, result = distill_variant(world.teacher, world.scenes["distill"].images,
+                                              registers=config.registers if use_registers else 0, denoise=denoise,
+                                              config=config, out_dir=keep, progress=progress, description=name,
+                                              target_cache=shared_targets)
+            row = evaluate_in(world, name, student, raw_rate)
+            row.register_share = register_share(student, world.scenes["eval"].images)
+            row.seconds, row.final_loss = result.seconds, result.recent_loss
+            rows.append(row)
+            log(f"{name}: {result.steps} steps in {result.seconds:.1f}s, {row.outlier_rate:.2f}% outliers")
+    rows.append(evaluate_in(world, "twin (no artifacts)", plain(world.twin), raw_rate))
     return ProofResult(rows, config, time.perf_counter() - start)
 
 

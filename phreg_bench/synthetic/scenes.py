@@ -102,6 +102,41 @@ def _texture(kind: str, dy: np.ndarray, dx: np.ndarray, radius: float, phase: fl
     return _value_noise(rng, (v + 1) / 2, (u + 1) / 2, int(freq * 2))
 
 
+@dataclass(frozen=True)
+class SceneObject:
+    """One object: class id, depth (metres), centre and radius in [0, 1] units, colour and texture."""
+
+    kind: int
+    depth: float
+    cx: float
+    cy: float
+    radius: float
+    colour: np.ndarray
+    phase: float = 0.0
+    texture_seed: int = 0
+
+
+def paint_objects(image: np.ndarray, labels: np.ndarray, depth: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                  objects: list[SceneObject]) -> np.ndarray:
+    """Paint objects far to near (painter's algorithm), so the nearest object wins every pixel.
+
+    ``labels`` and ``depth`` are updated in place; the painted image is returned.
+    """
+    for obj in sorted(objects, key=lambda o: -o.depth):
+        name = CLASS_NAMES[obj.kind]
+        dy, dx = ys - obj.cy, xs - obj.cx
+        mask = _shape_mask(name, dy, dx, obj.radius)
+        if not mask.any():
+            continue
+        texture = _texture(name, dy, dx, obj.radius, obj.phase, np.random.default_rng(obj.texture_seed))
+        shade = 1.0 - 0.25 * np.clip(dx / obj.radius, -1, 1)  # light from the left
+        surface = obj.colour * (shade * (1 + 0.3 * texture))[..., None]
+        image = np.where(mask[..., None], surface, image)
+        labels[mask] = obj.kind
+        depth[mask] = obj.depth
+    return image
+
+
 def render(index: int, size: int = 64, seed: int = 0) -> Scene:
     """Render scene ``index`` of world ``seed`` as a ``size``×``size`` image with labels and depth."""
     if size < 8:
@@ -115,7 +150,8 @@ def render(index: int, size: int = 64, seed: int = 0) -> Scene:
     k = DEPTH_NEAR * (1.0 - horizon)  # depth DEPTH_NEAR at the bottom row
     below = ys > horizon
     ground_depth = np.where(below, k / np.maximum(ys - horizon, 1e-6), DEPTH_FAR)
-    depth = np.minimum(ground_depth, DEPTH_WALL).astype(np.float32)  # the ground ends at the wall
+    # the ground ends at the wall; the sky is the far backdrop (the wall region is set below)
+    depth = np.where(below, np.minimum(ground_depth, DEPTH_WALL), DEPTH_FAR).astype(np.float32)
     labels = np.zeros((size, size), dtype=np.int64)
 
     # Above the horizon: a far wall, and the sky above its top edge. Both are smooth (a faint gradient and
@@ -158,18 +194,8 @@ def render(index: int, size: int = 64, seed: int = 0) -> Scene:
         colour = np.clip(base + rng.normal(0, 12, size=3), 0, 255).astype(np.float32)
         phase = float(rng.uniform(0, 2 * np.pi))
         tex_seed = int(rng.integers(0, 2**31))
-        objects.append((obj_depth, kind, centre_x, base_y - radius, radius, colour, phase, tex_seed))
-    for obj_depth, kind, cx, cy, radius, colour, phase, tex_seed in sorted(objects, key=lambda o: -o[0]):
-        dy, dx = ys - cy, xs - cx
-        mask = _shape_mask(CLASS_NAMES[kind], dy, dx, radius)
-        if not mask.any():
-            continue
-        texture = _texture(CLASS_NAMES[kind], dy, dx, radius, phase, np.random.default_rng(tex_seed))
-        shade = 1.0 - 0.25 * np.clip(dx / radius, -1, 1)  # light from the left
-        surface = colour * (shade * (1 + 0.3 * texture))[..., None]
-        image = np.where(mask[..., None], surface, image)
-        labels[mask] = kind
-        depth[mask] = obj_depth
+        objects.append(SceneObject(kind, obj_depth, centre_x, base_y - radius, radius, colour, phase, tex_seed))
+    image = paint_objects(image, labels, depth, ys, xs, objects)
 
     # Atmospheric fog: far surfaces fade towards a pale grey.
     fog = (0.35 * (depth - DEPTH_NEAR) / (DEPTH_FAR - DEPTH_NEAR))[..., None]

@@ -1,0 +1,136 @@
+"""`phreg-bench viz`: PNG panels comparing the dense features of backbones × methods on the same images."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from phreg_bench.cli import CliError, console
+
+DEFAULT_BACKBONE = "planted-vit"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "viz", help="figures: PCA-RGB features, patch norms and text heatmaps of models side by side",
+        description="For each input image write a PNG with the input and, per backbone × method, a PCA-to-RGB "
+        "map of the patch features (one joint PCA per feature width), the patch-norm map (shared scale) and, "
+        "with --query and a text backbone, the query's similarity heatmap; plus a histogram of patch norms.")
+    parser.add_argument("--backbone", "-b", action="append", help=f"backbone, repeatable (default: {DEFAULT_BACKBONE})")
+    parser.add_argument("--method", "-m", action="append", metavar="NAME[:KEY=VALUE,...]",
+                        help="method with its options, repeatable (default: raw), e.g. -m naclip -m tta:views=10")
+    parser.add_argument("--adapter", type=Path, help="PH-Reg adapter: adds the method 'phreg' with this adapter")
+    parser.add_argument("--weights", help="local weights file for the backbone(s)")
+    parser.add_argument("--random-init", action="store_true", help="random backbone weights (no download)")
+    parser.add_argument("--image", action="append", type=Path, help="an image file, repeatable")
+    parser.add_argument("--synthetic", action="append", type=int, metavar="INDEX",
+                        help="a scene of the built-in synthetic world, repeatable")
+    parser.add_argument("--dataset", help="a dataset reader (see `phreg-bench ls datasets`), with --index")
+    parser.add_argument("--split", default="val", help="dataset split (default: val)")
+    parser.add_argument("--index", action="append", type=int, help="dataset sample index, repeatable")
+    parser.add_argument("--data-root", type=Path, default=os.environ.get("PHREG_DATA"),
+                        help="datasets folder (default: $PHREG_DATA)")
+    parser.add_argument("--size", type=int, help="square input size in pixels (default: the first backbone's "
+                        "native resolution)")
+    parser.add_argument("--query", help="text query for the similarity heatmap (text backbones)")
+    parser.add_argument("--out", type=Path, default=Path("phreg_figures"), help="output folder (default: "
+                        "./phreg_figures)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.set_defaults(handler=handle)
+
+
+def load_inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
+    """``(id, uint8 image [H, W, 3])`` for every requested input."""
+    from phreg_bench.datasets.base import read_image
+    from phreg_bench.synthetic.scenes import render
+
+    inputs: list[tuple[str, np.ndarray]] = []
+    for path in args.image or []:
+        if not path.is_file():
+            raise CliError(f"--image {path} does not exist")
+        inputs.append((path.stem, read_image(path)))
+    if args.synthetic:
+        inputs += [(f"synthetic-{i}", render(i, 256, 0).image) for i in args.synthetic]
+    if args.dataset:
+        from phreg_bench.registries import DATASETS
+
+        reader = DATASETS.get(args.dataset)(args.data_root, split=args.split)
+        for index in args.index or [0]:
+            if not 0 <= index < len(reader):
+                raise CliError(f"--index {index} is outside {args.dataset} {args.split} (0..{len(reader) - 1})")
+            inputs.append((f"{args.dataset}-{args.split}-{index}", reader[index].image))
+    elif args.index:
+        raise CliError("--index needs --dataset NAME")
+    if not inputs:
+        inputs = [("synthetic-100000", render(100_000, 256, 0).image)]
+    return inputs
+
+
+def square(image: np.ndarray, size: int):
+    """Resize the short side to ``size`` (bicubic) and centre-crop a square; float ``[1, 3, S, S]`` in [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    height, width = tensor.shape[-2:]
+    scale = size / min(height, width)
+    new = (max(size, round(height * scale)), max(size, round(width * scale)))
+    tensor = F.interpolate(tensor, size=new, mode="bicubic", align_corners=False).clamp(0, 1)
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    return tensor[..., top : top + size, left : left + size]
+
+
+def parse_method(spec: str) -> tuple[str, dict, str]:
+    """``"tta:views=10,inner=naclip"`` -> ``("tta", {"views": 10, "inner": "naclip"}, spec)``."""
+    from phreg_bench.cli.run import parse_assignments
+
+    name, _, rest = spec.partition(":")
+    if not name:
+        raise CliError(f"--method {spec!r}: expected NAME or NAME:KEY=VALUE,...")
+    return name, parse_assignments([item for item in rest.split(",") if item], f"--method {name}"), spec
+
+
+def handle(args: argparse.Namespace) -> int:
+    from phreg_bench.cli.run import resolve_device
+    from phreg_bench.registries import METHODS
+    from phreg_bench.runner import build_backbone
+    from phreg_bench.viz import comparison_figure, model_panel, norm_histogram, require_matplotlib
+
+    require_matplotlib()
+    device = resolve_device(args.device)
+    methods = [parse_method(spec) for spec in args.method or (["raw"] if args.adapter is None else [])]
+    if args.adapter is not None:
+        methods.append(("phreg", {"adapter": str(args.adapter)}, "phreg"))
+    models = []
+    for backbone_name in args.backbone or [DEFAULT_BACKBONE]:
+        backbone = build_backbone(backbone_name, weights=args.weights, random_init=args.random_init)
+        for method, method_options, method_label in methods:
+            model = METHODS.get(method)(backbone, **method_options).to(device).eval()
+            label = backbone_name if len(methods) == 1 else f"{backbone_name} / {method_label}"
+            models.append((label, model))
+    size = args.size or models[0][1].backbone.info.native_resolution[0]
+    patches = {m.backbone.info.patch_size for _, m in models}
+    if any(size % p for p in patches):
+        raise CliError(f"--size {size} is not a multiple of every patch size {sorted(patches)}")
+    if args.query and not any(m.backbone.has_text for _, m in models):
+        console.print("[yellow]--query ignored: no compared backbone has a text tower[/yellow]")
+    args.out.mkdir(parents=True, exist_ok=True)
+    norms: dict[str, list[np.ndarray]] = {label: [] for label, _ in models}
+    for sample_id, image in load_inputs(args):
+        pixels = square(image, size)
+        panels = []
+        for label, model in models:
+            normalised = model.backbone.normalize(pixels).to(device)
+            panel = model_panel(label, model, normalised, args.query)
+            norms[label].append(panel.patches.norm(dim=0).numpy().ravel())
+            panels.append(panel)
+        shown = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        path = comparison_figure(shown, panels, args.out / f"viz_{sample_id}.png", title=sample_id, query=args.query)
+        console.print(f"figure: {path}")
+    path = norm_histogram({k: np.concatenate(v) for k, v in norms.items()}, args.out / "norm_histogram.png",
+                          title="patch-token norms")
+    console.print(f"figure: {path}")
+    return 0

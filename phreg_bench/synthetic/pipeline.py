@@ -1,0 +1,156 @@
+"""The built-in default's PH-Reg part: distil the planted-artifact ViT, evaluate it, draw the figures.
+
+:func:`run_default` is what ``phreg-bench run`` (no arguments) calls before it runs the leaderboard tasks:
+
+1. builds ``planted-vit`` (artifacts on) and ``planted-vit-twin`` (same weights, artifacts off);
+2. distils a PH-Reg student (16 registers, 10-view TTA targets, official unlock set) on 128 synthetic
+   scenes for 200 steps — resumable: an interrupted run continues from its checkpoint, a finished one is
+   not redone — and writes the adapter to ``<out>/phreg-adapter/adapter.safetensors`` (+ ``.json``);
+3. evaluates raw teacher, teacher + TTA, PH-Reg (loaded back from the adapter through the ``phreg``
+   method) and the twin: high-norm outlier rate, linear-probe mIoU and depth RMSE, cosine to the twin;
+4. writes ``<out>/figures/`` (side-by-side PCA / patch-norm panels of three scenes and the norm histogram),
+   ``<out>/summary.json`` and ``<out>/proof_table.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from phreg_bench.synthetic.proof import (
+    VARIANTS,
+    ProofConfig,
+    Row,
+    build_world,
+    distill_variant,
+    evaluate_in,
+    format_table,
+    plain,
+    register_share,
+    teacher_rows,
+)
+
+FULL = "PH-Reg (full)"
+FIGURE_SCENES = 3  # evaluation scenes drawn side by side
+DISPLAY_SIZE = 160  # the input panel shows the same scene rendered sharper than the model's input
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(data, stream, indent=2, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(tmp, path)
+
+
+def draw_figures(models: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]], images: torch.Tensor,
+                 indices: list[int], folder: Path, seed: int = 0) -> list[Path]:
+    """Comparison panels of the first :data:`FIGURE_SCENES` images and a norm histogram over all of them."""
+    from phreg_bench.synthetic.scenes import render
+    from phreg_bench.viz import Panel, comparison_figure, norm_histogram
+
+    paths = []
+    with torch.inference_mode():
+        grids = {name: fn(images).float() for name, fn in models}
+    for i in range(min(FIGURE_SCENES, len(images))):
+        panels = [Panel(name, grid[i]) for name, grid in grids.items()]
+        display = render(indices[i], DISPLAY_SIZE, seed).image
+        paths.append(comparison_figure(display, panels, folder / f"compare_scene{indices[i]}.png",
+                                       title=f"synthetic scene {indices[i]}: same planted ViT, three treatments, "
+                                             "and the artifact-free twin"))
+    norms = {name: grid.norm(dim=1).flatten().numpy() for name, grid in grids.items()}
+    paths.append(norm_histogram(norms, folder / "norm_histogram.png",
+                                title=f"patch-token norms on {len(images)} evaluation scenes"))
+    return paths
+
+
+def run_default(out_dir: str | os.PathLike, progress=None, *, config: ProofConfig | None = None,
+                log: Callable[[str], None] = print, figures: bool = True) -> dict[str, Any]:
+    """Distil, evaluate and draw (see the module docstring); returns the summary that is also written.
+
+    ``progress`` is an optional rich ``Progress`` (the distillation shows a bar on it); ``log`` prints
+    one line per stage. Summary keys: ``rows`` (list of dicts), ``table`` (Markdown), ``adapter``,
+    ``figures``, ``summary_json``, ``table_md``, ``seconds``, ``config``.
+    """
+    from phreg_bench.registries import METHODS
+    from phreg_bench.synthetic.scenes import CLASS_NAMES
+
+    start = time.perf_counter()
+    config = config or ProofConfig(variants=(FULL,))
+    out = Path(out_dir)
+    world = build_world(config)
+    rows: list[Row] = teacher_rows(world, config)
+    raw_rate = rows[0].outlier_rate
+    log(f"planted-vit: {raw_rate:.2f}% high-norm patch tokens; after 10-view TTA {rows[1].outlier_rate:.2f}%")
+
+    adapter_dir = out / "phreg-adapter"
+    _, result = distill_variant(world.teacher, world.scenes["distill"].images, registers=config.registers,
+                                denoise=VARIANTS[FULL][1], config=config, out_dir=adapter_dir, progress=progress,
+                                description="PH-Reg distillation")
+    log(f"PH-Reg: {result.steps} steps of distillation ({result.seconds:.0f}s), adapter in {adapter_dir}")
+    phreg = METHODS.get("phreg")(world.teacher, adapter=str(adapter_dir)).eval()  # the benchmark's loading path
+    row = evaluate_in(world, FULL, lambda x: phreg.forward_tokens(x, project=False).patches, raw_rate)
+    row.register_share = register_share(phreg.student, world.scenes["eval"].images)
+    row.seconds, row.final_loss = result.seconds, result.recent_loss
+    rows.append(row)
+    rows.append(evaluate_in(world, "twin (no artifacts)", plain(world.twin), raw_rate))
+    table = format_table(rows)
+
+    figure_paths: list[Path] = []
+    if figures:
+        from phreg_bench.methods.tta import build as build_tta
+
+        tta = build_tta(world.teacher, views=config.views, seed=config.seed)
+        models = [("planted-vit (raw)", plain(world.teacher)),
+                  ("+ TTA (10 views)", lambda x: tta.forward_tokens(x, project=False).patches),
+                  ("+ PH-Reg", lambda x: phreg.forward_tokens(x, project=False).patches),
+                  ("twin (no artifacts)", plain(world.twin))]
+        evaluation = world.scenes["eval"]
+        indices = list(range(100_000, 100_000 + len(evaluation.images)))
+        figure_paths = draw_figures(models, evaluation.images, indices, out / "figures", config.scene_seed)
+
+    summary = {
+        "rows": [r.to_dict() for r in rows],
+        "table": table,
+        "adapter": str(adapter_dir / "adapter.safetensors"),
+        "figures": [str(p) for p in figure_paths],
+        "summary_json": str(out / "summary.json"),
+        "table_md": str(out / "proof_table.md"),
+        "seconds": time.perf_counter() - start,
+        "config": asdict(config),
+        "classes": list(CLASS_NAMES),
+    }
+    _write_json(out / "summary.json", summary)
+    _write_text(out / "proof_table.md", table + "\n")
+    return summary
+
+
+def headline(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers a one-line summary needs: outlier reduction and probe changes of PH-Reg vs raw."""
+    rows = {r["name"]: r for r in summary["rows"]}
+    raw, full, twin = rows["teacher (raw)"], rows[FULL], rows["twin (no artifacts)"]
+    return {
+        "outliers_raw_pct": raw["outlier_rate"],
+        "outliers_phreg_pct": full["outlier_rate"],
+        "outlier_reduction_pct": float(full["outlier_reduction"]),
+        "miou_raw": raw["miou"], "miou_phreg": full["miou"], "miou_twin": twin["miou"],
+        "rmse_raw": raw["depth_rmse"], "rmse_phreg": full["depth_rmse"], "rmse_twin": twin["depth_rmse"],
+        "register_share_pct": float(np.nan_to_num(full["register_share"] or 0.0)),
+    }

@@ -1,0 +1,177 @@
+"""Figures of dense features, like PH-Reg's Figs. 1 and 3: models side by side on the same input.
+
+For each input image one PNG with a column per model: a PCA-to-RGB map of the patch features (one PCA
+fitted jointly over every compared model of the same width, so colours are comparable), the patch-norm
+map (one colour scale shared by all models, so high-norm artifacts stand out), and for models with a text
+tower the cosine-similarity heatmap of a text query (80 ImageNet templates, as the open-vocabulary
+tasks embed class names). A second PNG holds the histogram of patch norms of every model.
+
+matplotlib is an optional dependency (``pip install 'phreg-bench[viz]'``); it is imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PCA_CLIP = (1.0, 99.0)  # percentiles mapped to 0 and 1 in the PCA-RGB maps (robust to a few outliers)
+
+
+def require_matplotlib():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend, or a clear error saying how to get it."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise RuntimeError("figures need matplotlib: pip install 'phreg-bench[viz]' (or pip install matplotlib)") \
+            from error
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class Panel:
+    """One model's dense output on one image."""
+
+    name: str
+    patches: Tensor  # [C, h, w] final-normalised patch tokens
+    heatmap: Tensor | None = None  # [h, w] cosine similarity to the text query (text backbones)
+
+
+def joint_pca_rgb(grids: Sequence[Tensor], clip: tuple[float, float] = PCA_CLIP) -> list[np.ndarray]:
+    """PCA-to-RGB ``[h, w, 3]`` maps in [0, 1], one PCA per feature width fitted on all grids of that width.
+
+    Grids ``[C, h, w]`` of models with the same width share the principal axes, the sign of each axis and
+    the colour range, so equal colours mean similar features across models.
+    """
+    out: list[np.ndarray | None] = [None] * len(grids)
+    widths = sorted({g.shape[0] for g in grids})
+    for width in widths:
+        members = [i for i, g in enumerate(grids) if g.shape[0] == width]
+        tokens = torch.cat([grids[i].flatten(1).T.double() for i in members])  # [N, C]
+        mean = tokens.mean(0)
+        _, _, vh = torch.linalg.svd(tokens - mean, full_matrices=False)
+        axes = vh[:3]
+        signs = torch.sign(axes[torch.arange(len(axes)), axes.abs().argmax(1)])  # deterministic orientation
+        axes = axes * signs[:, None]
+        projected = (tokens - mean) @ axes.T  # [N, k]
+        low = torch.quantile(projected, clip[0] / 100, dim=0)
+        high = torch.quantile(projected, clip[1] / 100, dim=0)
+        scaled = ((projected - low) / (high - low).clamp(min=1e-12)).clamp(0, 1)
+        if scaled.shape[1] < 3:
+            scaled = F.pad(scaled, (0, 3 - scaled.shape[1]), value=0.5)
+        start = 0
+        for i in members:
+            h, w = grids[i].shape[-2:]
+            out[i] = scaled[start : start + h * w].reshape(h, w, 3).float().numpy()
+            start += h * w
+    return [o for o in out if o is not None]
+
+
+def patch_norm_map(grid: Tensor) -> np.ndarray:
+    """``[h, w]`` L2 norms of the patch tokens ``[C, h, w]``."""
+    return grid.float().norm(dim=0).numpy()
+
+
+def comparison_figure(image: np.ndarray, panels: Sequence[Panel], path: str | Path, *, title: str | None = None,
+                      query: str | None = None) -> Path:
+    """Write one PNG: the input, then per model its PCA-RGB map, norm map and (if any) query heatmap."""
+    plt = require_matplotlib()
+    pca = joint_pca_rgb([p.patches for p in panels])
+    norms = [patch_norm_map(p.patches) for p in panels]
+    vmax = max(float(n.max()) for n in norms)
+    has_heat = any(p.heatmap is not None for p in panels)
+    rows = 3 if has_heat else 2
+    cols = len(panels) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.3 * rows + 0.4), squeeze=False)
+    extent = (0, image.shape[1], image.shape[0], 0)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("input", fontsize=9)
+    for r in range(1, rows):
+        axes[r, 0].imshow(image, alpha=0.35)
+    axes[1, 0].text(0.5, 0.5, "patch norm\n(shared scale)", ha="center", va="center", fontsize=8,
+                    transform=axes[1, 0].transAxes)
+    if has_heat:
+        axes[2, 0].text(0.5, 0.5, f"text query\n{query!r}", ha="center", va="center", fontsize=8,
+                        transform=axes[2, 0].transAxes)
+    norm_image = None
+    for c, (panel, rgb, norm) in enumerate(zip(panels, pca, norms, strict=True), start=1):
+        axes[0, c].imshow(rgb, interpolation="nearest", extent=extent)
+        axes[0, c].set_title(panel.name, fontsize=9)
+        norm_image = axes[1, c].imshow(norm, cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest",
+                                       extent=extent)
+        axes[1, c].set_xlabel(f"max {norm.max():.1f} / median {np.median(norm):.1f}", fontsize=7)
+        if has_heat:
+            if panel.heatmap is None:
+                axes[2, c].text(0.5, 0.5, "no text tower", ha="center", va="center", fontsize=8,
+                                transform=axes[2, c].transAxes)
+            else:
+                axes[2, c].imshow(panel.heatmap.float().numpy(), cmap="jet", interpolation="bilinear", extent=extent)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if norm_image is not None:
+        fig.colorbar(norm_image, ax=list(axes[1, 1:]), fraction=0.02, pad=0.01)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, path)
+
+
+def norm_histogram(norms: dict[str, np.ndarray], path: str | Path, *, title: str | None = None,
+                   bins: int = 60) -> Path:
+    """Histogram of patch-token norms per model (log counts), on shared bins."""
+    plt = require_matplotlib()
+    values = {name: np.asarray(v, dtype=np.float64).ravel() for name, v in norms.items()}
+    top = max(float(v.max()) for v in values.values())
+    edges = np.linspace(0.0, top * 1.02, bins + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for name, v in values.items():
+        ax.hist(v, bins=edges, histtype="step", linewidth=1.5, label=f"{name} (max {v.max():.1f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("patch-token norm")
+    ax.set_ylabel("tokens")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(handle)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@torch.inference_mode()
+def model_panel(name: str, model, image: Tensor, query: str | None = None) -> Panel:
+    """Run a :class:`~phreg_bench.methods.base.DenseModel` on one normalised image ``[1, 3, H, W]``."""
+    patches = model.forward_tokens(image, project=False).patches[0].float().cpu()
+    heatmap = None
+    if query is not None and model.backbone.has_text:
+        from phreg_bench.tasks.ovseg import template_file
+        from phreg_bench.text import encode_names, read_templates
+
+        text = encode_names(model.encode_text, [query], read_templates(template_file("imagenet_templates.txt")))
+        projected = model.forward_tokens(image, project=True).patches[0].float()
+        heatmap = torch.einsum("chw,c->hw", F.normalize(projected, dim=0), F.normalize(text[0].float(), dim=0))
+        heatmap = heatmap.cpu()
+    return Panel(name, patches, heatmap)
