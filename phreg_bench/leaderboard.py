@@ -18,7 +18,7 @@ from typing import Any
 
 from phreg_bench.results.hashing import canonical_json
 from phreg_bench.results.schema import ResultError
-from phreg_bench.results.store import read_result, write_json_atomic, write_text_atomic
+from phreg_bench.results.store import read_result, result_files, write_json_atomic, write_text_atomic
 
 REPORTED_MARK = "†"
 BASELINE_METHOD = "raw"
@@ -247,20 +247,15 @@ def to_html(boards: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def result_files(folders: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"results folder {folder} does not exist")
-        files += sorted(p for p in folder.rglob("*.json") if not p.name.startswith("."))
-    return files
+def result_files_in(folders: list[Path]) -> list[Path]:
+    return [path for folder in folders for path in result_files(folder)]
 
 
 def build(folders: list[Path], suite_name: str, out_dir: Path) -> list[Path]:
     """Write ``<suite>.json`` and ``<suite>.md`` for one suite, then refresh ``index.html``."""
     from phreg_bench.registries import SUITES
 
-    board = build_table(result_files(folders), suite_name, SUITES.get(suite_name))
+    board = build_table(result_files_in(folders), suite_name, SUITES.get(suite_name))
     json_path, md_path = out_dir / f"{suite_name}.json", out_dir / f"{suite_name}.md"
     write_json_atomic(json_path, board)
     write_text_atomic(md_path, to_markdown(board))
@@ -283,7 +278,7 @@ def build_all(results_dir: Path, out_dir: Path, extra_folders: list[Path] | None
     from phreg_bench.registries import SUITES
 
     folders = [results_dir, *(extra_folders or [])]
-    files = result_files(folders)
+    files = result_files_in(folders)
     written: list[Path] = []
     for entry in SUITES:
         board = build_table(files, entry.name, entry.resolve())

@@ -4,7 +4,8 @@ For each input image one PNG with a column per model: a PCA-to-RGB map of the pa
 fitted jointly over every compared model of the same width, so colours are comparable), the patch-norm
 map (one colour scale shared by all models, so high-norm artifacts stand out), and for models with a text
 tower the cosine-similarity heatmap of a text query (80 ImageNet templates, as the open-vocabulary
-tasks embed class names). A second PNG holds the histogram of patch norms of every model.
+tasks embed class names; one colour scale for all heatmaps). A second PNG holds the histogram of patch
+norms of every model.
 
 matplotlib is an optional dependency (``pip install 'phreg-bench[viz]'``); it is imported only here, lazily.
 """
@@ -87,7 +88,9 @@ def comparison_figure(image: np.ndarray, panels: Sequence[Panel], path: str | Pa
     pca = joint_pca_rgb([p.patches for p in panels])
     norms = [patch_norm_map(p.patches) for p in panels]
     vmax = max(float(n.max()) for n in norms)
-    has_heat = any(p.heatmap is not None for p in panels)
+    heats = [p.heatmap.float().numpy() for p in panels if p.heatmap is not None]
+    has_heat = bool(heats)
+    heat_range = (min(float(h.min()) for h in heats), max(float(h.max()) for h in heats)) if heats else (0, 1)
     rows = 3 if has_heat else 2
     cols = len(panels) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.3 * rows + 0.4), squeeze=False)
@@ -113,7 +116,8 @@ def comparison_figure(image: np.ndarray, panels: Sequence[Panel], path: str | Pa
                 axes[2, c].text(0.5, 0.5, "no text tower", ha="center", va="center", fontsize=8,
                                 transform=axes[2, c].transAxes)
             else:
-                axes[2, c].imshow(panel.heatmap.float().numpy(), cmap="jet", interpolation="bilinear", extent=extent)
+                axes[2, c].imshow(panel.heatmap.float().numpy(), cmap="jet", interpolation="bilinear", extent=extent,
+                                  vmin=heat_range[0], vmax=heat_range[1])
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

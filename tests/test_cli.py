@@ -19,7 +19,7 @@ SMALL = ["--protocol-override", "image_size=32", "--protocol-override", "num_tra
          "--protocol-override", "num_val=2"]
 
 
-@pytest.mark.parametrize("kind", ["backbones", "methods", "tasks", "suites"])
+@pytest.mark.parametrize("kind", ["backbones", "methods", "tasks", "suites", "datasets"])
 def test_ls_lists_each_kind(kind, capsys):
     assert main(["ls", kind]) == 0
     assert kind in capsys.readouterr().out

@@ -7,11 +7,11 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-KINDS = ("backbones", "methods", "tasks", "suites")
+KINDS = ("backbones", "methods", "tasks", "suites", "datasets")
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("ls", help="list registered backbones, methods, tasks or suites")
+    parser = subparsers.add_parser("ls", help="list registered backbones, methods, tasks, suites or datasets")
     parser.add_argument("kind", choices=KINDS, help="what to list")
     parser.set_defaults(handler=handle)
 
@@ -21,7 +21,7 @@ def _yes_no(value) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.registries import BACKBONES, METHODS, SUITES, TASKS
+    from phreg_bench.registries import BACKBONES, DATASETS, METHODS, SUITES, TASKS
 
     table = Table(title=args.kind, show_lines=False)
     table.add_column("name", no_wrap=True)
@@ -37,10 +37,10 @@ def handle(args: argparse.Namespace) -> int:
             table.add_row(entry.name, str(meta.get("patch_size", "")), str(meta.get("width", "")),
                           str(meta.get("depth", "")), _yes_no(meta.get("text")), str(meta.get("registers", "")),
                           about)
-    elif args.kind == "methods":
+    elif args.kind in ("methods", "datasets"):
         for column in ("aliases", "summary"):
             table.add_column(column)
-        for entry in METHODS:
+        for entry in METHODS if args.kind == "methods" else DATASETS:
             table.add_row(entry.name, ", ".join(entry.aliases), entry.metadata.get("summary", entry.source))
     elif args.kind == "tasks":
         for column in ("short", "version", "split", "samples", "metric", "protocols"):

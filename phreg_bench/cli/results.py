@@ -21,11 +21,13 @@ def register(subparsers) -> None:
 
 
 def _files(path: Path) -> list[Path]:
+    from phreg_bench.results.store import result_files
+
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist; pass a result file or a results folder")
-    return sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+    return result_files(path)
 
 
 def handle_show(args: argparse.Namespace) -> int:

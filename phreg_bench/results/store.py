@@ -43,6 +43,16 @@ def read_result(path: Path) -> dict[str, Any]:
         raise ResultError(f"{path}: {error}") from error
 
 
+RESULT_GLOB = "*__*__*__*.json"  # <family>__<dataset>__<protocol>__<hash12>.json, as path_for names them
+
+
+def result_files(folder: Path) -> list[Path]:
+    """Result files under ``folder`` (other JSON, such as adapter sidecars or leaderboards, is not one)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"results folder {folder} does not exist")
+    return sorted(p for p in folder.rglob(RESULT_GLOB) if not p.name.startswith("."))
+
+
 def slug(text: str) -> str:
     """A file-name-safe form of a name (``open_clip:ViT-B-16/openai`` -> ``open_clip_ViT-B-16_openai``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
@@ -87,4 +97,4 @@ class ResultStore:
         return removed
 
     def iter_files(self) -> Iterator[Path]:
-        yield from sorted(p for p in self.root.rglob("*.json") if not p.name.startswith("."))
+        yield from result_files(self.root)

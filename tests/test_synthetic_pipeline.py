@@ -1,0 +1,42 @@
+"""The built-in default's PH-Reg part writes its adapter, table, summary and figures, and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from phreg_bench.synthetic.pipeline import FULL, headline, run_default
+from phreg_bench.synthetic.proof import ProofConfig
+
+pytestmark = pytest.mark.slow  # two pipeline runs (distillation, probes, figures)
+
+TINY = ProofConfig(num_distill=16, num_probe=16, num_eval=8, steps=6, variants=(FULL,))
+
+
+def test_run_default_writes_everything_and_resumes(tmp_path):
+    threads = torch.get_num_threads()
+    summary = run_default(tmp_path, config=TINY, log=lambda line: None, threads=1)
+    assert torch.get_num_threads() == threads  # restored
+    names = [row["name"] for row in summary["rows"]]
+    assert names == ["teacher (raw)", "teacher + TTA (10 views)", FULL, "twin (no artifacts)"]
+    assert (tmp_path / "phreg-adapter" / "adapter.safetensors").is_file()
+    assert json.loads((tmp_path / "phreg-adapter" / "adapter.json").read_text())["steps"] == TINY.steps
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"] == summary["rows"]
+    assert (tmp_path / "proof_table.md").read_text().startswith("| model |")
+    assert len(summary["figures"]) == 4
+    for path in summary["figures"]:
+        with Image.open(path) as figure:
+            assert figure.format == "PNG" and figure.size[0] > 300
+    numbers = headline(summary)
+    assert numbers["outliers_raw_pct"] > 1.0 and 0.0 <= numbers["register_share_pct"] <= 100.0
+    # a second call finds the finished run: same adapter, same numbers, no new training
+    again = run_default(tmp_path, config=TINY, log=lambda line: None, figures=False)
+
+    def numbers_of(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert numbers_of(again["rows"]) == numbers_of(summary["rows"])
+    assert again["rows"][2]["seconds"] < 0.5 * summary["rows"][2]["seconds"]
