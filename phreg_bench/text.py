@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from phreg_core.atomic import write_bytes_atomic
 
 CACHE_FORMAT = 1  # bump when the stored layout or the averaging changes
 PLACEHOLDER = "{c}"
@@ -102,18 +103,7 @@ def cache_key(tower_identity: str, templates: Sequence[str], classes: Sequence[S
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+
 
 
 class TextEmbeddingCache:
@@ -150,7 +140,7 @@ class TextEmbeddingCache:
         metadata = {"key": key, "info": json.dumps(info, sort_keys=True)}
         data = save({"embeddings": embeddings.detach().float().cpu().contiguous()}, metadata=metadata)
         path = self.path(key)
-        _write_bytes_atomic(path, data)
+        write_bytes_atomic(path, data)
         return path
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_core.atomic import write_atomic
+
 PCA_CLIP = (1.0, 99.0)  # percentiles mapped to 0 and 1 in the PCA-RGB maps (robust to a few outliers)
 
 
@@ -148,21 +150,11 @@ def norm_histogram(norms: dict[str, np.ndarray], path: str | Path, *, title: str
 
 
 def _save(fig, plt, path: str | Path) -> Path:
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
+        return write_atomic(path, lambda temp: fig.savefig(temp, dpi=110, bbox_inches="tight", format="png"),
+                            suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 @torch.inference_mode()

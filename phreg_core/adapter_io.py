@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from phreg_core.atomic import write_atomic
 from phreg_core.student import Student
 from phreg_core.vit import ViTAdapter
 
@@ -44,16 +43,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
 
 
 def save_adapter(
@@ -73,7 +63,7 @@ def save_adapter(
 
     tensors_path, sidecar_path = adapter_paths(path)
     state = student.changed_state()
-    _atomic_write_bytes(tensors_path, lambda tmp: save_file(state, tmp, metadata={"format": ADAPTER_FORMAT}))
+    write_atomic(tensors_path, lambda tmp: save_file(state, tmp, metadata={"format": ADAPTER_FORMAT}))
     sidecar = {
         "format": ADAPTER_FORMAT,
         "version": ADAPTER_VERSION,
@@ -91,7 +81,7 @@ def save_adapter(
         **(extra or {}),
     }
     text = json.dumps(sidecar, indent=2, sort_keys=False, allow_nan=False)
-    _atomic_write_bytes(sidecar_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    write_atomic(sidecar_path, lambda tmp: Path(tmp).write_text(text + "\n"))
     return tensors_path, sidecar_path
 
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -44,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from phreg_core import distributed as dist_utils
+from phreg_core.atomic import write_atomic
 from phreg_core.data import Batch, collate
 from phreg_core.losses import distill_loss
 from phreg_core.student import Student
@@ -261,15 +260,7 @@ class _EpochOrder(Sampler):
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda temp: torch.save(obj, temp))
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:

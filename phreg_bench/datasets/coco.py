@@ -12,7 +12,6 @@ unlabeled) plus the converted labels this module writes next to them:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image
 
 from phreg_bench.datasets.base import DatasetError, read_label, resolve_data_root
 from phreg_bench.datasets.layouts import FolderDataset
+from phreg_core.atomic import write_atomic
 
 # COCO category ids absent from COCO-Stuff164k's 182-id range (mmseg coco_stuff164k.py clsID_to_trID skips them).
 UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
@@ -77,14 +77,7 @@ class COCOObject(COCOStuff):
 
 # -- converters ---------------------------------------------------------------------------------------
 def write_png_atomic(path: Path, label: np.ndarray) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        Image.fromarray(label.astype(np.uint8), mode="L").save(temp, format="PNG")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda temp: Image.fromarray(label.astype(np.uint8), mode="L").save(temp, format="PNG"))
 
 
 def convert_file(source: Path, target: Path, lut: np.ndarray) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from phreg_bench.results.hashing import canonical_json
+from phreg_core.atomic import write_atomic
 
 CACHE_FORMAT = 1
 STATE_SAVE_INTERVAL_S = 5.0
@@ -60,15 +61,7 @@ def _crc(row: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(row).view(np.uint8).ravel())
 
 
-def _replace_atomic(path: Path, write) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+
 
 
 class CacheEntry:
@@ -132,12 +125,12 @@ class CacheEntry:
         self._maps = {}
         for name, spec in self.arrays.items():
             target = self.path / f"{name}.npy"
-            _replace_atomic(target, lambda temp, spec=spec: np.lib.format.open_memmap(
+            write_atomic(target, lambda temp, spec=spec: np.lib.format.open_memmap(
                 temp, mode="w+", dtype=np.dtype(spec.dtype), shape=(self.num_rows, *spec.shape)).flush())
             self._maps[name] = np.load(target, mmap_mode="r+")
         self._state = np.zeros((self.num_rows, 1 + len(self.arrays)), dtype=np.int64)
         self._save_state()
-        _replace_atomic(self.path / "meta.json", lambda temp: Path(temp).write_text(
+        write_atomic(self.path / "meta.json", lambda temp: Path(temp).write_text(
             json.dumps(self._meta(), indent=1, sort_keys=True)))
 
     def _verify(self) -> None:
@@ -154,7 +147,7 @@ class CacheEntry:
             self._save_state()
 
     def _save_state(self) -> None:
-        _replace_atomic(self.path / "state.npy", lambda temp: _save_npy(temp, self._state))
+        write_atomic(self.path / "state.npy", lambda temp: _save_npy(temp, self._state))
         self._dirty = False
         self._last_save = time.monotonic()
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,23 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from phreg_bench.results.schema import ResultError, dumps_strict, loads_strict, validate
+from phreg_core.atomic import write_text_atomic
 
 OVERWRITE_MODES = ("only-missing", "always")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, record: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ is written atomically; writing again overwrites with identical content.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from phreg_bench.synthetic.scenes import render
+from phreg_core.atomic import write_atomic
 
 VAL_START = 100_000
 NYU_FOCAL = 518.8579  # the focal length BTS lists for every NYUv2 frame (nyudepthv2_*_files_with_gt.txt)
@@ -48,15 +48,7 @@ def voc_palette() -> list[int]:
 
 
 def _atomic_save(path: Path, save: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, save, suffix=path.suffix)
 
 
 def _save_jpeg(path: Path, image: np.ndarray) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -38,6 +37,7 @@ from phreg_bench.synthetic.proof import (
     register_share,
     teacher_rows,
 )
+from phreg_core.atomic import write_text_atomic
 
 FULL = "PH-Reg (full)"
 FIGURE_SCENES = 3  # evaluation scenes drawn side by side
@@ -45,19 +45,10 @@ DISPLAY_SIZE = 160  # the input panel shows the same scene rendered sharper than
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False))
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(tmp, path)
+
 
 
 def draw_figures(models: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]], images: torch.Tensor,
@@ -149,7 +140,7 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
         "classes": list(CLASS_NAMES),
     }
     _write_json(out / "summary.json", summary)
-    _write_text(out / "proof_table.md", table + "\n")
+    write_text_atomic(out / "proof_table.md", table + "\n")
     return summary
 
 
