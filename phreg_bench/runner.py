@@ -73,11 +73,13 @@ def expand_tasks(names: list[str], backbone: Backbone | None) -> list[TaskSpec]:
                 raise TypeError(f"task {name!r} did not resolve to a TaskSpec")
             specs.append(spec)
             continue
-        matches = [e.target for e in TASKS if e.metadata.get("short_name") == name and isinstance(e.target, TaskSpec)]
-        if backbone is not None:
-            matches = [spec for spec in matches if family_for(spec).applies_to(backbone)]
-        if not matches:
+        named = [e.target for e in TASKS if e.metadata.get("short_name") == name and isinstance(e.target, TaskSpec)]
+        if not named:
             TASKS.canonical(name)  # raises with a suggestion
+        matches = [spec for spec in named if backbone is None or family_for(spec).applies_to(backbone)]
+        if not matches:
+            raise ValueError(f"no task named {name!r} applies to backbone {backbone.info.name!r}: "
+                             f"{', '.join(spec.name for spec in named)} (needs a text tower)")
         specs.extend(sorted(matches, key=lambda spec: spec.name))
     unique = {spec.name: spec for spec in specs}
     return list(unique.values())

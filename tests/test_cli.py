@@ -31,6 +31,7 @@ def test_ls_lists_each_kind(kind, capsys):
     (["run", "-b", "tiny-vit", "-t", "synthetic/segmentaton"], "did you mean 'synthetic/segmentation'"),
     (["run", "-b", "tiny-vit", "-t", "synthetic", "--data-root", "/no/such/folder"], "is not a folder"),
     (["results", "validate", "/no/such/folder"], "does not exist"),
+    (["run", "-b", "tiny-vit", "-t", "city"], "needs a text tower"),
 ])
 def test_bad_names_and_paths_fail_with_one_clear_line(args, hint, capsys):
     assert main(args) == 2
