@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from test_core_fixtures import one_thread, random_images, tiny_clip  # noqa: F401
 
 from phreg_bench.backbones.base import Backbone, BackboneInfo
-from phreg_bench.backbones.builtin import build_tiny_vit, state_dict_sha256
+from phreg_bench.backbones.builtin import build_tiny_vit
+from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_bench.methods.phreg import build as build_phreg
 from phreg_core.adapter_io import AdapterMismatchError, read_sidecar
 from phreg_core.data import TensorImageDataset

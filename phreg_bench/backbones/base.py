@@ -57,6 +57,20 @@ class BackboneInfo:
         return data
 
 
+def merge_reduced(reduced: bool | dict[str, int] | None, defaults: dict[str, int]) -> dict[str, int] | None:
+    """The reduced test config of a family (same code path, small sizes): ``True`` for the defaults, or a
+    dict overriding some of them; ``None``/``False`` for the full architecture."""
+    if not reduced:
+        return None
+    config = dict(defaults)
+    if isinstance(reduced, dict):
+        unknown = set(reduced) - set(defaults)
+        if unknown:
+            raise ValueError(f"reduced= takes {sorted(defaults)}, got {sorted(unknown)}")
+        config.update(reduced)
+    return config
+
+
 class Backbone(nn.Module):
     """An image tower with the dense-feature contract, plus an optional text tower."""
 

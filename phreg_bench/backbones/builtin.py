@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_core.adapters import TimmViTAdapter
-
-
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """sha256 over a module's state dict (names, shapes, dtypes and bytes), in key order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def build_tiny_vit(argument: str | None = None, *, weights: str | None = None, random_init: bool = True,

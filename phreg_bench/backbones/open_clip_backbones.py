@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneInfo, merge_reduced
 from phreg_bench.backbones.hub import (
     OPEN_CLIP_FILES,
     HubUnavailableError,
@@ -45,15 +45,7 @@ OPENAI_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # popp
 
 
 def reduced_config(reduced: bool | dict[str, int] | None) -> dict[str, int] | None:
-    if not reduced:
-        return None
-    config = dict(REDUCED)
-    if isinstance(reduced, dict):
-        unknown = set(reduced) - set(REDUCED)
-        if unknown:
-            raise ValueError(f"reduced= takes {sorted(REDUCED)}, got {sorted(unknown)}")
-        config.update(reduced)
-    return config
+    return merge_reduced(reduced, REDUCED)
 
 
 def check_supported(model_cfg: dict[str, Any], label: str) -> None:

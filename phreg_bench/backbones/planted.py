@@ -297,7 +297,7 @@ def build_planted_vit(argument: str | None = None, *, weights: str | None = None
     The weights are constructed, not drawn, so ``random_init`` changes nothing; ``weights`` loads a
     safetensors state dict over them.
     """
-    from phreg_bench.backbones.builtin import state_dict_sha256
+    from phreg_bench.backbones.weights import state_dict_sha256
     from phreg_core.adapters import TimmViTAdapter
 
     if argument:

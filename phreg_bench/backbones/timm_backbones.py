@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneInfo, merge_reduced
 from phreg_bench.backbones.hub import TIMM_FILES, fetch
 from phreg_bench.backbones.hub import cache_dir as hub_cache_dir
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
@@ -28,15 +28,7 @@ REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4}
 
 
 def reduced_config(reduced: bool | dict[str, int] | None) -> dict[str, int] | None:
-    if not reduced:
-        return None
-    config = dict(REDUCED)
-    if isinstance(reduced, dict):
-        unknown = set(reduced) - set(REDUCED)
-        if unknown:
-            raise ValueError(f"reduced= takes {sorted(REDUCED)}, got {sorted(unknown)}")
-        config.update(reduced)
-    return config
+    return merge_reduced(reduced, REDUCED)
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
