@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_seg import make_ade, make_cityscapes, make_coco, make_context, make_voc, write_label
+from fixtures_seg import make_ade, make_all, make_cityscapes, make_coco, make_voc, write_label
 from PIL import Image
 
 from phreg_bench.cli import main
@@ -16,13 +16,7 @@ from phreg_bench.registries import DATASETS
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_voc(root)
-    make_context(root)
-    make_coco(root)
-    make_cityscapes(root)
-    make_ade(root)
-    return root
+    return make_all(tmp_path_factory.mktemp("data"))
 
 
 EXPECTED = {  # name: (val ids in order, number of classes)

@@ -42,7 +42,7 @@ from phreg_bench.probes.losses import GRADIENT_LAYOUTS, gradient_loss, sig_loss
 from phreg_bench.probes.schedules import cosine_warmup_lr, one_cycle_beta1, set_lr
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.linseg import TRAIN_MODES, _infinite_order, _train_limit, resolve_budget
+from phreg_bench.tasks.linseg import _infinite_order, _train_limit, resolve_probe_settings
 
 
 def padded_grid(height: int, width: int, patch: int) -> tuple[int, int]:
@@ -54,10 +54,7 @@ class LinearProbeDepth(TaskFamily):
     needs_text = False
 
     def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
-        name, settings = spec.protocol(protocol)
-        settings = resolve_budget(settings, ctx.budget)
-        if settings.get("train_features", "cached") not in TRAIN_MODES:
-            raise ValueError(f"train_features must be one of {TRAIN_MODES}, got {settings['train_features']!r}")
+        name, settings = resolve_probe_settings(spec, protocol, ctx)
         if settings.get("gradient_loss_layout", "published") not in GRADIENT_LAYOUTS:
             raise ValueError(f"gradient_loss_layout must be one of {GRADIENT_LAYOUTS}")
         return {"name": name, **settings}

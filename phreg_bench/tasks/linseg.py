@@ -58,6 +58,15 @@ def resolve_budget(settings: dict[str, Any], budget: str) -> dict[str, Any]:
     return settings
 
 
+def resolve_probe_settings(spec: TaskSpec, protocol: str | None, ctx: RunContext) -> tuple[str, dict[str, Any]]:
+    """The protocol preset with the run's budget applied and its feature mode checked (both probe families)."""
+    name, settings = spec.protocol(protocol)
+    settings = resolve_budget(settings, ctx.budget)
+    if settings.get("train_features", "cached") not in TRAIN_MODES:
+        raise ValueError(f"train_features must be one of {TRAIN_MODES}, got {settings['train_features']!r}")
+    return name, settings
+
+
 def resolve_input_size(setting: Any, patch_size: int) -> int:
     """``auto``: 518 for patch-14 backbones (DINOv2 protocol), 448 otherwise (CLIP protocol, patch 16).
 
@@ -133,10 +142,7 @@ class LinearProbeSegmentation(TaskFamily):
     needs_text = False
 
     def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
-        name, settings = spec.protocol(protocol)
-        settings = resolve_budget(settings, ctx.budget)
-        if settings.get("train_features", "cached") not in TRAIN_MODES:
-            raise ValueError(f"train_features must be one of {TRAIN_MODES}, got {settings['train_features']!r}")
+        name, settings = resolve_probe_settings(spec, protocol, ctx)
         if settings.get("cache_windows", "slide") not in ("slide", "center"):
             raise ValueError(f"cache_windows must be 'slide' or 'center', got {settings['cache_windows']!r}")
         return {"name": name, **settings}
