@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from phreg_core.errors import PhregError
 
-class RegistryError(LookupError):
+
+class RegistryError(PhregError, LookupError):
     """An unknown name, a duplicate registration or a target that cannot be imported."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from phreg_core.atomic import write_atomic
+from phreg_core.errors import PhregError
 from phreg_core.student import Student
 from phreg_core.vit import ViTAdapter
 
@@ -21,7 +22,7 @@ ADAPTER_FORMAT = "phreg-adapter"
 ADAPTER_VERSION = 1
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(PhregError, ValueError):
     """The adapter was made for other base weights (or another architecture)."""
 
 

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from phreg_core.errors import PhregError
+
 PROBE_TIMEOUT_S = float(os.environ.get("PHREG_HUB_PROBE_TIMEOUT", "1.5"))
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's order (load_state_dict_from_hf)
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order
@@ -30,7 +32,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(PhregError, RuntimeError):
     """Weights or configs that are neither cached nor downloadable right now."""
 
 

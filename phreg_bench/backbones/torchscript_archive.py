@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from phreg_core.errors import PhregError
+
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
@@ -25,7 +27,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class ArchiveError(ValueError):
+class ArchiveError(PhregError, ValueError):
     """The file is not a TorchScript archive this reader can take apart safely."""
 
 

@@ -28,6 +28,7 @@ from phreg_bench.backbones.torchscript_archive import (
     is_torchscript_archive,
     read_torchscript_tensors,
 )
+from phreg_core.errors import PhregError
 
 NESTED_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")  # checkpoint wrappers
 CONVERT_HINT = (
@@ -37,7 +38,7 @@ CONVERT_HINT = (
 )
 
 
-class WeightsError(ValueError):
+class WeightsError(PhregError, ValueError):
     """A weights file that cannot be read safely or does not fit the model."""
 
 

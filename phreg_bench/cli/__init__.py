@@ -15,11 +15,12 @@ from rich.console import Console
 from rich.text import Text
 
 from phreg_bench import __version__
+from phreg_core.errors import PhregError
 
 console = Console(stderr=True)
 
 
-class CliError(Exception):
+class CliError(PhregError):
     """A user error: printed as one line, exit status 2."""
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from phreg_core.errors import PhregError
+
 IGNORE_INDEX = 255  # mmseg's ignore index for every dataset used here
 
 
-class DatasetError(ValueError):
+class DatasetError(PhregError, ValueError):
     """A missing, corrupt or unexpected file; the message names the file and the fix."""
 
 

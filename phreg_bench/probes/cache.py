@@ -33,12 +33,13 @@ import numpy as np
 
 from phreg_bench.results.hashing import canonical_json
 from phreg_core.atomic import write_atomic
+from phreg_core.errors import PhregError
 
 CACHE_FORMAT = 1
 STATE_SAVE_INTERVAL_S = 5.0
 
 
-class CacheSpaceError(OSError):
+class CacheSpaceError(PhregError, OSError):
     """Not enough free disk for a new cache entry (checked before any row is computed)."""
 
 

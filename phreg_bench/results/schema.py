@@ -11,11 +11,13 @@ import json
 import math
 from typing import Any
 
+from phreg_core.errors import PhregError
+
 SCHEMA_VERSION = 1
 KINDS = ("measured", "reported")
 
 
-class ResultError(ValueError):
+class ResultError(PhregError, ValueError):
     """A result file or record that does not follow the schema."""
 
 
