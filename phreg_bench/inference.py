@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.precision import autocast
 from phreg_bench.text import ClassQueries
 
 WINDOW_PADS = ("none", "center")
@@ -159,8 +160,9 @@ class OVSegPredictor:
     """Dense cosine logits of one image at its original size, for a method's :class:`DenseModel`."""
 
     def __init__(self, model, queries: ClassQueries, settings: HarnessSettings, *, batch_size: int = 8,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", precision: str = "fp32"):
         self.model = model
+        self.precision = precision  # autocast of the image-tower forward only (phreg_bench.precision)
         self.queries = queries
         self.settings = settings
         self.batch_size = max(1, int(batch_size))
@@ -177,8 +179,12 @@ class OVSegPredictor:
         return self.model.backbone.normalize(tensor / 255.0)
 
     def grid_logits(self, windows: Tensor) -> Tensor:
-        """``[n, Q, h/p, w/p]`` cosine logits of windows whose sides are multiples of the patch size."""
-        feats = self.model.forward_tokens(windows, project=True).patches
+        """``[n, Q, h/p, w/p]`` cosine logits of windows whose sides are multiples of the patch size.
+
+        The tower runs under ``precision``'s autocast; normalisation and the text product in float32.
+        """
+        with autocast(self.device, self.precision):
+            feats = self.model.forward_tokens(windows, project=True).patches
         with torch.autocast(self.device.type, enabled=False):
             feats = F.normalize(feats.float(), dim=1)
             return torch.einsum("ndhw,qd->nqhw", feats, self.text).contiguous()

@@ -1,8 +1,11 @@
 """Leaderboards built from result files only: JSON, Markdown and one self-contained HTML page.
 
-Rules: rows are backbone × method (× kind × budget, plus the probes' feature mode), columns the suite's
-tasks; a mean only for complete rows whose main metrics agree in name and direction; a delta against the
-same backbone with method ``raw``; every file left out is listed with the reason (invalid, version or
+Rules: a row is one result identity minus the task (backbone and weights, method and config, protocol,
+budget and feature mode, settings overridden from the preset, precision, seed), columns the suite's tasks;
+runs that differ in any of these are separate rows whose ``variant`` names the difference, and only a rerun of
+the same identity supersedes (the newest is kept). A mean only for complete rows whose main metrics agree in
+name and direction; a delta against the raw row of the same identity minus the method (a ``phreg:<base>``
+backbone's base is ``<base>``); every file left out is listed with the reason (invalid, version, spec or
 protocol mismatch, partial run, superseded). Reported (paper) rows carry a marker and are never averaged
 with measured runs.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phreg_bench.results.hashing import canonical_json
+from phreg_bench.results.hashing import backbone_identity, base_backbone_identity, canonical_json
 from phreg_bench.results.schema import ResultError
 from phreg_bench.results.store import read_result, result_files, write_json_atomic, write_text_atomic
 
@@ -31,10 +34,13 @@ class Row:
     method: str
     budget: str
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> {value, metric, file, ...}
+    identity: dict[str, Any] = field(default_factory=dict)  # everything the row is keyed on (see _identity)
+    baseline: dict[str, Any] = field(default_factory=dict)  # the identity of its raw row (same, method raw)
+    variant: str = ""  # what differs from the canonical run: settings, precision, seed, weights
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.kind, self.backbone, self.method, self.budget)
+    def key(self) -> tuple[str, str]:
+        return (self.kind, canonical_json(self.identity))
 
 
 def _expected_protocol(suite: dict[str, Any], task: str, spec) -> str:
@@ -52,13 +58,92 @@ def _method_label(record: dict[str, Any], configs_by_method: dict[tuple[str, str
     return name
 
 
+_UNRECORDED = "(unrecorded)"
+
+
+def _precision(record: dict[str, Any]) -> str | None:
+    """What ran: the record's ``precision``; older files: autocast only ever ran on CUDA (None: reported)."""
+    if record["kind"] != "measured":
+        return None
+    if "precision" in record:
+        return record["precision"]
+    timings = record.get("timings") or {}
+    return timings.get("precision", "fp32") if str(timings.get("device", "")).startswith("cuda") else "fp32"
+
+
+def _settings_deviation(record: dict[str, Any], spec) -> dict[str, Any]:
+    """Recorded protocol settings that differ from the task's preset (overrides), key -> recorded value.
+
+    Raises :class:`~phreg_bench.tasks.settings.ProtocolError` when the preset cannot be resolved.
+    """
+    if record["kind"] != "measured":
+        return {}  # a paper's number: only its protocol name and budget are known
+    from phreg_bench.registries import TASK_FAMILIES
+    from phreg_bench.tasks.base import RunContext
+
+    settings = record["protocol"]["settings"]
+    family = TASK_FAMILIES.get(spec.family)()
+    budget = RunContext(budget=settings.get("budget", "full"))
+    preset = family.resolve_settings(spec, record["protocol"]["name"], budget)
+    missing = object()
+    deviation = {}
+    for key in sorted((set(settings) | set(preset)) - {"name", "budget"}):
+        value = settings.get(key, missing)
+        if value != preset.get(key, missing):
+            deviation[key] = _UNRECORDED if value is missing else value
+    return deviation
+
+
+def _identity(record: dict[str, Any], deviation: dict[str, Any]) -> dict[str, Any]:
+    """Everything in a result's identity except the task: what a leaderboard row is keyed on."""
+    return {
+        "backbone": backbone_identity(record["backbone"]),
+        "method": {"name": record["method"]["name"], "config": record["method"].get("config", {})},
+        "protocol": record["protocol"]["name"],
+        "budget": _variant(record["protocol"]["settings"]),
+        "settings": deviation,
+        "precision": _precision(record),
+        "seed": (record.get("provenance") or {}).get("seed", 0),
+    }
+
+
+def _baseline(record: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity of the row this one's delta is taken against: the same, on the base backbone, method raw."""
+    return {**identity, "backbone": base_backbone_identity(record["backbone"]),
+            "method": {"name": BASELINE_METHOD, "config": {}}}
+
+
+def _variant_label(identity: dict[str, Any], weights_differ: bool) -> str:
+    parts = [f"{key} {value}" if value == _UNRECORDED else f"{key}={canonical_json(value)}"
+             for key, value in identity["settings"].items() if key != "train_features"]  # shown in budget
+    if identity["precision"] not in (None, "fp32"):
+        parts.append(identity["precision"])
+    if identity["seed"] not in (None, 0):
+        parts.append(f"seed {identity['seed']}")
+    if weights_differ:
+        parts.append(f"weights {_weights_label(identity['backbone'])}")
+    return ", ".join(parts)
+
+
+def _weights_label(backbone: dict[str, Any]) -> str:
+    sha = backbone.get("weights_sha256")
+    return sha[:12] if sha else str(backbone.get("weights_id"))
+
+
 def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[dict[str, str]]]:
-    """Sort result files into leaderboard rows and a list of excluded files with reasons."""
+    """Sort result files into leaderboard rows and a list of excluded files with reasons.
+
+    A row is keyed by the whole identity of its results except the task (backbone + weights, method +
+    config, protocol, budget and feature mode, settings that differ from the preset, precision, seed):
+    results that differ in any of these are separate rows, the difference named in ``Row.variant``. Only a
+    result of the same identity and task is superseded (the newest is kept).
+    """
     from phreg_bench.registries import TASKS
+    from phreg_bench.tasks.settings import ProtocolError
 
     tasks = list(suite["tasks"])
     excluded: list[dict[str, str]] = []
-    accepted: list[tuple[Path, dict[str, Any]]] = []
+    accepted: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
     for path in files:
         try:
             record = read_result(path)
@@ -74,6 +159,9 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
         elif record["task"]["version"] != spec.version:
             excluded.append({"file": str(path), "reason": f"version mismatch: file has {task} "
                              f"v{record['task']['version']}, current is v{spec.version}"})
+        elif record["kind"] == "measured" and record["task"].get("spec_hash") != spec.spec_hash():
+            excluded.append({"file": str(path), "reason": f"task spec changed since this run: {task} spec_hash "
+                             f"{str(record['task'].get('spec_hash'))[:12]}, current {spec.spec_hash()[:12]}"})
         elif record["protocol"]["name"] != _expected_protocol(suite, task, spec):
             excluded.append({"file": str(path), "reason": f"protocol mismatch: {record['protocol']['name']!r}, "
                              f"suite uses {_expected_protocol(suite, task, spec)!r}"})
@@ -82,23 +170,34 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
             excluded.append({"file": str(path), "reason": f"partial run: {status['num_samples']} of "
                              f"{status.get('expected_samples') or '?'} samples (limit {status.get('limit')})"})
         else:
-            accepted.append((path, record))
+            try:
+                deviation = _settings_deviation(record, spec)
+            except ProtocolError as error:
+                excluded.append({"file": str(path), "reason": f"protocol settings cannot be compared: {error}"})
+                continue
+            accepted.append((path, record, _identity(record, deviation)))
     configs: dict[tuple[str, str], set[str]] = {}
-    for _, record in accepted:
+    weights: dict[tuple[str, str], set[str]] = {}
+    for _, record, identity in accepted:
         key = (record["backbone"]["name"], record["method"]["name"])
         configs.setdefault(key, set()).add(canonical_json(record["method"].get("config", {})))
-    rows: dict[tuple[str, str, str, str], Row] = {}
-    for path, record in sorted(accepted, key=lambda item: _finished(item[1])):
-        budget = _variant(record["protocol"]["settings"])
-        row = Row(record["kind"], record["backbone"]["name"], _method_label(record, configs), budget)
+        weights.setdefault((record["kind"], record["backbone"]["name"]), set()).add(
+            canonical_json(identity["backbone"]))
+    rows: dict[tuple[str, str], Row] = {}
+    for path, record, identity in sorted(accepted, key=lambda item: _finished(item[1])):
+        weights_differ = len(weights[(record["kind"], record["backbone"]["name"])]) > 1
+        row = Row(record["kind"], record["backbone"]["name"], _method_label(record, configs), identity["budget"],
+                  identity=identity, baseline=_baseline(record, identity),
+                  variant=_variant_label(identity, weights_differ))
         row = rows.setdefault(row.key, row)
         task = record["task"]["name"]
         if task in row.cells:
-            excluded.append({"file": row.cells[task]["file"], "reason": f"superseded by newer run {path}"})
+            same = "same config hash" if row.cells[task]["config_hash"] == record["config_hash"] else "same identity"
+            excluded.append({"file": row.cells[task]["file"], "reason": f"superseded by newer run {path} ({same})"})
         metrics = record["metrics"]
         row.cells[task] = {"value": metrics["values"][metrics["main"]], "metric": metrics["main"],
                            "higher_is_better": metrics["higher_is_better"], "file": str(path),
-                           "citation": record.get("citation")}
+                           "citation": record.get("citation"), "config_hash": record["config_hash"]}
     return list(rows.values()), excluded
 
 
@@ -124,14 +223,19 @@ def _mean(row: Row, tasks: list[str]) -> float | None:
 
 
 def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> dict[str, Any]:
-    """The leaderboard of one suite as a JSON-ready dict."""
+    """The leaderboard of one suite as a JSON-ready dict.
+
+    Each row's delta is taken against the raw row of the same identity minus the method (same base
+    backbone and weights, protocol, budget, settings, precision and seed); ``baseline`` names that row,
+    ``None`` when there is none (then there is no delta).
+    """
     tasks = list(suite["tasks"])
     rows, excluded = collect(files, suite)
     means = {row.key: _mean(row, tasks) for row in rows}
-    baselines = {(r.kind, r.backbone, r.budget): r for r in rows if r.method == BASELINE_METHOD}
+    raws = {row.key: row for row in rows if row.identity["method"]["name"] == BASELINE_METHOD}
     table_rows = []
     for row in rows:
-        base = baselines.get((row.kind, row.backbone, row.budget))
+        base = raws.get((row.kind, canonical_json(row.baseline)))
         deltas = {}
         if base is not None and base is not row:
             deltas = {t: row.cells[t]["value"] - base.cells[t]["value"] for t in tasks
@@ -139,6 +243,10 @@ def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> di
         mean, base_mean = means[row.key], means.get(base.key) if base is not None else None
         table_rows.append({
             "kind": row.kind, "backbone": row.backbone, "method": row.method, "budget": row.budget,
+            "variant": row.variant, "precision": row.identity["precision"],
+            "weights": _weights_label(row.identity["backbone"]), "identity": row.identity,
+            "baseline": None if base is None or base is row else
+            {"backbone": base.backbone, "method": base.method, "variant": base.variant},
             "values": {t: row.cells[t]["value"] for t in tasks if t in row.cells},
             "metrics": {t: row.cells[t]["metric"] for t in tasks if t in row.cells},
             "complete": all(t in row.cells for t in tasks), "mean": mean,
@@ -149,7 +257,7 @@ def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> di
                                  if c["citation"]}),
         })
     table_rows.sort(key=lambda r: (r["kind"] != "measured", r["mean"] is None, -(r["mean"] or 0),
-                                   r["backbone"], r["method"]))
+                                   r["backbone"], r["method"], r["variant"]))
     return {"suite": suite_name, "description": suite.get("description", ""), "tasks": tasks,
             "rows": table_rows, "excluded": excluded}
 
@@ -180,7 +288,8 @@ def to_markdown(board: dict[str, Any]) -> str:
             delta = row["delta_vs_raw"].get(task)
             shown = _fmt(value, _digits(value))
             cells.append(shown + (f" ({_signed(delta, _digits(value))})" if delta is not None else ""))
-        lines.append(f"| {_md_escape(row['backbone'])}{mark} | {_md_escape(row['method'])} | {row['budget']} | "
+        method = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
+        lines.append(f"| {_md_escape(row['backbone'])}{mark} | {_md_escape(method)} | {row['budget']} | "
                      + " | ".join(cells) + f" | {_fmt(row['mean'])} | {_signed(row['mean_delta_vs_raw'])} |")
     lines += ["", f"{REPORTED_MARK} reported in a paper (see the result file's citation), never averaged "
               "with measured runs. Mean only for complete rows with one metric kind."]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import resource
 import sys
 import time
@@ -14,11 +14,13 @@ from typing import Any
 import torch
 
 from phreg_bench.backbones.base import Backbone
+from phreg_bench.precision import resolve_precision
 from phreg_bench.registries import BACKBONES, METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.results.provenance import provenance, utc_now
 from phreg_bench.results.records import measured_record
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskSpec
+from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
 
 
 @dataclass
@@ -85,12 +87,49 @@ def expand_tasks(names: list[str], backbone: Backbone | None) -> list[TaskSpec]:
     return list(unique.values())
 
 
-def autocast(ctx: RunContext):
-    """bf16/fp16 autocast on CUDA when asked for; a no-op context otherwise (CPU runs stay fp32)."""
-    if ctx.device.type != "cuda" or ctx.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[ctx.precision]
-    return torch.autocast(device_type="cuda", dtype=dtype)
+def resolve_task_settings(specs: list[TaskSpec], request: RunRequest, ctx: RunContext,
+                          log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Resolved, validated protocol settings of every task in ``specs`` (by task name).
+
+    ``--protocol NAME`` must be a preset of at least one task (the others use their default, with a note);
+    each ``--protocol-override KEY`` must be a setting of at least one task's family and applies to the tasks
+    that have it (the others are noted). Raises :class:`ProtocolError` naming the flag and listing the valid
+    names or keys; the runner calls this before any model is built.
+    """
+    if not specs:
+        return {}
+    if request.protocol and not any(request.protocol in spec.protocols for spec in specs):
+        known = sorted({name for spec in specs for name in spec.protocols})
+        raise ProtocolError(f"{PROTOCOL_FLAG} {request.protocol}: no requested task has this protocol; "
+                            f"valid: {', '.join(known)}")
+    plans = []
+    for spec in specs:
+        family = family_for(spec)
+        protocol = request.protocol if request.protocol in spec.protocols else None
+        plans.append((spec, family, protocol, set(family.setting_keys(spec, protocol))))
+    overrides = request.protocol_overrides
+    for key in overrides:
+        if any(key in keys for *_, keys in plans):
+            continue
+        if len(plans) == 1:  # the family's own message (a reserved key says which option sets it)
+            spec, family, protocol, _ = plans[0]
+            family.resolve_settings(spec, protocol, ctx, {key: overrides[key]})
+        valid = {}
+        for spec, _, _, keys in plans:
+            valid.setdefault(spec.family, keys)
+        listed = "; ".join(f"{family}: {', '.join(sorted(keys))}" for family, keys in valid.items())
+        raise ProtocolError(f"{OVERRIDE_FLAG} {key}: none of the tasks ({', '.join(s.name for s in specs)}) has "
+                            f"this setting; valid keys: {listed}")
+    resolved = {}
+    for spec, family, protocol, keys in plans:
+        if request.protocol and protocol is None:
+            log(f"note: {spec.name} has no protocol {request.protocol!r}; using {spec.default_protocol!r}")
+        ignored = sorted(set(overrides) - keys)
+        if ignored:
+            log(f"note: {spec.name} has no setting {', '.join(ignored)}; those overrides apply to the other tasks")
+        applicable = {key: value for key, value in overrides.items() if key in keys}
+        resolved[spec.name] = family.resolve_settings(spec, protocol, ctx, applicable)
+    return resolved
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -110,11 +149,16 @@ def run(
     if request.overwrite not in OVERWRITE_MODES:
         raise ValueError(f"--overwrite must be one of {OVERWRITE_MODES}, got {request.overwrite!r}")
     method_factory = METHODS.get(request.method)  # fail on bad names before any model is built
-    expand_tasks(request.tasks, None)
+    precision = resolve_precision(ctx.device, ctx.precision)
+    if precision != ctx.precision:
+        log(f"note: no {ctx.precision} autocast on {ctx.device.type}; running and recording {precision}")
+    ctx = dataclasses.replace(ctx, precision=precision)
+    resolve_task_settings(expand_tasks(request.tasks, None), request, ctx, log=lambda message: None)
     backbone = backbone or build_backbone(request.backbone, weights=request.weights,
                                           random_init=request.random_init, **request.backbone_options)
     specs = expand_tasks(request.tasks, backbone)
     log(f"tasks: {', '.join(spec.name for spec in specs)}")
+    resolved = resolve_task_settings([s for s in specs if family_for(s).applies_to(backbone)], request, ctx, log)
     model = method_factory(backbone, **request.method_options)
     model.to(ctx.device).eval()
     store = ResultStore(request.results_dir)
@@ -126,12 +170,7 @@ def run(
             log(f"skip {spec.name}: needs a text tower, {backbone.info.name!r} has none")
             runs.append(TaskRun(spec.name, "skipped", None, error="not applicable"))
             continue
-        protocol = request.protocol if request.protocol in spec.protocols else None
-        if request.protocol and protocol is None:
-            log(f"note: {spec.name} has no protocol {request.protocol!r}; using {spec.default_protocol!r}")
-        settings = family.resolve_settings(spec, protocol, ctx)
-        settings.update(request.protocol_overrides)
-        runs.append(_run_task(spec, family, model, settings, ctx, store, request.overwrite, log))
+        runs.append(_run_task(spec, family, model, resolved[spec.name], ctx, store, request.overwrite, log))
     return runs
 
 
@@ -142,6 +181,7 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     record = measured_record(
         task=task_info, backbone=backbone_info, method=model.describe(),
         protocol={"name": settings["name"], "settings": settings}, seed=ctx.seed, limit=ctx.limit,
+        precision=ctx.precision,
     )
     path = store.path_for(record)
     if overwrite == "only-missing" and store.is_done(path):
@@ -151,9 +191,8 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     torch.manual_seed(ctx.seed)
-    try:
-        with autocast(ctx):
-            outcome = family.run(model, spec, settings, ctx)
+    try:  # no autocast here: each family autocasts only its backbone forward (phreg_bench.precision)
+        outcome = family.run(model, spec, settings, ctx)
     except Exception as error:  # one broken task must not lose the others' results
         log(f"FAILED {spec.name}: {type(error).__name__}: {error}")
         return TaskRun(spec.name, "failed", None, error=f"{type(error).__name__}: {error}")

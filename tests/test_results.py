@@ -92,10 +92,28 @@ def test_config_hash_ignores_device_workers_and_batch_size_but_not_protocol(tmp_
     assert third.name != first.name
 
 
-def test_config_hash_depends_on_seed_and_method_config():
+def test_config_hash_depends_on_seed_method_config_and_precision():
     base = dict(task={"name": "t/x", "version": "1", "spec_hash": "s"},
                 backbone={"name": "b", "architecture": "a", "weights_sha256": "w"},
-                method={"name": "m", "config": {"k": 1}}, protocol={"crop": 336}, limit=None)
+                method={"name": "m", "config": {"k": 1}}, protocol={"crop": 336}, limit=None, precision="fp32")
     assert config_hash(seed=0, **base) != config_hash(seed=1, **base)
     changed = {**base, "method": {"name": "m", "config": {"k": 2}}}
     assert config_hash(seed=0, **base) != config_hash(seed=0, **changed)
+    hashes = {config_hash(seed=0, **{**base, "precision": p}) for p in ("fp32", "bf16", "fp16")}
+    assert len(hashes) == 3
+
+
+def test_a_bf16_run_is_not_skipped_as_done_after_an_fp32_run(tmp_path):
+    """Issue 10 §2.1: precision is part of the result identity (file name, config hash, record)."""
+    logs: list[str] = []
+    request = RunRequest(backbone="tiny-vit", tasks=["synthetic/segmentation"], results_dir=tmp_path,
+                         protocol_overrides=SMALL)
+    first = run(request, RunContext(precision="fp32"), log=logs.append)[0]
+    second = run(request, RunContext(precision="bf16"), log=logs.append)[0]
+    assert (first.status, second.status) == ("done", "done"), logs
+    assert first.path != second.path and not any("already done" in line for line in logs)
+    fp32, bf16 = read_result(first.path), read_result(second.path)
+    assert fp32["config_hash"] != bf16["config_hash"]
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")  # what ran (CPU autocast has bf16)
+    again = run(request, RunContext(precision="bf16"), log=logs.append)[0]
+    assert again.status == "skipped" and again.path == second.path

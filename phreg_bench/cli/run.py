@@ -28,7 +28,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by commands that run models (device, precision, batch size, ...)."""
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="autocast dtype on CUDA (default: fp32; ignored on CPU)")
+                        help="autocast dtype of the backbone forward only; heads, losses and metrics stay fp32. "
+                        "Part of the result identity (default: fp32)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
@@ -60,7 +61,8 @@ def register(subparsers) -> None:
     parser.add_argument("--suite", help="run every task of a suite (see `ls suites`)")
     parser.add_argument("--protocol", "-p", help="protocol preset (default: each task's own default)")
     parser.add_argument("--protocol-override", action="append", metavar="KEY=VALUE",
-                        help="override one resolved protocol setting (recorded and hashed), repeatable")
+                        help="override one protocol setting (validated, recorded and hashed; an unknown key is "
+                        "refused with the valid ones), repeatable")
     parser.add_argument("--data-root", type=Path, default=os.environ.get("PHREG_DATA"),
                         help="datasets folder (default: $PHREG_DATA)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples (result marked partial)")

@@ -6,7 +6,6 @@ final norm (width ``embed_dim``), and the CLS token ``prefix[:, 0]`` where a tas
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.precision import autocast
 from phreg_bench.probes.cache import CacheEntry, FeatureCache
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext
@@ -55,13 +55,6 @@ def cache_fields(model, ctx: RunContext, **fields: Any) -> dict[str, Any]:
             "precision": ctx.precision, "device_type": ctx.device.type, **fields}
 
 
-def autocast(ctx: RunContext):
-    if ctx.device.type == "cuda" and ctx.precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if ctx.precision == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
 def to_tensor(images: np.ndarray | Tensor) -> Tensor:
     """``[B, H, W, 3]`` pixels in 0..255 (uint8 or float) -> float ``[B, 3, H, W]`` in [0, 1]."""
     tensor = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
@@ -80,11 +73,14 @@ def center_pad(images: Tensor, multiple: int) -> Tensor:
 @torch.inference_mode()
 def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch: bool = False,
             with_cls: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Patch features ``[B, C, h, w]`` (and the CLS token ``[B, C]``) of 0..255 ``[B, H, W, 3]`` images, fp32."""
+    """Patch features ``[B, C, h, w]`` (and the CLS token ``[B, C]``) of 0..255 ``[B, H, W, 3]`` images, fp32.
+
+    Only the model's forward runs under ``ctx.precision``'s autocast; the outputs are widened to float32.
+    """
     x = model.backbone.normalize(to_tensor(images).to(ctx.device))
     if pad_to_patch:
         x = center_pad(x, model.backbone.info.patch_size)
-    with autocast(ctx):
+    with autocast(ctx.device, ctx.precision):
         out = model.forward_tokens(x, project=False)
     cls = None
     if with_cls:

@@ -11,6 +11,34 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
 
 
+BACKBONE_IDENTITY_KEYS = ("name", "architecture", "weights_sha256", "weights_id")
+BASE_NAME_KEY = "phreg_base"  # backbone.extra key: the backbone a pass-through ``phreg:<base>`` name stands for
+
+
+def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
+    """The part of a record's ``backbone`` that enters the hash (and keys leaderboard rows).
+
+    ``weights_id`` (a path or tag) is dropped when the weights' sha256 is known: identical bytes from another
+    path are the same weights.
+    """
+    identity = {key: backbone.get(key) for key in BACKBONE_IDENTITY_KEYS}
+    if backbone.get("weights_sha256"):
+        identity.pop("weights_id")
+    return identity
+
+
+def base_backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
+    """The identity of the backbone a record's backbone *is*: ``phreg:<base>`` (:mod:`phreg_bench.backbones.phreg`)
+    runs the base's weights under another name and records the base in ``extra['phreg_base']``; its base
+    identity is the base's name with the same weights. Any other backbone is its own base.
+    """
+    identity = backbone_identity(backbone)
+    base = (backbone.get("extra") or {}).get(BASE_NAME_KEY)
+    if base:
+        identity["name"] = base
+    return identity
+
+
 def config_hash(
     *,
     task: dict[str, Any],
@@ -19,20 +47,24 @@ def config_hash(
     protocol: dict[str, Any],
     seed: int,
     limit: int | None,
+    precision: str | None,
 ) -> str:
-    """sha256 over task identity, weights identity, method config, resolved protocol, seed and limit.
+    """sha256 over task identity, weights identity, method config, resolved protocol, seed, limit, precision.
 
-    Device, precision-independent run options, worker counts, batch sizes of inference and paths are
-    deliberately left out: they do not change what is measured.
+    ``protocol`` is the resolved settings after overrides (every field of the family's settings dataclass);
+    ``precision`` is the autocast precision that ran the backbone forward
+    (:func:`phreg_bench.precision.resolve_precision`), or ``None`` for a number quoted from a paper (not
+    known; left out of the payload). Device, worker counts, inference batch sizes and paths are deliberately
+    left out: they do not change what is measured.
     """
     payload = {
         "task": {key: task[key] for key in ("name", "version", "spec_hash")},
-        "backbone": {key: backbone.get(key) for key in ("name", "architecture", "weights_sha256", "weights_id")},
+        "backbone": backbone_identity(backbone),
         "method": {"name": method["name"], "config": method.get("config", {})},
         "protocol": protocol,
         "seed": seed,
         "limit": limit,
     }
-    if backbone.get("weights_sha256"):
-        payload["backbone"].pop("weights_id")  # identical bytes from another path are the same weights
+    if precision is not None:
+        payload["precision"] = precision
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

@@ -20,8 +20,12 @@ def measured_record(
     protocol: dict[str, Any],
     seed: int,
     limit: int | None,
+    precision: str,
 ) -> dict[str, Any]:
-    """The identity part of a measured record (metrics, status, timings and provenance are filled later)."""
+    """The identity part of a measured record (metrics, status, timings and provenance are filled later).
+
+    ``precision`` is the one that ran (``fp32``, ``bf16`` or ``fp16``; see :mod:`phreg_bench.precision`).
+    """
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "measured",
@@ -29,8 +33,9 @@ def measured_record(
         "backbone": backbone,
         "method": method,
         "protocol": protocol,
+        "precision": precision,
         "config_hash": config_hash(task=task, backbone=backbone, method=method,
-                                   protocol=protocol["settings"], seed=seed, limit=limit),
+                                   protocol=protocol["settings"], seed=seed, limit=limit, precision=precision),
     }
 
 
@@ -64,6 +69,6 @@ def reported_record(
         "status": {"complete": True, "num_samples": 0, "expected_samples": None, "limit": None},
         "citation": citation,
         "config_hash": config_hash(task={"spec_hash": None, **task}, backbone=backbone_info, method=method_info,
-                                   protocol=settings, seed=0, limit=None),
+                                   protocol=settings, seed=0, limit=None, precision=None),
     }
     return validate(record)

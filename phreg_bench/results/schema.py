@@ -52,6 +52,7 @@ _TOP_LEVEL: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
     "provenance": (dict, ("measured",)),
     "citation": (dict, ("reported",)),
 }
+PRECISIONS = ("fp32", "bf16", "fp16")  # the ``precision`` a measured run records (absent in older files)
 _NESTED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "task": {"name": str, "family": str, "version": str},
     "backbone": {"name": str, "weights_id": str},
@@ -93,6 +94,8 @@ def validate(record: Any) -> dict[str, Any]:
             value = record[section].get(key)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ResultError(f"field {section}.{key} is missing or of the wrong type")
+    if "precision" in record and record["precision"] not in PRECISIONS:
+        raise ResultError(f"field 'precision' must be one of {PRECISIONS}, got {record['precision']!r}")
     values = record["metrics"]["values"]
     main = record["metrics"]["main"]
     if main not in values or not isinstance(values[main], (int, float)) or isinstance(values[main], bool):

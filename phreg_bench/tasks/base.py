@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from phreg_bench.backbones.base import Backbone
+from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError, Settings
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,14 @@ class TaskSpec:
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def protocol(self, name: str | None) -> tuple[str, dict[str, Any]]:
-        """Resolve a protocol preset name (``None``: the spec's default) to its settings."""
+        """Resolve a protocol preset name (``None``: the spec's default) to its settings.
+
+        Raises :class:`~phreg_bench.tasks.settings.ProtocolError` naming the known presets.
+        """
         chosen = name or self.default_protocol
         if chosen not in self.protocols:
             known = ", ".join(sorted(self.protocols)) or "none"
-            raise ValueError(f"task {self.name!r} has no protocol {chosen!r} (known: {known})")
+            raise ProtocolError(f"{PROTOCOL_FLAG} {chosen}: task {self.name!r} has no such protocol (known: {known})")
         return chosen, dict(self.protocols[chosen])
 
 
@@ -63,7 +67,7 @@ class RunContext:
     data_root: Path | None = None
     cache_dir: Path = Path(".phreg_cache")
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the backbone forward only (phreg_bench.precision)
     batch_size: int = 8
     num_workers: int = 0
     limit: int | None = None  # evaluate only the first N samples (the result is marked partial)
@@ -86,18 +90,58 @@ class TaskOutcome:
 
 
 class TaskFamily:
-    """Base class of ``ovseg``, ``linseg``, ``depth`` and the built-in synthetic families."""
+    """Base class of ``ovseg``, ``linseg``, ``depth`` and the built-in synthetic families.
+
+    ``settings_class`` (a :class:`~phreg_bench.tasks.settings.NamedSettings` subclass) declares every protocol
+    setting with its type and range. A family without one (a third-party family) accepts exactly the keys
+    of its presets, unconverted.
+    """
 
     name: str = ""
     needs_text: bool = False
+    settings_class: type[Settings] | None = None
 
     def applies_to(self, backbone: Backbone) -> bool:
         return backbone.has_text or not self.needs_text
 
-    def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
-        """The full resolved protocol settings recorded in the result and hashed."""
-        name, settings = spec.protocol(protocol)
-        return {"name": name, **settings}
+    def preset(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> tuple[str, dict[str, Any]]:
+        """The preset's name and values before overrides (probe families flatten their budget here)."""
+        return spec.protocol(protocol)
+
+    def fixed_settings(self, ctx: RunContext) -> dict[str, Any]:
+        """Settings the tool sets from the run (not overridable), e.g. the probe ``budget``."""
+        return {}
+
+    def setting_keys(self, spec: TaskSpec, protocol: str | None = None) -> list[str]:
+        """What ``--protocol-override`` accepts for this task."""
+        if self.settings_class is not None:
+            return self.settings_class.keys()
+        return sorted(spec.protocol(protocol)[1])
+
+    def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext,
+                         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The full resolved protocol settings (preset + overrides, validated) recorded in the result and hashed.
+
+        Raises :class:`~phreg_bench.tasks.settings.ProtocolError` for an unknown protocol or key, or a value
+        of the wrong type or range.
+        """
+        name, preset = self.preset(spec, protocol, ctx)
+        overrides = dict(overrides or {})
+        fixed = {"name": name, **self.fixed_settings(ctx)}
+        if self.settings_class is None:
+            unknown = sorted(set(overrides) - set(preset))
+            if unknown:
+                raise ProtocolError(f"{OVERRIDE_FLAG} {unknown[0]}: {spec.name} (protocol {name!r}) has no setting "
+                                    f"{unknown[0]!r}; valid keys: {', '.join(sorted(preset))}")
+            return {**preset, **overrides, **fixed}
+        return self.settings_class.resolve(task=spec.name, protocol=name, preset=preset, overrides=overrides,
+                                           fixed=fixed).to_dict()
+
+    def check_settings(self, settings: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
+        """Re-validate resolved settings at the start of :meth:`run` (a direct caller may have edited them)."""
+        if self.settings_class is None:
+            return dict(settings)
+        return self.settings_class.from_dict(settings, where=f"{spec.name} settings").to_dict()
 
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         raise NotImplementedError

@@ -25,7 +25,8 @@ the paper-exact pipeline online. The test features (frame + flip) are cached in 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,25 +42,93 @@ from phreg_bench.probes.heads import BinsDepthHead
 from phreg_bench.probes.losses import GRADIENT_LAYOUTS, gradient_loss, sig_loss
 from phreg_bench.probes.schedules import cosine_warmup_lr, one_cycle_beta1, set_lr
 from phreg_bench.progress import track
-from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.linseg import _infinite_order, _train_limit, resolve_probe_settings
+from phreg_bench.tasks.base import RunContext, TaskOutcome, TaskSpec
+from phreg_bench.tasks.linseg import ProbeFamily, ProbeSettings, _infinite_order, _train_limit
+from phreg_bench.tasks.settings import Settings, require
 
 
 def padded_grid(height: int, width: int, patch: int) -> tuple[int, int]:
     return -(-height // patch), -(-width // patch)
 
 
-class LinearProbeDepth(TaskFamily):
+def _range(key: str, pair: tuple[float, float], low: float = 0.0) -> None:
+    require(key, low <= pair[0] <= pair[1], f"must be [low, high] with {low} <= low <= high, got {list(pair)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneCycleMomentum(Settings):
+    """mmcv ``OneCycleMomentumUpdater`` beta1 schedule (``momentum`` in ``tasks/depth/nyu.yaml``)."""
+
+    policy: Literal["one-cycle"]
+    base: float
+    max: float
+    pct_start: float
+
+    def validate(self) -> None:
+        require("base", 0 <= self.base <= self.max < 1, f"must satisfy 0 <= base <= max < 1, got {self.base}")
+        require("pct_start", 0 < self.pct_start < 1, f"must be in (0, 1), got {self.pct_start}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DepthSettings(ProbeSettings):
+    """A ``depth`` protocol (``tasks/depth/nyu.yaml``; sources of each number there)."""
+
+    train_source: Literal["sync", "labeled"]
+    test_source: Literal["auto", "sync", "labeled"] = "auto"
+    nyu_crop: tuple[int, int, int, int]  # top, bottom, left, right on the 480 x 640 frame
+    train_crop: tuple[int, int]
+    flip_test: bool
+    eigen_crop: bool
+    min_depth: float  # metres
+    max_depth: float  # metres
+    n_bins: int
+    bins_strategy: Literal["UD"]
+    norm_strategy: Literal["linear", "softmax", "sigmoid"]
+    upsample: int
+    loss_group_size: int
+    sig_weight: float
+    sig_warmup_iters: int
+    grad_weight: float
+    gradient_loss_layout: Literal[GRADIENT_LAYOUTS] = "published"
+    grad_clip: float
+    warmup_iters: int
+    warmup_ratio: float
+    min_lr_ratio: float
+    momentum: OneCycleMomentum
+    rotate_prob: float
+    rotate_degree: float
+    color_prob: float
+    gamma_range: tuple[float, float]
+    brightness_range: tuple[float, float]
+    color_range: tuple[float, float]
+
+    def validate(self) -> None:
+        super().validate()
+        top, bottom, left, right = self.nyu_crop
+        require("nyu_crop", 0 <= top < bottom and 0 <= left < right,
+                f"must be [top, bottom, left, right] with top < bottom and left < right, got {list(self.nyu_crop)}")
+        require("train_crop", min(self.train_crop) > 0, f"must be two sizes > 0, got {list(self.train_crop)}")
+        require("min_depth", self.min_depth > 0, f"must be > 0, got {self.min_depth}")
+        require("max_depth", self.max_depth > self.min_depth, f"must be > min_depth, got {self.max_depth}")
+        for key in ("n_bins", "upsample", "loss_group_size"):
+            require(key, getattr(self, key) > 0, f"must be > 0, got {getattr(self, key)}")
+        for key in ("sig_weight", "sig_warmup_iters", "grad_weight", "warmup_iters", "min_lr_ratio", "rotate_degree"):
+            require(key, getattr(self, key) >= 0, f"must be >= 0, got {getattr(self, key)}")
+        require("grad_clip", self.grad_clip > 0, f"must be > 0, got {self.grad_clip}")
+        require("warmup_ratio", 0 < self.warmup_ratio <= 1, f"must be in (0, 1], got {self.warmup_ratio}")
+        for key in ("rotate_prob", "color_prob"):
+            require(key, 0 <= getattr(self, key) <= 1, f"must be in [0, 1], got {getattr(self, key)}")
+        for key in ("gamma_range", "brightness_range", "color_range"):
+            _range(key, getattr(self, key))
+
+
+class LinearProbeDepth(ProbeFamily):
     name = "depth"
     needs_text = False
-
-    def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
-        name, settings = resolve_probe_settings(spec, protocol, ctx)
-        if settings.get("gradient_loss_layout", "published") not in GRADIENT_LAYOUTS:
-            raise ValueError(f"gradient_loss_layout must be one of {GRADIENT_LAYOUTS}")
-        return {"name": name, **settings}
+    settings_class = DepthSettings
 
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        settings = self.check_settings(settings, spec)
         info = model.backbone.info
         mode = settings["train_features"]
         try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ from phreg_bench.probes.losses import seg_cross_entropy
 from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
+from phreg_bench.tasks.settings import NamedSettings, ProtocolError, require
 
-TRAIN_MODES = ("cached", "full")
 PAPER_STRIDE = 341  # slide stride with crop 518 [PH-Reg voc21_cfg.py test_cfg]
 PAPER_CROP = 518
 
@@ -52,19 +52,80 @@ def resolve_budget(settings: dict[str, Any], budget: str) -> dict[str, Any]:
     budgets = settings.pop("budgets", None)
     if budgets is not None:
         if budget not in budgets:
-            raise ValueError(f"budget {budget!r} is not defined for this task (known: {', '.join(budgets)})")
+            raise ProtocolError(f"--budget {budget}: not defined for this task (known: {', '.join(budgets)})")
         settings.update(budgets[budget])
     settings["budget"] = budget
     return settings
 
 
-def resolve_probe_settings(spec: TaskSpec, protocol: str | None, ctx: RunContext) -> tuple[str, dict[str, Any]]:
-    """The protocol preset with the run's budget applied and its feature mode checked (both probe families)."""
-    name, settings = spec.protocol(protocol)
-    settings = resolve_budget(settings, ctx.budget)
-    if settings.get("train_features", "cached") not in TRAIN_MODES:
-        raise ValueError(f"train_features must be one of {TRAIN_MODES}, got {settings['train_features']!r}")
-    return name, settings
+@dataclass(frozen=True, kw_only=True)
+class ProbeSettings(NamedSettings):
+    """What both probe families (``linseg``, ``depth``) share: budget, feature mode, optimiser, schedule length.
+
+    ``budget`` is the run's ``--budget`` (its values are flattened into the preset), never an override.
+    """
+
+    RESERVED: ClassVar[tuple[str, ...]] = ("name", "budget")
+    budget: str
+    train_features: Literal["cached", "full"] = "cached"  # see the module docstring
+    cache_dtype: Literal["float16", "float32"] = "float16"  # storage dtype of cached features
+    batch_size: int
+    iters: int
+    max_train_images: int | None = None  # cap on training images (quick budgets)
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    head_batchnorm: bool
+
+    def validate(self) -> None:
+        require("batch_size", self.batch_size > 0, f"must be > 0, got {self.batch_size}")
+        require("iters", self.iters > 0, f"must be > 0, got {self.iters}")
+        require("max_train_images", self.max_train_images is None or self.max_train_images > 0,
+                f"must be null or > 0, got {self.max_train_images}")
+        require("lr", self.lr > 0, f"must be > 0, got {self.lr}")
+        require("weight_decay", self.weight_decay >= 0, f"must be >= 0, got {self.weight_decay}")
+        require("betas", all(0 <= b < 1 for b in self.betas), f"must be two values in [0, 1), got {self.betas}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinsegSettings(ProbeSettings):
+    """A ``linseg`` protocol (``tasks/linseg/_base.yaml``; sources of each number there)."""
+
+    cache_windows: Literal["slide", "center"] = "slide"
+    input_size: int | Literal["auto"]
+    slide_stride: int | Literal["auto"]
+    resize_long_max: int
+    poly_power: float
+    eta_min: float
+    ratio_range: tuple[float, float]
+    cat_max_ratio: float
+    train_split: str
+
+    def validate(self) -> None:
+        super().validate()
+        require("input_size", self.input_size == "auto" or self.input_size > 0,
+                f"must be 'auto' or > 0, got {self.input_size}")
+        require("slide_stride", self.slide_stride == "auto" or self.slide_stride > 0,
+                f"must be 'auto' or > 0, got {self.slide_stride}")
+        require("resize_long_max", self.resize_long_max > 0, f"must be > 0, got {self.resize_long_max}")
+        require("poly_power", self.poly_power >= 0, f"must be >= 0, got {self.poly_power}")
+        require("eta_min", 0 <= self.eta_min <= self.lr, f"must be in [0, lr], got {self.eta_min}")
+        require("ratio_range", 0 < self.ratio_range[0] <= self.ratio_range[1],
+                f"must be [low, high] with 0 < low <= high, got {list(self.ratio_range)}")
+        require("cat_max_ratio", 0 < self.cat_max_ratio <= 1, f"must be in (0, 1], got {self.cat_max_ratio}")
+
+
+class ProbeFamily(TaskFamily):
+    """The probe families' shared settings resolution: the run's budget flattened into the preset."""
+
+    def preset(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> tuple[str, dict[str, Any]]:
+        name, settings = spec.protocol(protocol)
+        settings = resolve_budget(settings, ctx.budget)
+        settings.pop("budget")  # set by fixed_settings, after the overrides
+        return name, settings
+
+    def fixed_settings(self, ctx: RunContext) -> dict[str, Any]:
+        return {"budget": ctx.budget}
 
 
 def resolve_input_size(setting: Any, patch_size: int) -> int:
@@ -137,20 +198,16 @@ def _mean_pixel(model) -> np.ndarray:
     return np.asarray(model.backbone.info.mean, dtype=np.float32) * 255.0
 
 
-class LinearProbeSegmentation(TaskFamily):
+class LinearProbeSegmentation(ProbeFamily):
     name = "linseg"
     needs_text = False
-
-    def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
-        name, settings = resolve_probe_settings(spec, protocol, ctx)
-        if settings.get("cache_windows", "slide") not in ("slide", "center"):
-            raise ValueError(f"cache_windows must be 'slide' or 'center', got {settings['cache_windows']!r}")
-        return {"name": name, **settings}
+    settings_class = LinsegSettings
 
     # -- the run --------------------------------------------------------------------------------------
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         from phreg_bench.registries import DATASETS
 
+        settings = self.check_settings(settings, spec)
         info = model.backbone.info
         size = resolve_input_size(settings["input_size"], info.patch_size)
         stride = resolve_stride(settings["slide_stride"], size)

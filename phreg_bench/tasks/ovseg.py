@@ -13,9 +13,9 @@ Table S.4 Pearson metric.
 from __future__ import annotations
 
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -24,12 +24,51 @@ from phreg_bench.inference import HarnessSettings, OVSegPredictor
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
+from phreg_bench.tasks.settings import NamedSettings, require
 from phreg_bench.tasks.specs import class_file, spec_root
 from phreg_bench.text import class_queries, file_sha256, read_class_names, read_templates
 
-SETTING_KEYS = {f.name for f in fields(HarnessSettings)} | {"name", "templates"}
-DEFAULTS: dict[str, Any] = {"prob_thd": 0.0, "area_thd": None, "max_long": 2048, "window_pad": "none",
-                            "templates": "imagenet_templates.txt"}
+
+@dataclass(frozen=True, kw_only=True)
+class OVSegSettings(NamedSettings):
+    """An ovseg protocol: the harness numbers (:class:`~phreg_bench.inference.HarnessSettings`) + templates.
+
+    Defaults are the PH-Reg / NACLIP values where a preset leaves a key out (``tasks/ovseg/_base.yaml``).
+    """
+
+    resize: int  # short side after resizing (0: keep the image size)
+    crop: int  # sliding-window size (0: whole image)
+    stride: int
+    logit_scale: float
+    prob_thd: float = 0.0
+    area_thd: float | None = None  # SCLIP's small-segment rule
+    max_long: int = 2048
+    window_pad: Literal["none", "center"] = "none"
+    templates: str = "imagenet_templates.txt"  # a file in tasks/templates/ or a path
+
+    def validate(self) -> None:
+        require("resize", self.resize >= 0, f"must be >= 0, got {self.resize}")
+        require("crop", self.crop >= 0, f"must be >= 0 (0: whole image), got {self.crop}")
+        require("stride", self.crop == 0 or self.stride > 0, f"must be > 0 when crop > 0, got {self.stride}")
+        require("logit_scale", self.logit_scale > 0, f"must be > 0, got {self.logit_scale}")
+        require("prob_thd", 0.0 <= self.prob_thd <= 1.0, f"must be in [0, 1], got {self.prob_thd}")
+        require("area_thd", self.area_thd is None or 0.0 <= self.area_thd <= 1.0,
+                f"must be null or in [0, 1], got {self.area_thd}")
+        require("max_long", self.max_long > 0, f"must be > 0, got {self.max_long}")
+        require("templates", _template_found(self.templates),
+                f"file {self.templates!r} not found in {spec_root() / 'templates'} nor as a path")
+
+    def harness(self) -> HarnessSettings:
+        values = {f.name: getattr(self, f.name) for f in fields(HarnessSettings)}
+        return HarnessSettings(**values)
+
+
+def _template_found(name: str) -> bool:
+    try:
+        template_file(name)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def template_file(name: str) -> Path:
@@ -40,13 +79,6 @@ def template_file(name: str) -> Path:
     if Path(name).expanduser().is_file():
         return Path(name).expanduser()
     raise FileNotFoundError(f"template file {name!r} not found in {path.parent} nor as a path")
-
-
-def check_settings(settings: dict[str, Any], task: str) -> HarnessSettings:
-    unknown = sorted(set(settings) - SETTING_KEYS)
-    if unknown:
-        raise ValueError(f"{task}: unknown ovseg protocol settings {unknown}; known: {sorted(SETTING_KEYS)}")
-    return HarnessSettings.from_settings(settings)
 
 
 class _Guarded(torch.utils.data.Dataset):
@@ -73,20 +105,17 @@ class OpenVocabSegmentation(TaskFamily):
     name = "ovseg"
     needs_text = True
 
-    def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
-        name, settings = spec.protocol(protocol)
-        resolved = {"name": name, **DEFAULTS, **settings}
-        check_settings(resolved, spec.name)
-        return resolved
+    settings_class = OVSegSettings
 
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         from phreg_bench.registries import DATASETS
 
-        harness = check_settings({**DEFAULTS, **settings}, spec.name)
+        resolved = OVSegSettings.from_dict(settings, where=f"{spec.name} settings")
+        harness = resolved.harness()
         if spec.classes is None:
             raise ValueError(f"{spec.name}: the task spec names no class file")
         classes_path = class_file(spec.classes)
-        templates_path = template_file(settings.get("templates", DEFAULTS["templates"]))
+        templates_path = template_file(resolved.templates)
         classes, templates = read_class_names(classes_path), read_templates(templates_path)
         reader = DATASETS.get(spec.dataset)
         if reader.num_classes != len(classes):
@@ -101,7 +130,8 @@ class OpenVocabSegmentation(TaskFamily):
         phases["text_s"] = time.perf_counter() - start
 
         dataset = reader(ctx.data_root, split=spec.split, limit=ctx.limit)
-        predictor = OVSegPredictor(model, queries, harness, batch_size=ctx.batch_size, device=ctx.device)
+        predictor = OVSegPredictor(model, queries, harness, batch_size=ctx.batch_size, device=ctx.device,
+                                   precision=ctx.precision)
         metric = SegmentationMetric(reader.num_classes, device=ctx.device)
         pearson = PearsonMetric() if ctx.options.get("pearson", True) else None
         skip = bool(ctx.options.get("skip_corrupt", False))

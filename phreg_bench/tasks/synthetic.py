@@ -10,14 +10,17 @@ features with artifacts make prototypes noisier, so the probe's mIoU tracks feat
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from phreg_bench.precision import autocast
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
+from phreg_bench.tasks.settings import NamedSettings, require
 
 
 def scene_batch(indices: list[int], size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,11 +54,29 @@ def iou_metrics(confusion: torch.Tensor) -> tuple[dict[str, float], list[float |
     return metrics, [None if np.isnan(v) else 100 * float(v) for v in iou.tolist()]
 
 
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSettings(NamedSettings):
+    """The built-in task's protocol (``tasks/synthetic/segmentation.yaml``)."""
+
+    image_size: int  # pixels (square scenes)
+    num_train: int  # scenes averaged into the class prototypes
+    num_val: int  # scenes evaluated
+    scene_seed: int
+
+    def validate(self) -> None:
+        for key in ("image_size", "num_train", "num_val"):
+            require(key, getattr(self, key) > 0, f"must be > 0, got {getattr(self, key)}")
+        require("scene_seed", self.scene_seed >= 0, f"must be >= 0, got {self.scene_seed}")
+
+
 class SyntheticSegmentation(TaskFamily):
     name = "synthetic"
+    settings_class = SyntheticSettings
 
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         from phreg_bench.synthetic.scenes import CLASS_NAMES
+
+        settings = self.check_settings(settings, spec)
 
         size, seed = int(settings["image_size"]), int(settings["scene_seed"])
         train = list(range(int(settings["num_train"])))
@@ -96,7 +117,9 @@ class SyntheticSegmentation(TaskFamily):
     def _features(model, indices: list[int], size: int, seed: int, ctx: RunContext):
         images, labels = scene_batch(indices, size, seed)
         images = model.backbone.normalize(images.to(ctx.device))
-        feats = model.forward_tokens(images, project=False).patches.float()
+        with autocast(ctx.device, ctx.precision):  # the backbone forward only; prototypes and metrics in fp32
+            feats = model.forward_tokens(images, project=False).patches
+        feats = feats.float()
         return F.normalize(feats, dim=1).cpu(), labels
 
 

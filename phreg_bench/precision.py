@@ -1,0 +1,45 @@
+"""The numeric precision of a run: which autocast the backbone forward gets, and what a result records.
+
+``--precision bf16|fp16`` autocasts **only the backbone / method forward** (the dense tokens a task reads:
+feature extraction for the probes, the image tower of the ovseg harness, the synthetic probe's features).
+Everything after it runs in float32: probe heads, losses, optimiser steps, text embeddings, cosine logits,
+resizing, argmax and metrics. Each caller wraps exactly its ``forward_tokens`` call in :func:`autocast`.
+
+The precision recorded in a result and entered in its config hash is :func:`resolve_precision`: the one
+that actually runs. Autocast is used on any device type where torch offers it (CUDA, and CPU for both
+bf16 and fp16 since torch 2.x); on a device type without autocast the run is fp32 and records ``fp32``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from phreg_bench.results.schema import PRECISIONS
+
+__all__ = ["DTYPES", "PRECISIONS", "autocast", "resolve_precision"]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(device: torch.device | str, requested: str) -> str:
+    """The precision that runs on ``device`` when ``requested`` is asked for (``fp32`` without autocast there).
+
+    Raises ``ValueError`` for a name outside :data:`PRECISIONS`.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    device_type = torch.device(device).type
+    if requested == "fp32" or not torch.amp.is_autocast_available(device_type):
+        return "fp32"
+    return requested
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The context for a backbone / method forward: autocast to ``precision`` on ``device``'s type.
+
+    ``fp32`` gives a no-op context. Pass the resolved precision (:func:`resolve_precision`).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])
