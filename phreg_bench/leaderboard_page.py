@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-REPORTED_MARK = "†"
-BASELINE_METHOD = "raw"
+REPORTED_MARK = "†"  # marks reported (paper) rows
+BASELINE_METHOD = "raw"  # the method deltas are taken against; phreg_bench.leaderboard imports it from here
 UP, DOWN = "↑", "↓"
 
 
-# -- column model (shared by Markdown, HTML and the browser test) ----------------------------------------
+# -- column model and row order (shared by Markdown and HTML) ----------------------------------------------------
 
 
 def arrow(higher_is_better: bool) -> str:
@@ -260,7 +260,8 @@ def to_markdown(board: dict[str, Any]) -> str:
                   for n, c in enumerate(cited, 1)]
     if board["excluded"]:
         lines += ["", "## Excluded files", ""]
-        lines += [f"- `{item['file']}`: {md_escape(item['reason'])}" for item in board["excluded"]]
+        lines += [f"- <code>{md_escape(item['file'])}</code>: {md_escape(item['reason'])}"
+                  for item in board["excluded"]]
     return "\n".join(lines) + "\n"
 
 
