@@ -13,18 +13,18 @@ with measured runs.
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phreg_bench.leaderboard_page import BASELINE_METHOD, REPORTED_MARK, to_html, to_markdown
 from phreg_bench.results.hashing import backbone_identity, base_backbone_identity, canonical_json
 from phreg_bench.results.schema import ResultError
 from phreg_bench.results.store import read_result, result_files, write_json_atomic, write_text_atomic
 
-REPORTED_MARK = "†"
-BASELINE_METHOD = "raw"
+__all__ = ["BASELINE_METHOD", "REPORTED_MARK", "build", "build_all", "build_table", "collect", "to_html",
+           "to_markdown", "write_index"]
 
 
 @dataclass
@@ -197,7 +197,10 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
         metrics = record["metrics"]
         row.cells[task] = {"value": metrics["values"][metrics["main"]], "metric": metrics["main"],
                            "higher_is_better": metrics["higher_is_better"], "file": str(path),
-                           "citation": record.get("citation"), "config_hash": record["config_hash"]}
+                           "citation": record.get("citation"), "config_hash": record["config_hash"],
+                           # for the page: the budget column means something only for runs that train a probe
+                           "budget_applies": record["kind"] == "measured"
+                           and "budget" in record["protocol"]["settings"]}
     return list(rows.values()), excluded
 
 
@@ -255,6 +258,9 @@ def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> di
             "files": {t: row.cells[t]["file"] for t in tasks if t in row.cells},
             "citations": sorted({json.dumps(c["citation"], sort_keys=True) for c in row.cells.values()
                                  if c["citation"]}),
+            # for the page (phreg_bench.leaderboard_page): each value's direction, whether the budget applies
+            "higher_is_better": {t: row.cells[t]["higher_is_better"] for t in tasks if t in row.cells},
+            "budget_applies": any(cell["budget_applies"] for cell in row.cells.values()),
         })
     table_rows.sort(key=lambda r: (r["kind"] != "measured", r["mean"] is None, -(r["mean"] or 0),
                                    r["backbone"], r["method"], r["variant"]))
@@ -262,138 +268,80 @@ def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> di
             "rows": table_rows, "excluded": excluded}
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _signed(value: float | None, digits: int = 2) -> str:
-    return "" if value is None else f"{value:+.{digits}f}"
-
-
-def _digits(value: float | None) -> int:
-    """Four decimals for sub-unit metrics (RMSE in metres, Pearson), two for percentages."""
-    return 4 if value is not None and abs(value) < 1 else 2
-
-
-def to_markdown(board: dict[str, Any]) -> str:
-    tasks = board["tasks"]
-    lines = [f"# {board['suite']}", "", board["description"], "",
-             "| backbone | method | budget | " + " | ".join(tasks) + " | mean | Δ mean vs raw |",
-             "|---|---|---|" + "---|" * len(tasks) + "---|---|"]
-    for row in board["rows"]:
-        mark = f" {REPORTED_MARK}" if row["kind"] == "reported" else ""
-        cells = []
-        for task in tasks:
-            value = row["values"].get(task)
-            delta = row["delta_vs_raw"].get(task)
-            shown = _fmt(value, _digits(value))
-            cells.append(shown + (f" ({_signed(delta, _digits(value))})" if delta is not None else ""))
-        method = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
-        lines.append(f"| {_md_escape(row['backbone'])}{mark} | {_md_escape(method)} | {row['budget']} | "
-                     + " | ".join(cells) + f" | {_fmt(row['mean'])} | {_signed(row['mean_delta_vs_raw'])} |")
-    lines += ["", f"{REPORTED_MARK} reported in a paper (see the result file's citation), never averaged "
-              "with measured runs. Mean only for complete rows with one metric kind."]
-    if board["excluded"]:
-        lines += ["", "## Excluded files", ""]
-        lines += [f"- `{item['file']}`: {_md_escape(item['reason'])}" for item in board["excluded"]]
-    return "\n".join(lines) + "\n"
-
-
-def _md_escape(text: str) -> str:
-    return html.escape(str(text)).replace("|", "\\|")
-
-
-_SORT_SCRIPT = """
-document.querySelectorAll('table.board th').forEach(function (th, column) {
-  th.addEventListener('click', function () {
-    var body = th.closest('table').tBodies[0];
-    var rows = Array.from(body.rows);
-    var up = th.dataset.dir !== 'asc';
-    th.dataset.dir = up ? 'asc' : 'desc';
-    function key(row) { var t = row.cells[column].dataset.v || row.cells[column].textContent;
-                        var n = parseFloat(t); return isNaN(n) ? t : n; }
-    rows.sort(function (a, b) { var x = key(a), y = key(b);
-      if (typeof x !== typeof y) { return typeof x === 'number' ? -1 : 1; }
-      return (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1); });
-    rows.forEach(function (row) { body.appendChild(row); });
-  });
-});
-"""
-
-
-def to_html(boards: list[dict[str, Any]]) -> str:
-    """One self-contained page; every string from a result file is escaped."""
-    esc = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>phreg-bench leaderboards</title>",
-             "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;"
-             "margin-bottom:2em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "th{cursor:pointer;background:#f3f3f3}td.t{text-align:left}tr.reported{color:#666;"
-             "font-style:italic}.d{color:#888;font-size:85%}</style></head><body>",
-             "<h1>phreg-bench leaderboards</h1>"]
-    for board in boards:
-        tasks = board["tasks"]
-        parts.append(f"<h2>{esc(board['suite'])}</h2><p>{esc(board['description'])}</p>")
-        header = "".join(f"<th>{esc(t)}</th>" for t in ["backbone", "method", "budget", *tasks, "mean", "Δ mean"])
-        parts.append(f"<table class='board'><thead><tr>{header}</tr></thead><tbody>")
-        for row in board["rows"]:
-            mark = f" {REPORTED_MARK}" if row["kind"] == "reported" else ""
-            cells = [f"<td class='t'>{esc(row['backbone'])}{mark}</td>", f"<td class='t'>{esc(row['method'])}</td>",
-                     f"<td class='t'>{esc(row['budget'])}</td>"]
-            for task in tasks:
-                value, delta = row["values"].get(task), row["delta_vs_raw"].get(task)
-                extra = f" <span class='d'>{_signed(delta, _digits(value))}</span>" if delta is not None else ""
-                shown = _fmt(value, _digits(value))
-                cells.append(f"<td data-v='{'' if value is None else value}'>{shown}{extra}</td>")
-            cells.append(f"<td>{_fmt(row['mean'])}</td><td>{_signed(row['mean_delta_vs_raw'])}</td>")
-            parts.append(f"<tr class='{esc(row['kind'])}'>{''.join(cells)}</tr>")
-        parts.append("</tbody></table>")
-        if board["excluded"]:
-            parts.append("<details><summary>excluded files</summary><ul>")
-            parts += [f"<li><code>{esc(item['file'])}</code>: {esc(item['reason'])}</li>" for item in board["excluded"]]
-            parts.append("</ul></details>")
-    parts.append(f"<p>{REPORTED_MARK} reported in a paper, never averaged with measured runs.</p>")
-    parts.append(f"<script>{_SORT_SCRIPT}</script></body></html>\n")
-    return "".join(parts)
-
-
 def result_files_in(folders: list[Path]) -> list[Path]:
     return [path for folder in folders for path in result_files(folder)]
 
 
 def build(folders: list[Path], suite_name: str, out_dir: Path) -> list[Path]:
-    """Write ``<suite>.json`` and ``<suite>.md`` for one suite, then refresh ``index.html``."""
+    """Write the leaderboard of one suite (``<suite>.json``, ``<suite>.md``, ``index.html``) into ``out_dir``.
+
+    Like :func:`build_all`, the folder then holds exactly this build: leaderboard files of other suites an
+    earlier build left there are removed (see :func:`write_boards`).
+    """
     from phreg_bench.registries import SUITES
 
-    board = build_table(result_files_in(folders), suite_name, SUITES.get(suite_name))
-    json_path, md_path = out_dir / f"{suite_name}.json", out_dir / f"{suite_name}.md"
-    write_json_atomic(json_path, board)
-    write_text_atomic(md_path, to_markdown(board))
-    return [json_path, md_path, write_index(out_dir)]
-
-
-def write_index(out_dir: Path) -> Path:
-    boards = []
-    for path in sorted(out_dir.glob("*.json")):
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and {"suite", "tasks", "rows"} <= set(data):
-            boards.append(data)
-    index = out_dir / "index.html"
-    write_text_atomic(index, to_html(boards))
-    return index
+    return write_boards([build_table(result_files_in(folders), suite_name, SUITES.get(suite_name))], out_dir)
 
 
 def build_all(results_dir: Path, out_dir: Path, extra_folders: list[Path] | None = None) -> list[Path]:
-    """Build every suite that has at least one accepted row in the results."""
+    """Build every suite that has at least one accepted row in the results (see :func:`write_boards`)."""
     from phreg_bench.registries import SUITES
 
-    folders = [results_dir, *(extra_folders or [])]
-    files = result_files_in(folders)
+    files = result_files_in([results_dir, *(extra_folders or [])])
+    boards = [build_table(files, entry.name, entry.resolve()) for entry in SUITES]
+    return write_boards([board for board in boards if board["rows"]], out_dir)
+
+
+def write_boards(boards: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write ``<suite>.json`` and ``<suite>.md`` per board and ``index.html`` (each atomically), then remove
+    the leaderboard files an earlier build wrote that this one did not, so that the folder reflects exactly
+    this build. Only leaderboard files are removed: a ``*.json`` holding a board and the ``.md`` of the same
+    name that starts with that board's title; anything else in ``out_dir`` is left alone."""
     written: list[Path] = []
-    for entry in SUITES:
-        board = build_table(files, entry.name, entry.resolve())
-        if board["rows"]:
-            write_json_atomic(out_dir / f"{entry.name}.json", board)
-            write_text_atomic(out_dir / f"{entry.name}.md", to_markdown(board))
-            written += [out_dir / f"{entry.name}.json", out_dir / f"{entry.name}.md"]
-    written.append(write_index(out_dir))
+    for board in boards:
+        json_path, md_path = out_dir / f"{board['suite']}.json", out_dir / f"{board['suite']}.md"
+        write_json_atomic(json_path, board)
+        write_text_atomic(md_path, to_markdown(board))
+        written += [json_path, md_path]
+    written.append(write_index(out_dir, boards))
+    for path in stale_leaderboard_files(out_dir, keep=written):
+        path.unlink(missing_ok=True)
     return written
+
+
+def _read_board(path: Path) -> dict[str, Any] | None:
+    """The board in ``path``, or ``None`` when the file is not a leaderboard (unreadable, other JSON)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"suite", "tasks", "rows"} <= set(data) else None
+
+
+def stale_leaderboard_files(out_dir: Path, keep: list[Path]) -> list[Path]:
+    """Leaderboard files in ``out_dir`` (top level only) that are not in ``keep``."""
+    from phreg_bench.leaderboard_page import md_escape
+
+    stale: list[Path] = []
+    kept = {path.resolve() for path in keep}
+    for path in sorted(out_dir.glob("*.json")) if out_dir.is_dir() else []:
+        board = None if path.resolve() in kept else _read_board(path)
+        if board is None:
+            continue
+        stale.append(path)
+        markdown = path.with_suffix(".md")
+        if markdown.resolve() not in kept and markdown.is_file():
+            with markdown.open(encoding="utf-8", errors="replace") as stream:
+                if stream.readline().rstrip("\n") == f"# {md_escape(board['suite'])}":
+                    stale.append(markdown)
+    return stale
+
+
+def write_index(out_dir: Path, boards: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``out_dir/index.html`` showing ``boards`` (default: every board JSON in ``out_dir``)."""
+    if boards is None:
+        found = (_read_board(path) for path in sorted(out_dir.glob("*.json")))
+        boards = [board for board in found if board is not None]
+    index = out_dir / "index.html"
+    write_text_atomic(index, to_html(boards, out_dir))
+    return index

@@ -4,7 +4,7 @@ Numbers verbatim from arXiv:2505.21501 (camera-ready), as transcribed in the ref
 recorded under the ``phreg`` protocol because the paper states that every method used the Table S.5
 settings (App. C.1) — the reference notes §6 caveat 1 doubts it for the baselines (the SCLIP row equals
 SCLIP's own defaults), which each record's citation repeats. Write the files with
-``python -m phreg_bench.reported [FOLDER]`` (default ``leaderboards/reported``).
+``python -m phreg_bench.reported [FOLDER]`` (default: the shipped ``phreg_bench/reported_results``).
 
 "+ DVT" rows are recorded as methods ``maskclip+dvt`` / ``naclip+dvt`` (DVT itself is not implemented here).
 Table S.4's NACLIP+DVT ADE20k value is split across a page break in the source ("0.42?") and is left out.
@@ -81,7 +81,9 @@ def write(folder: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    default = Path(__file__).resolve().parents[1] / "leaderboards" / "reported"
+    from phreg_bench.results.shipped import reported_dir
+
+    default = reported_dir()
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     for path in write(target):
         print(path)

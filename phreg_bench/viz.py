@@ -12,6 +12,7 @@ matplotlib is an optional dependency (``pip install 'phreg-bench[viz]'``); it is
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +84,64 @@ def patch_norm_map(grid: Tensor) -> np.ndarray:
     return grid.float().norm(dim=0).numpy()
 
 
+def model_input(image: np.ndarray, short_side: int, multiple: int) -> Tensor:
+    """The whole image as a model input: float ``[1, 3, H, W]`` in [0, 1], nothing cropped.
+
+    ``image`` is uint8 ``[H0, W0, 3]``. The short side becomes ``short_side`` pixels (which must be a multiple of
+    ``multiple``, the patch size or the least common multiple of several), the long side keeps the aspect
+    ratio rounded to the nearest multiple of ``multiple`` (the ViT runs on any grid of whole patches), so the
+    aspect ratio changes by at most half a patch over the long side. Bicubic resampling, as the backbones'
+    own preprocessing.
+
+    Raises:
+        ValueError: ``short_side`` is not a positive multiple of ``multiple``.
+    """
+    if short_side <= 0 or short_side % multiple:
+        raise ValueError(f"input size {short_side} is not a positive multiple of the patch size {multiple}")
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    height, width = tensor.shape[-2:]
+    short = min(height, width)
+    # the long side scaled like the short one, to the nearest whole patch (never below short_side)
+    size = [short_side if side == short else round(side * short_side / short / multiple) * multiple
+            for side in (height, width)]
+    return F.interpolate(tensor, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+TITLE_SIZE = 9  # points
+CELL_INCHES = 2.3  # width of one figure column
+COLORBAR_INCHES = 0.8  # extra figure width for the colour bars and their labels
+
+
+def wrap_title(text: str, width_inches: float, fontsize: float = TITLE_SIZE, max_lines: int = 3) -> str:
+    """``text`` broken into lines that fit ``width_inches`` at ``fontsize`` (at most ``max_lines``, the last
+    one shortened with an ellipsis), so that titles of neighbouring panels never overprint.
+
+    The width of a character is taken as 0.62 em, a bound for the default sans-serif font's
+    letters, digits and punctuation (DejaVu Sans: 0.61 em for most lowercase letters and digits).
+    """
+    chars = max(6, int(width_inches * 72 / (fontsize * 0.62)))
+    lines = textwrap.wrap(text, chars, break_long_words=True, break_on_hyphens=True) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: chars - 1] + "…"
+    return "\n".join(lines)
+
+
 def comparison_figure(image: np.ndarray, panels: Sequence[Panel], path: str | Path, *, title: str | None = None,
-                      query: str | None = None) -> Path:
-    """Write one PNG: the input, then per model its PCA-RGB map, norm map and (if any) query heatmap."""
+                      query: str | None = None, input_note: str | None = None) -> Path:
+    """Write one PNG: the input, then per model its PCA-RGB map, norm map and (if any) query heatmap.
+
+    ``image`` is the model input as uint8 ``[H, W, 3]`` (any aspect ratio); ``input_note`` (e.g. how it was
+    resized) goes under the input.
+    """
     plt = require_matplotlib()
+    fig = comparison(plt, image, panels, title=title, query=query, input_note=input_note)
+    return _save(fig, plt, path)
+
+
+def comparison(plt, image: np.ndarray, panels: Sequence[Panel], *, title: str | None = None,
+               query: str | None = None, input_note: str | None = None):
+    """The figure of :func:`comparison_figure` (a ``matplotlib.figure.Figure``; the caller closes it)."""
     pca = joint_pca_rgb([p.patches for p in panels])
     norms = [patch_norm_map(p.patches) for p in panels]
     vmax = max(float(n.max()) for n in norms)
@@ -95,21 +150,31 @@ def comparison_figure(image: np.ndarray, panels: Sequence[Panel], path: str | Pa
     heat_range = (min(float(h.min()) for h in heats), max(float(h.max()) for h in heats)) if heats else (0, 1)
     rows = 3 if has_heat else 2
     cols = len(panels) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.3 * rows + 0.4), squeeze=False)
+    aspect = min(max(image.shape[0] / image.shape[1], 0.35), 2.5)  # cell height / width, clamped for odd images
+    width = CELL_INCHES * cols + COLORBAR_INCHES
+    # a narrow last column holds the colour bars, so that every row's panels stay aligned
+    fig, grid = plt.subplots(rows, cols + 1, figsize=(width, CELL_INCHES * aspect * rows + 0.8), squeeze=False,
+                             layout="constrained", gridspec_kw={"width_ratios": [1.0] * cols + [0.06]})
+    axes, bars = grid[:, :cols], grid[:, cols]
+    for bar_axes in bars:
+        bar_axes.set_axis_off()
+    label_width = CELL_INCHES * 0.85  # titles wrap to 85 % of a column, so neighbours never touch
     extent = (0, image.shape[1], image.shape[0], 0)
     axes[0, 0].imshow(image)
-    axes[0, 0].set_title("input", fontsize=9)
+    axes[0, 0].set_title("input", fontsize=TITLE_SIZE)
+    if input_note:
+        axes[0, 0].set_xlabel(wrap_title(input_note, label_width, 7), fontsize=7)
     for r in range(1, rows):
         axes[r, 0].imshow(image, alpha=0.35)
     axes[1, 0].text(0.5, 0.5, "patch norm\n(shared scale)", ha="center", va="center", fontsize=8,
                     transform=axes[1, 0].transAxes)
     if has_heat:
-        axes[2, 0].text(0.5, 0.5, f"text query\n{query!r}", ha="center", va="center", fontsize=8,
-                        transform=axes[2, 0].transAxes)
-    norm_image = None
+        axes[2, 0].text(0.5, 0.5, "text query\n" + wrap_title(repr(query), label_width, 8), ha="center",
+                        va="center", fontsize=8, transform=axes[2, 0].transAxes)
+    norm_image = heat_image = None
     for c, (panel, rgb, norm) in enumerate(zip(panels, pca, norms, strict=True), start=1):
         axes[0, c].imshow(rgb, interpolation="nearest", extent=extent)
-        axes[0, c].set_title(panel.name, fontsize=9)
+        axes[0, c].set_title(wrap_title(panel.name, label_width), fontsize=TITLE_SIZE)
         norm_image = axes[1, c].imshow(norm, cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest",
                                        extent=extent)
         axes[1, c].set_xlabel(f"max {norm.max():.1f} / median {np.median(norm):.1f}", fontsize=7)
@@ -118,16 +183,20 @@ def comparison_figure(image: np.ndarray, panels: Sequence[Panel], path: str | Pa
                 axes[2, c].text(0.5, 0.5, "no text tower", ha="center", va="center", fontsize=8,
                                 transform=axes[2, c].transAxes)
             else:
-                axes[2, c].imshow(panel.heatmap.float().numpy(), cmap="jet", interpolation="bilinear", extent=extent,
-                                  vmin=heat_range[0], vmax=heat_range[1])
+                heat_image = axes[2, c].imshow(panel.heatmap.float().numpy(), cmap="jet", interpolation="bilinear",
+                                               extent=extent, vmin=heat_range[0], vmax=heat_range[1])
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    if norm_image is not None:
-        fig.colorbar(norm_image, ax=list(axes[1, 1:]), fraction=0.02, pad=0.01)
+    for row, mappable, label in ((1, norm_image, "patch-token L2 norm"), (2, heat_image, "cosine similarity")):
+        if mappable is not None:
+            bars[row].set_axis_on()
+            bar = fig.colorbar(mappable, cax=bars[row])
+            bar.set_label(label, fontsize=7)
+            bar.ax.tick_params(labelsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, plt, path)
+        fig.suptitle(wrap_title(title, 0.9 * width, 10, max_lines=2), fontsize=10)
+    return fig
 
 
 def norm_histogram(norms: dict[str, np.ndarray], path: str | Path, *, title: str | None = None,
@@ -139,13 +208,14 @@ def norm_histogram(norms: dict[str, np.ndarray], path: str | Path, *, title: str
     edges = np.linspace(0.0, top * 1.02, bins + 1)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for name, v in values.items():
-        ax.hist(v, bins=edges, histtype="step", linewidth=1.5, label=f"{name} (max {v.max():.1f})")
+        ax.hist(v, bins=edges, histtype="step", linewidth=1.5,
+                label=wrap_title(f"{name} (max {v.max():.1f})", 3.0, 8, max_lines=2))
     ax.set_yscale("log")
     ax.set_xlabel("patch-token norm")
     ax.set_ylabel("tokens")
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(wrap_title(title, 6.0, 10, max_lines=2), fontsize=10)
     return _save(fig, plt, path)
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from phreg_bench.reported import PEARSON_TASKS, TABLE1, TABLE_S4, TASKS, records, write
+from phreg_bench.results.shipped import reported_dir
 from phreg_bench.results.store import read_result
 
-SHIPPED = Path(__file__).resolve().parents[1] / "leaderboards" / "reported"
+SHIPPED = reported_dir()
 
 
 def test_table_rows_are_consistent_with_the_papers_average_column():

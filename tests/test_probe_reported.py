@@ -6,9 +6,10 @@ from pathlib import Path
 
 from phreg_bench.probes import reported
 from phreg_bench.registries import TASKS
+from phreg_bench.results.shipped import reported_dir
 from phreg_bench.results.store import ResultStore, read_result
 
-SHIPPED = Path(__file__).resolve().parents[1] / "leaderboards" / "reported"
+SHIPPED = reported_dir()
 
 
 def _table2_files() -> list[Path]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +36,9 @@ def register(subparsers) -> None:
     parser.add_argument("--index", action="append", type=int, help="dataset sample index, repeatable")
     parser.add_argument("--data-root", type=Path, default=os.environ.get("PHREG_DATA"),
                         help="datasets folder (default: $PHREG_DATA)")
-    parser.add_argument("--size", type=int, help="square input size in pixels (default: the first backbone's "
-                        "native resolution)")
+    parser.add_argument("--size", type=int, help="short side of the model input in pixels; the long side keeps "
+                        "the aspect ratio, rounded to whole patches, so nothing is cropped (default: the first "
+                        "backbone's native resolution)")
     parser.add_argument("--query", help="text query for the similarity heatmap (text backbones)")
     parser.add_argument("--out", type=Path, default=Path("phreg_figures"), help="output folder (default: "
                         "./phreg_figures)")
@@ -43,17 +47,17 @@ def register(subparsers) -> None:
 
 
 def load_inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
-    """``(id, uint8 image [H, W, 3])`` for every requested input."""
+    """``(name, uint8 image [H, W, 3])`` for every requested input; names are unique (see :func:`unique_names`)."""
     from phreg_bench.datasets.base import read_image
     from phreg_bench.synthetic.scenes import render
 
-    inputs: list[tuple[str, np.ndarray]] = []
+    inputs: list[tuple[str, str, np.ndarray]] = []  # (name, source, image)
     for path in args.image or []:
         if not path.is_file():
             raise CliError(f"--image {path} does not exist")
-        inputs.append((path.stem, read_image(path)))
+        inputs.append((path.stem, f"file:{path.resolve()}", read_image(path)))
     if args.synthetic:
-        inputs += [(f"synthetic-{i}", render(i, 256, 0).image) for i in args.synthetic]
+        inputs += [(f"synthetic-{i}", f"synthetic:{i}", render(i, 256, 0).image) for i in args.synthetic]
     if args.dataset:
         from phreg_bench.registries import DATASETS
 
@@ -61,26 +65,33 @@ def load_inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
         for index in args.index or [0]:
             if not 0 <= index < len(reader):
                 raise CliError(f"--index {index} is outside {args.dataset} {args.split} (0..{len(reader) - 1})")
-            inputs.append((f"{args.dataset}-{args.split}-{index}", reader[index].image))
+            name = f"{args.dataset}-{args.split}-{index}"
+            inputs.append((name, f"dataset:{name}", reader[index].image))
     elif args.index:
         raise CliError("--index needs --dataset NAME")
     if not inputs:
-        inputs = [("synthetic-100000", render(100_000, 256, 0).image)]
-    return inputs
+        inputs = [("synthetic-100000", "synthetic:100000", render(100_000, 256, 0).image)]
+    return unique_names(inputs)
 
 
-def square(image: np.ndarray, size: int):
-    """Resize the short side to ``size`` (bicubic) and centre-crop a square; float ``[1, 3, S, S]`` in [0, 1]."""
-    import torch
-    import torch.nn.functional as F
+def unique_names(inputs: list[tuple[str, str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """Drop repeated sources; a name that different sources share (``a/img.png`` and ``b/img.png``, or an
+    image file called ``synthetic-5.png`` beside ``--synthetic 5``) gets ``-`` and 8 hex digits of the sha256
+    of its source, so that no figure overwrites another."""
+    distinct = list({source: (name, source, image) for name, source, image in reversed(inputs)}.values())[::-1]
+    counts = Counter(name for name, _, _ in distinct)
+    return [(f"{name}-{hashlib.sha256(source.encode()).hexdigest()[:8]}" if counts[name] > 1 else name, image)
+            for name, source, image in distinct]
 
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-    height, width = tensor.shape[-2:]
-    scale = size / min(height, width)
-    new = (max(size, round(height * scale)), max(size, round(width * scale)))
-    tensor = F.interpolate(tensor, size=new, mode="bicubic", align_corners=False).clamp(0, 1)
-    top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    return tensor[..., top : top + size, left : left + size]
+
+def model_geometry(image: np.ndarray, size: int, multiple: int):
+    """The whole ``image`` as a model input of short side ``size`` (see :func:`phreg_bench.viz.model_input`) and
+    a note for the figure saying how it was resized."""
+    from phreg_bench.viz import model_input
+
+    pixels = model_input(image, size, multiple)
+    (height, width), (new_height, new_width) = image.shape[:2], pixels.shape[-2:]
+    return pixels, f"{width}×{height} px resized to {new_width}×{new_height} (whole image)"
 
 
 def parse_method(spec: str) -> tuple[str, dict, str]:
@@ -104,6 +115,7 @@ def handle(args: argparse.Namespace) -> int:
     methods = [parse_method(spec) for spec in args.method or (["raw"] if args.adapter is None else [])]
     if args.adapter is not None:
         methods.append(("phreg", {"adapter": str(args.adapter)}, "phreg"))
+    inputs = load_inputs(args)  # missing files and bad indices fail before any model is built
     models = []
     for backbone_name in args.backbone or [DEFAULT_BACKBONE]:
         backbone = build_backbone(backbone_name, weights=args.weights, random_init=args.random_init)
@@ -117,10 +129,10 @@ def handle(args: argparse.Namespace) -> int:
         raise CliError(f"--size {size} is not a multiple of every patch size {sorted(patches)}")
     if args.query and not any(m.backbone.has_text for _, m in models):
         console.print("[yellow]--query ignored: no compared backbone has a text tower[/yellow]")
-    args.out.mkdir(parents=True, exist_ok=True)
+    # the output folder is made by the first figure written (a failed run leaves no empty folder behind)
     norms: dict[str, list[np.ndarray]] = {label: [] for label, _ in models}
-    for sample_id, image in load_inputs(args):
-        pixels = square(image, size)
+    for sample_id, image in inputs:
+        pixels, note = model_geometry(image, size, math.lcm(*patches))
         panels = []
         for label, model in models:
             normalised = model.backbone.normalize(pixels).to(device)
@@ -128,7 +140,8 @@ def handle(args: argparse.Namespace) -> int:
             norms[label].append(panel.patches.norm(dim=0).numpy().ravel())
             panels.append(panel)
         shown = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        path = comparison_figure(shown, panels, args.out / f"viz_{sample_id}.png", title=sample_id, query=args.query)
+        path = comparison_figure(shown, panels, args.out / f"viz_{sample_id}.png", title=sample_id, query=args.query,
+                                 input_note=note)
         console.print(f"figure: {path}")
     path = norm_histogram({k: np.concatenate(v) for k, v in norms.items()}, args.out / "norm_histogram.png",
                           title="patch-token norms")

@@ -2,7 +2,8 @@
 
 Numbers verbatim from arXiv:2505.21501 (camera-ready), Table 2, as transcribed in the reference notes §3:
 VOC21 and ADE20K mIoU / mAcc (%), NYUv2 RMSE (m), AbsRel and delta1 (%). The files are written with
-``python -m phreg_bench.probes.reported [FOLDER]`` (default ``leaderboards/reported``) and shipped.
+``python -m phreg_bench.probes.reported [FOLDER]`` (default: the shipped package data,
+``phreg_bench/reported_results``).
 
 Backbone names are this project's catalogue names; "+ DVT" rows are recorded as methods ``dvt``,
 ``naclip+dvt`` and ``maskclip+dvt`` (DVT is not implemented here; its numbers are quoted only).
@@ -68,7 +69,9 @@ def write(folder: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    default = Path(__file__).resolve().parents[2] / "leaderboards" / "reported"
+    from phreg_bench.results.shipped import reported_dir
+
+    default = reported_dir()
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     for path in write(target):
         print(path)

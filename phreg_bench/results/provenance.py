@@ -29,9 +29,15 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state(source: Path | None = None) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout the code runs from (None outside a git checkout)."""
-    folder = source or Path(__file__).resolve().parents[2]
+def git_state(package_dir: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the git work tree the package ``package_dir`` (default: this ``phreg_bench``
+    folder) lives in, or both ``None``.
+
+    A commit is recorded only when the package's own files are tracked in that work tree. An installed
+    (non-editable) copy under ``site-packages`` is no part of the repository it may happen to sit in (a
+    virtual environment inside the user's project), so that repository's commit would be a false record.
+    """
+    folder = (package_dir or Path(__file__).resolve().parents[1]).resolve()
 
     def git(*args: str) -> str | None:
         try:
@@ -40,6 +46,8 @@ def git_state(source: Path | None = None) -> dict[str, Any]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
+    if git("ls-files", "--error-unmatch", "--", ".") is None:  # no tracked file in the package folder
+        return {"commit": None, "dirty": None}
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if commit is None else bool(dirty)}
