@@ -86,7 +86,12 @@ def unreachable_reason(url: str | None = None, timeout: float = PROBE_TIMEOUT_S)
     return result[0]
 
 
-def unavailable_message(repo_id: str, filenames: Sequence[str], reason: str, what: str) -> str:
+WEIGHTS_HINT = "pass `--weights PATH` with a local file (`--random-init` runs without any weights)"
+
+
+def unavailable_message(repo_id: str, filenames: Sequence[str], reason: str, what: str,
+                        local_hint: str = WEIGHTS_HINT) -> str:
+    """The offline error text; ``local_hint`` says how to use a local copy instead (default: ``--weights``)."""
     names = " or ".join(repr(name) for name in filenames)
     first = filenames[0]
     return (
@@ -94,8 +99,7 @@ def unavailable_message(repo_id: str, filenames: Sequence[str], reason: str, wha
         f"  needed: file {names} of the Hugging Face repo {repo_id!r}\n"
         f"  cache folder: {cache_dir()} (set HF_HOME or HF_HUB_CACHE to use another one)\n"
         f"  fix: on a machine with internet run `hf download {repo_id} {first}` and copy its cache folder here "
-        f"(HF_HOME); unset HF_HUB_OFFLINE once online; or pass `--weights PATH` with a local file "
-        f"(`--random-init` runs without any weights)"
+        f"(HF_HOME); unset HF_HUB_OFFLINE once online; or {local_hint}"
     )
 
 
@@ -110,14 +114,18 @@ def cached_file(repo_id: str, filenames: Sequence[str], revision: str | None = N
     return None
 
 
-def fetch(repo_id: str, filenames: Sequence[str], *, what: str = "weights", revision: str | None = None) -> Path:
-    """Local path of the first of ``filenames`` found in ``repo_id`` (cache first, then download)."""
+def fetch(repo_id: str, filenames: Sequence[str], *, what: str = "weights", revision: str | None = None,
+          local_hint: str = WEIGHTS_HINT) -> Path:
+    """Local path of the first of ``filenames`` found in ``repo_id`` (cache first, then download).
+
+    ``local_hint`` ends the offline error: how to use a local file instead (default: ``--weights PATH``).
+    """
     found = cached_file(repo_id, filenames, revision)
     if found is not None:
         return found
     reason = unreachable_reason()
     if reason:
-        raise HubUnavailableError(unavailable_message(repo_id, filenames, reason, what))
+        raise HubUnavailableError(unavailable_message(repo_id, filenames, reason, what, local_hint))
 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -133,8 +141,8 @@ def fetch(repo_id: str, filenames: Sequence[str], *, what: str = "weights", revi
             return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=str(cache_dir()),
                                         endpoint=endpoint(), etag_timeout=10))
         except LocalEntryNotFoundError as error:  # the connection failed mid-way
-            raise HubUnavailableError(unavailable_message(repo_id, filenames, str(error).split("\n")[0], what)) \
-                from error
+            raise HubUnavailableError(unavailable_message(repo_id, filenames, str(error).split("\n")[0], what,
+                                                          local_hint)) from error
         except GatedRepoError as error:
             raise HubUnavailableError(f"repo {repo_id!r} is gated: accept its terms on the Hub and log in with "
                                       f"`hf auth login` (or set HF_TOKEN)") from error
@@ -143,6 +151,6 @@ def fetch(repo_id: str, filenames: Sequence[str], *, what: str = "weights", revi
         except EntryNotFoundError:
             missing.append(name)
         except OSError as error:  # network errors from the HTTP client
-            raise HubUnavailableError(unavailable_message(repo_id, filenames, f"download failed: {error}", what)) \
-                from error
+            raise HubUnavailableError(unavailable_message(repo_id, filenames, f"download failed: {error}", what,
+                                                          local_hint)) from error
     raise HubUnavailableError(f"repo {repo_id!r} has none of the files {missing}")

@@ -18,3 +18,8 @@ METHODS.add("tta", "phreg_bench.methods.tta:build",
             summary="test-time shift/flip denoising with N views around an inner method")
 METHODS.add("phreg", "phreg_bench.methods.phreg:build", aliases=("ph-reg",),
             summary="PH-Reg student: distilled registers loaded from an adapter file")
+METHODS.add("dvt", "phreg_bench.methods.dvt:build", aliases=("denoising-vit",),
+            summary="DVT stage-2 denoiser: one transformer block + learned positional table on the final features, "
+                    "from released weights (-o denoiser=FILE); Yang et al., Denoising Vision Transformers, ECCV 2024",
+            citation="Yang, Luo, Li, Deng, Guibas, Krishnan, Weinberger, Tian, Wang. Denoising Vision Transformers. "
+                     "ECCV 2024. arXiv:2401.02957; code github.com/Jiawei-Yang/Denoising-ViT (MIT)")

@@ -2,7 +2,9 @@
 
 ``build(backbone, adapter=PATH)`` rebuilds the student on ``backbone.vision`` from the adapter's sidecar and
 loads its tensors. An adapter made for other base weights (sha256 in the sidecar vs
-``backbone.info.weights_sha256``) is refused.
+``backbone.info.weights_sha256``) is refused. ``adapter="hf-hub:<user>/<repo>[/<folder>][@rev]"`` reads an
+adapter shared on the Hugging Face hub (``phreg-bench adapter push``) through the local hub cache, with the
+same fast offline failure as backbone weights.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from phreg_bench.backbones.base import Backbone
+from phreg_bench.checkpoints.hub_spec import is_hub_spec
 from phreg_bench.methods.base import DenseModel
 from phreg_core.adapter_io import adapter_paths, load_adapter
 from phreg_core.student import Student
@@ -43,8 +46,14 @@ def build(backbone: Backbone, adapter: str | Path | None = None, **options: Any)
     if options:
         raise ValueError(f"method 'phreg' takes only 'adapter', got {sorted(options)}")
     if adapter is None:
-        raise ValueError("method 'phreg' needs an adapter: pass --adapter PATH (written by `phreg-bench distill`)")
-    tensors_path, _ = adapter_paths(adapter)
+        raise ValueError("method 'phreg' needs an adapter: pass --adapter PATH (written by `phreg-bench distill` "
+                         "or `phreg-bench adapter import`) or --adapter hf-hub:<user>/<repo>")
+    if is_hub_spec(str(adapter)):
+        from phreg_bench.checkpoints.sharing import fetch_adapter
+
+        tensors_path = fetch_adapter(str(adapter))
+    else:
+        tensors_path, _ = adapter_paths(adapter)
     student, sidecar = load_adapter(backbone.vision, tensors_path, weights_sha256=backbone.info.weights_sha256)
     student.to(next(backbone.vision.parameters()).device)
     return PHRegModel(backbone, student, sidecar)
