@@ -8,8 +8,11 @@ Reference notes §1.4–§1.5:
   ``reg_tokens`` sit (DINOv2's code prepends them before CLS; both keep them out of the patch grid);
 * last block: CLIP students use the MaskCLIP value path ``out_proj(v(ln_1 x))`` (no attention mixing, no
   residual, no FFN; ``models/OpenaiMaskCLIP/clip_reg.py``); other ViTs keep their last block;
-* CLIP's positional embedding is bicubically resampled once to the training grid and that copy is the
-  trainable parameter (other input sizes re-interpolate from it);
+* CLIP's positional embedding is resampled once to the training grid and that copy is the trainable
+  parameter; other input sizes re-interpolate from it. Both steps use the base's ``pos_resample`` policy
+  (the official student, ``CLIP/zero_shot/models/student_CLIP.py`` ``StudentCLIP``, resamples 14×14 -> 28×28
+  at construction and 28×28 -> any eval grid with the same offset-0.1 bicubic call as its NACLIP teacher);
+  the policy's name is part of :meth:`Student.spec` and is checked when an adapter is loaded;
 * unlocked (official code): registers, positional embedding, patch-embedding conv (+ bias), the last
   block — for CLIP the last **two** blocks. The paper's text ("the final transformer layer") is the
   ``"paper"`` unlock set.
@@ -27,12 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from phreg_core.last_block import PRESETS, LastBlockConfig
+from phreg_core.pos_embed import PosResample, resample_table
 from phreg_core.teacher import is_clip_family
-from phreg_core.vit import TokenOutput, ViTAdapter, resample_grid_embed
+from phreg_core.vit import TokenOutput, ViTAdapter
 
 __all__ = ["DEFAULT_REGISTERS", "Student", "UnlockSet", "embedding_paths"]
 
 DEFAULT_REGISTERS = 16  # PH-Reg App. B.1; `num_register_tokens=16` (CLIP), `--num_of_reg 16` (DINOv2)
+LEGACY_POLICY = "bicubic"  # what phreg-bench resampled with before named policies (specs without the field)
 
 
 @dataclass(frozen=True)
@@ -108,19 +113,13 @@ def _resolve(module: nn.Module, path: str) -> tuple[nn.Module, str]:
     return module, leaf
 
 
-def resample_pos_parameter(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
-    """Bicubically resample the patch rows of a positional embedding (``[1, P+N, C]`` or ``[P+N, C]``).
+def resample_pos_parameter(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int],
+                           policy: str | PosResample) -> Tensor:
+    """Resample the patch rows of a positional embedding (``[1, P+N, C]`` or ``[P+N, C]``) with ``policy``.
 
     The first ``P = rows − h·w`` rows (CLS/prefix positions, if any) are kept as they are.
     """
-    squeeze = pos.dim() == 2
-    table = pos.unsqueeze(0) if squeeze else pos
-    extra = table.shape[1] - src_grid[0] * src_grid[1]
-    if extra < 0:
-        raise ValueError(f"positional embedding has {table.shape[1]} rows, fewer than the {src_grid} grid")
-    patches = resample_grid_embed(table[:, extra:], src_grid, dst_grid)
-    out = torch.cat([table[:, :extra], patches], dim=1)
-    return out[0] if squeeze else out
+    return resample_table(pos, src_grid, dst_grid, policy)
 
 
 class Student(nn.Module):
@@ -145,6 +144,9 @@ class Student(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
+        if base.pos_resample is None:
+            raise TypeError(f"{type(base).__name__} declares no positional-embedding resampling policy "
+                            "(`pos_resample`); the student resamples its position table with the base's policy")
         clip = is_clip_family(base)
         self.vision = copy.deepcopy(base).float()
         self.num_registers = int(num_registers)
@@ -176,7 +178,8 @@ class Student(nn.Module):
         parent, leaf = _resolve(self.vision, pos_path)
         old = getattr(parent, leaf)
         with torch.no_grad():
-            new = resample_pos_parameter(old.detach(), tuple(self.vision.native_grid), grid)
+            new = resample_pos_parameter(old.detach(), tuple(self.vision.native_grid), grid,
+                                         self.vision.pos_resample)
         setattr(parent, leaf, nn.Parameter(new.clone().contiguous()))
         self.vision.native_grid = tuple(grid)  # later inputs re-interpolate from the stored training grid
 
@@ -250,10 +253,24 @@ class Student(nn.Module):
             "resample_pos_embed": self.resample_pos_embed,
             "project": self.project,
             "seed": self.seed,
+            "pos_resample": self.pos_resample,
         }
+
+    @property
+    def pos_resample(self) -> str:
+        """Name of the policy that resampled the stored table and resamples it to other input grids."""
+        return self.vision.pos_resample.name
 
     @classmethod
     def from_spec(cls, base: ViTAdapter, spec: dict[str, Any]) -> Student:
+        """Rebuild on ``base``; raises ``ValueError`` if ``base`` resamples with another policy than the spec's
+        (a spec without ``pos_resample`` predates policies and was made with ``"bicubic"``)."""
+        wanted = spec.get("pos_resample", LEGACY_POLICY)
+        if base.pos_resample is None or base.pos_resample.name != wanted:
+            have = base.pos_resample.name if base.pos_resample is not None else None
+            raise ValueError(f"the student was made with positional-embedding resampling {wanted!r}, but the base "
+                             f"resamples with {have!r}; build the base with pos_resample={wanted!r} "
+                             f"(`--pos-resample {wanted}`) to use it")
         return cls(base, spec["num_registers"], placement=spec["placement"], last_block=spec["last_block"],
                    unlock=spec["unlock"], train_grid=spec["train_grid"],
                    resample_pos_embed=spec["resample_pos_embed"], project=spec["project"], seed=spec["seed"])

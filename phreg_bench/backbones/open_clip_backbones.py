@@ -10,6 +10,11 @@ open_clip's own helpers (third-party key conversion, positional-embedding resizi
 Image towers that open_clip builds from timm (SigLIP, SigLIP 2, PE, ViTamin, EVA) are refused: SigLIP's
 and PE's joint space is reached through attention pooling (MAP head), not a linear projection of each
 token, so there is no per-patch CLIP-space output to give. ResNet and ConvNeXt towers are not ViTs.
+
+open_clip's own forward does not resample positional embeddings (it resizes them once at load, with
+``resize_pos_embed``: antialiased bicubic); inputs at other grids resample with ``pos_resample``, by
+default that same call (``"bicubic-antialias"``). The catalogue's CLIP entries use the open-vocabulary
+segmentation repos' call instead (``"bicubic-offset"``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from phreg_bench.backbones.hub import (
 )
 from phreg_bench.backbones.open_clip_text import OpenClipTextTower
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
-from phreg_core.adapters import OpenClipViTAdapter
+from phreg_core.adapters import LIBRARY_POLICY, OpenClipViTAdapter
+from phreg_core.pos_embed import get_policy
 
 # tiny test config: 2 blocks of width 48 (2 heads), 4x4 grid; text tower 2 blocks of width 32; joint dim 32
 REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4, "text_depth": 2, "text_width": 32, "text_heads": 2,
@@ -158,8 +164,8 @@ def _create(create_name: str, *, seed: int, quick_gelu: bool, preprocess: dict[s
 
 
 def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, weights_id: str, sha: str,
-            extra: dict[str, Any]) -> Backbone:
-    vision = OpenClipViTAdapter(model.visual)
+            extra: dict[str, Any], pos_resample: str) -> Backbone:
+    vision = OpenClipViTAdapter(model.visual, pos_resample)
     preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
     vision.interpolation = preprocess.get("interpolation", vision.interpolation)
     text = OpenClipTextTower(model, tokenizer, identity=f"open_clip:{architecture}@{sha[:16]}")
@@ -180,22 +186,25 @@ def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, 
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
           reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
-          quick_gelu: bool | None = None) -> Backbone:
+          quick_gelu: bool | None = None, pos_resample: str | None = None) -> Backbone:
     """A :class:`Backbone` for ``"<arch>/<pretrained tag>"`` (or ``"<arch>"`` with --weights/--random-init).
 
     ``quick_gelu`` defaults to the tag's setting (OpenAI, DFN and MetaCLIP weights were trained with
     QuickGELU). An untagged ``<arch>`` uses the architecture's own activation (QuickGELU only for the
     ``-quickgelu`` names): pass ``quick_gelu=true`` for such checkpoints, or name their tag.
     ``img_size`` changes the native resolution (open_clip resizes the positional embedding once at load);
-    it is not needed for other input sizes, which are resampled from the native grid at every forward.
+    it is not needed for other input sizes, which are resampled from the native grid at every forward with
+    the ``pos_resample`` policy (:mod:`phreg_core.pos_embed`; default open_clip's own,
+    ``"bicubic-antialias"``).
     """
     import open_clip
 
     if not argument:
         raise ValueError("open_clip backbones need '<arch>/<pretrained>', e.g. open_clip:ViT-B-16/openai")
+    policy = get_policy(pos_resample or LIBRARY_POLICY)
     if argument.startswith("hf-hub:"):
         return build_hub(argument[len("hf-hub:"):], weights=weights, random_init=random_init, seed=seed,
-                         reduced=reduced, img_size=img_size, name=name)
+                         reduced=reduced, img_size=img_size, name=name, pos_resample=policy.name)
     if random_init and weights:
         raise ValueError("--random-init and --weights exclude each other")
     arch, _, tag = argument.partition("/")
@@ -233,15 +242,16 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
                    architecture=architecture, weights_id=weights_id, sha=sha,
                    extra={"pretrained_tag": tag or None, "hub_repo": hub_repo,
                           "quick_gelu": quick_gelu or bool(model_cfg.get("quick_gelu", False)),
-                          "reduced": small})
+                          "reduced": small}, pos_resample=policy.name)
 
 
 def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
               reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
-              ) -> Backbone:
+              pos_resample: str | None = None) -> Backbone:
     """A :class:`Backbone` for an open_clip model on the Hugging Face hub (``org/repo``)."""
     if not repo:
         raise ValueError("hf-hub backbones need a repo id, e.g. hf-hub:apple/DFN2B-CLIP-ViT-B-16")
+    policy = get_policy(pos_resample or LIBRARY_POLICY)
     if random_init and weights:
         raise ValueError("--random-init and --weights exclude each other")
     config_path = fetch(repo, (HUB_CONFIG,), what=f"the open_clip config of {repo!r}")
@@ -266,7 +276,7 @@ def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool
     return _finish(model, tokenizer_for(local), name=name or label, architecture=architecture,
                    weights_id=weights_id, sha=sha,
                    extra={"hub_repo": repo, "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
-                          "reduced": small})
+                          "reduced": small}, pos_resample=policy.name)
 
 
 def build_hf_hub(argument: str | None, **options: Any) -> Backbone:

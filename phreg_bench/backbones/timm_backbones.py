@@ -7,6 +7,10 @@ named by the model's pretrained config (``timm/<model>.<tag>``). Weights go thro
 
 ``reduced=True`` (or a dict of ``depth``/``width``/``heads``/``grid``) builds the same code path at a tiny
 size, for tests and CPU smoke runs.
+
+Inputs at other grids resample the position table with ``pos_resample`` (default: timm's own
+``resample_abs_pos_embed``, i.e. ``"bicubic-antialias"``, what timm's ``dynamic_img_size`` forward does; the
+catalogue sets the reference policy per family, e.g. ``"bicubic-offset"`` for DINOv2 as in PH-Reg's code).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from phreg_bench.backbones.base import Backbone, BackboneInfo, merge_reduced
 from phreg_bench.backbones.hub import TIMM_FILES, fetch
 from phreg_bench.backbones.hub import cache_dir as hub_cache_dir
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
-from phreg_core.adapters import TimmViTAdapter
+from phreg_core.adapters import LIBRARY_POLICY, TimmViTAdapter
+from phreg_core.pos_embed import get_policy
 
 # tiny test config: 2 blocks of width 48 (keeps DINOv2-g's SwiGLU hidden width even), 4x4 patch grid
 REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4}
@@ -107,8 +112,11 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
           reduced: bool | dict[str, int] | None = None, img_size: int | tuple[int, int] | None = None,
-          name: str | None = None, **model_kwargs: Any) -> Backbone:
+          name: str | None = None, pos_resample: str | None = None, **model_kwargs: Any) -> Backbone:
     """A :class:`Backbone` for the timm model ``argument`` (``model_name`` or ``model_name.tag``).
+
+    ``pos_resample`` names the positional-embedding resampling policy (:mod:`phreg_core.pos_embed`;
+    default timm's own, ``"bicubic-antialias"``); an unknown name raises before any model is built.
 
     ``img_size`` changes the native resolution (timm resamples the positional embedding once at load); it
     is not needed for other input sizes, which are resampled from the native grid at every forward.
@@ -116,6 +124,7 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     """
     if not argument:
         raise ValueError("timm backbones need a model name, e.g. timm:vit_base_patch14_dinov2.lvd142m")
+    policy = get_policy(pos_resample or LIBRARY_POLICY)
     small = reduced_config(reduced)
     if random_init and weights:
         raise ValueError("--random-init and --weights exclude each other")
@@ -139,13 +148,14 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
         load_weights(model, read_state_dict(weights_file), str(weights_file))
     sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
     return wrap(model, name=name or f"timm:{argument}", architecture=argument, weights_id=weights_id,
-                weights_sha256=sha, extra={"hub_repo": hub_repo, "reduced": small, "timm_model": argument})
+                weights_sha256=sha, extra={"hub_repo": hub_repo, "reduced": small, "timm_model": argument},
+                pos_resample=policy.name)
 
 
 def wrap(model: torch.nn.Module, *, name: str, architecture: str, weights_id: str, weights_sha256: str,
-         extra: dict[str, Any] | None = None) -> Backbone:
-    """Wrap a timm ``VisionTransformer`` and describe it."""
-    vision = TimmViTAdapter(model)
+         extra: dict[str, Any] | None = None, pos_resample: str = LIBRARY_POLICY) -> Backbone:
+    """Wrap a timm ``VisionTransformer`` and describe it (``pos_resample``: see :func:`build`)."""
+    vision = TimmViTAdapter(model, pos_resample)
     arch = architecture if not (extra or {}).get("reduced") else f"{architecture} [reduced {extra['reduced']}]"
     info = BackboneInfo(
         name=name, family="timm", architecture=arch, weights_id=weights_id, weights_sha256=weights_sha256,

@@ -20,7 +20,8 @@ def config_hash(
     seed: int,
     limit: int | None,
 ) -> str:
-    """sha256 over task identity, weights identity, method config, resolved protocol, seed and limit.
+    """sha256 over task identity, weights identity (with the positional-embedding resampling policy), method
+    config, resolved protocol, seed and limit.
 
     Device, precision-independent run options, worker counts, batch sizes of inference and paths are
     deliberately left out: they do not change what is measured.
@@ -35,4 +36,6 @@ def config_hash(
     }
     if backbone.get("weights_sha256"):
         payload["backbone"].pop("weights_id")  # identical bytes from another path are the same weights
+    if backbone.get("pos_resample") is not None:  # positional-embedding resampling changes the features
+        payload["backbone"]["pos_resample"] = backbone["pos_resample"]
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
