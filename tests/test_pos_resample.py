@@ -467,3 +467,34 @@ def test_backbone_refuses_an_adapter_without_a_policy():
         Backbone(vision, backbone.info)
     with pytest.raises(TypeError, match="declares no positional-embedding resampling policy"):
         vision.resample_pos(vision.model.pos_embed[:, 1:], (4, 4))
+
+
+@pytest.mark.parametrize("name", ["openai-clip-vit-b16", "dinov2-vit-s14", "dinov2-vit-s14-reg4"])
+def test_img_size_build_resamples_loaded_weights_with_the_policy(tmp_path, name):
+    """`img_size=` makes another native size: the loaded table is resampled once with the backbone's policy,
+    so the model built at 448 px equals the native model run at 448 px (not the library's load-time call)."""
+    from safetensors.torch import save_file
+
+    clip = name.startswith("openai")
+    reduced = REDUCED_CLIP if clip else REDUCED_DINO
+    if clip:  # the whole CLIP (image and text towers), as a checkpoint holds it
+        import open_clip
+
+        from phreg_bench.backbones import open_clip_backbones as ocb
+
+        overrides = ocb._reduce(open_clip.get_model_config("ViT-B-16"), ocb.reduced_config(reduced))
+        model = ocb._create("ViT-B-16", seed=3, quick_gelu=True, preprocess={}, overrides=overrides, img_size=None)
+    else:
+        model = BACKBONES.get(name)(None, random_init=True, reduced=reduced, seed=3).vision.model
+    with torch.no_grad():  # a table far from the random init, so that resampling differences show
+        table = model.visual.positional_embedding if clip else model.pos_embed
+        table.copy_(torch.randn(table.shape, generator=torch.Generator().manual_seed(4)))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    loaded = BACKBONES.get(name)(None, weights=str(tmp_path / "w.safetensors"), reduced=reduced)
+    resized = BACKBONES.get(name)(None, weights=str(tmp_path / "w.safetensors"), reduced=reduced, img_size=448)
+    assert resized.info.native_resolution == (448, 448) and resized.info.pos_resample == loaded.info.pos_resample
+    images = _images((448, 448))
+    with torch.no_grad():
+        want = loaded.forward_tokens(images)[0].patches
+        got = resized.forward_tokens(images)[0].patches
+    torch.testing.assert_close(got, want, atol=TOL, rtol=0)
