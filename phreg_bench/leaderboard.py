@@ -126,8 +126,11 @@ def _variant_label(identity: dict[str, Any], weights_differ: bool) -> str:
 
 
 def _weights_label(backbone: dict[str, Any]) -> str:
+    """Weights (sha256 prefix or id) and, where recorded, the positional-embedding resampling policy."""
     sha = backbone.get("weights_sha256")
-    return sha[:12] if sha else str(backbone.get("weights_id"))
+    label = sha[:12] if sha else str(backbone.get("weights_id"))
+    policy = backbone.get("pos_resample")
+    return f"{label}, pos_resample={policy}" if policy else label
 
 
 def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[dict[str, str]]]:

@@ -1,7 +1,11 @@
 """PH-Reg adapters on disk: ``adapter.safetensors`` (only the tensors that changed) + ``adapter.json``.
 
 The sidecar names the base backbone and the sha256 of its weights; loading onto other base weights is
-refused (the deltas are meaningless there). Both files are written atomically (temp file + ``os.replace``).
+refused (the deltas are meaningless there). It also names the positional-embedding resampling policy the
+student was made with (``pos_resample``, :mod:`phreg_core.pos_embed`): the stored position table was
+resampled with it and other input sizes are resampled with it, whatever policy the base backbone is built
+with. Sidecars of version 1 predate policies; they were made with ``"bicubic"``. Both files are written
+atomically (temp file + ``os.replace``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from typing import Any
 
 from phreg_core.atomic import write_atomic
 from phreg_core.errors import PhregError
-from phreg_core.student import Student
+from phreg_core.student import LEGACY_POLICY, Student
 from phreg_core.vit import ViTAdapter
 
-__all__ = ["ADAPTER_FORMAT", "AdapterMismatchError", "adapter_paths", "load_adapter", "read_sidecar", "save_adapter"]
+__all__ = ["ADAPTER_FORMAT", "AdapterMismatchError", "adapter_paths", "load_adapter",
+           "read_sidecar", "save_adapter", "sidecar_policy"]
 
 ADAPTER_FORMAT = "phreg-adapter"
-ADAPTER_VERSION = 1
+ADAPTER_VERSION = 2  # 2: the positional-embedding resampling policy is recorded (and checked on load)
 
 
 class AdapterMismatchError(PhregError, ValueError):
@@ -114,6 +119,11 @@ def check_base(sidecar: dict[str, Any], weights_sha256: str | None, where: str =
             "adapter was made from, or distil a new adapter for these weights")
 
 
+def sidecar_policy(sidecar: dict[str, Any]) -> str:
+    """The resampling policy an adapter was made with (``"bicubic"`` for version-1 sidecars)."""
+    return sidecar.get("student", {}).get("pos_resample") or LEGACY_POLICY
+
+
 def load_adapter(base: ViTAdapter, path: str | Path, *, weights_sha256: str | None) -> tuple[Student, dict]:
     """Rebuild the student on ``base`` and load the adapter; returns ``(student, sidecar)``."""
     from safetensors.torch import load_file
@@ -127,7 +137,7 @@ def load_adapter(base: ViTAdapter, path: str | Path, *, weights_sha256: str | No
     if actual != sidecar.get("tensors_sha256"):
         raise AdapterMismatchError(f"{tensors_path} does not match the sha256 in {sidecar_path.name} (file "
                                    "changed or truncated); copy both files of the adapter together")
-    student = Student.from_spec(base, sidecar["student"])
+    student = Student.from_spec(base, {"pos_resample": sidecar_policy(sidecar), **sidecar["student"]})
     try:
         student.load_changed_state(load_file(str(tensors_path)))
     except (KeyError, ValueError) as error:

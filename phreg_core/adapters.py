@@ -3,6 +3,13 @@
 Both adapters only read the wrapped model's modules; they never copy or re-initialise weights, so a
 state dict loaded into the model is what the adapter runs. Neither timm nor open_clip is imported here:
 the adapters work on the module attributes the two libraries define.
+
+Other input grids resample the position table with the adapter's ``pos_resample`` policy
+(:mod:`phreg_core.pos_embed`). The default is each library's own convention — timm's
+``resample_abs_pos_embed`` (antialiased bicubic, its ``dynamic_img_size`` forward) and open_clip's
+``resize_pos_embed`` (the same call) — so an adapter equals the library model at every size; the backbone
+catalogue picks the policy of the reference code of each family instead (e.g. the OVSS repos' offset call
+for CLIP).
 """
 
 from __future__ import annotations
@@ -11,7 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter, resample_grid_embed
+from phreg_core.pos_embed import PosResample, get_policy
+from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter
+
+# timm layers/pos_embed.py resample_abs_pos_embed (antialias=True) and open_clip model.py resize_pos_embed
+LIBRARY_POLICY = "bicubic-antialias"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing (open_clip OPENAI_DATASET_MEAN)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -26,8 +37,9 @@ class TimmViTAdapter(ViTAdapter):
 
     register_placement = "prefix"
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, pos_resample: str | PosResample = LIBRARY_POLICY):
         super().__init__()
+        self.pos_resample = get_policy(pos_resample)
         unsupported = [
             name
             for name in ("rope", "attn_pool")
@@ -61,7 +73,7 @@ class TimmViTAdapter(ViTAdapter):
         prefix_in_pos = 0 if model.no_embed_class else self.num_prefix_tokens
         pos = model.pos_embed
         pos_prefix, pos_patches = pos[:, :prefix_in_pos], pos[:, prefix_in_pos:]
-        pos_patches = resample_grid_embed(pos_patches, self.native_grid, grid)
+        pos_patches = self.resample_pos(pos_patches, grid)
         prefix = []
         if model.cls_token is not None:
             prefix.append(model.cls_token.expand(x.shape[0], -1, -1))
@@ -110,8 +122,9 @@ class OpenClipViTAdapter(ViTAdapter):
 
     register_placement = "append"  # PH-Reg's CLIP student: [CLS, patches, registers]
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: nn.Module, pos_resample: str | PosResample = LIBRARY_POLICY):
         super().__init__()
+        self.pos_resample = get_policy(pos_resample)
         if getattr(visual, "attn_pool", None) is not None:
             raise TypeError("open_clip towers with attentional pooling are not plain ViTs")
         self.visual = visual
@@ -130,9 +143,10 @@ class OpenClipViTAdapter(ViTAdapter):
         visual = self.visual
         grid = self.grid_for(images.shape[-2], images.shape[-1])
         x = visual.conv1(images).flatten(2).transpose(1, 2)
-        pos = visual.positional_embedding.to(x.dtype)
-        pos_patches = resample_grid_embed(pos[1:].unsqueeze(0), self.native_grid, grid)
-        cls = (visual.class_embedding + pos[0]).to(x.dtype).expand(x.shape[0], 1, -1)
+        pos = visual.positional_embedding
+        # resample the stored table, then cast (NACLIP: `x + self.interpolate_pos_encoding(x, w, h).to(x.dtype)`)
+        pos_patches = self.resample_pos(pos[1:].unsqueeze(0), grid).to(x.dtype)
+        cls = (visual.class_embedding + pos[0].to(x.dtype)).to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x + pos_patches], dim=1)
         return x, TokenLayout(num_prefix=1, grid=grid)
 

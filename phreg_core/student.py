@@ -8,8 +8,13 @@ Reference notes §1.4–§1.5:
   ``reg_tokens`` sit (DINOv2's code prepends them before CLS; both keep them out of the patch grid);
 * last block: CLIP students use the MaskCLIP value path ``out_proj(v(ln_1 x))`` (no attention mixing, no
   residual, no FFN; ``models/OpenaiMaskCLIP/clip_reg.py``); other ViTs keep their last block;
-* CLIP's positional embedding is bicubically resampled once to the training grid and that copy is the
-  trainable parameter (other input sizes re-interpolate from it);
+* CLIP's positional embedding is resampled once to the training grid and that copy is the trainable
+  parameter; other input sizes re-interpolate from it. By default both steps use the base's ``pos_resample``
+  policy (the official student, ``CLIP/zero_shot/models/student_CLIP.py`` ``StudentCLIP``, resamples 14×14 ->
+  28×28 at construction and 28×28 -> any eval grid with the same offset-0.1 bicubic call as its NACLIP
+  teacher); a student may carry its own (the authors' released ``clip_reg.py`` ``ModifiedImageEncoder``
+  resamples its stored table by size, so imported official students use ``"bicubic"``). The policy's name is
+  part of :meth:`Student.spec`, so an adapter reproduces its student whatever the base's policy;
 * unlocked (official code): registers, positional embedding, patch-embedding conv (+ bias), the last
   block — for CLIP the last **two** blocks. The paper's text ("the final transformer layer") is the
   ``"paper"`` unlock set.
@@ -27,12 +32,14 @@ import torch
 from torch import Tensor, nn
 
 from phreg_core.last_block import PRESETS, LastBlockConfig
+from phreg_core.pos_embed import PosResample, get_policy, resample_table
 from phreg_core.teacher import is_clip_family
-from phreg_core.vit import TokenOutput, ViTAdapter, resample_grid_embed
+from phreg_core.vit import TokenOutput, ViTAdapter
 
 __all__ = ["DEFAULT_REGISTERS", "Student", "UnlockSet", "embedding_paths"]
 
 DEFAULT_REGISTERS = 16  # PH-Reg App. B.1; `num_register_tokens=16` (CLIP), `--num_of_reg 16` (DINOv2)
+LEGACY_POLICY = "bicubic"  # what phreg-bench resampled with before named policies (specs without the field)
 
 
 @dataclass(frozen=True)
@@ -108,19 +115,13 @@ def _resolve(module: nn.Module, path: str) -> tuple[nn.Module, str]:
     return module, leaf
 
 
-def resample_pos_parameter(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
-    """Bicubically resample the patch rows of a positional embedding (``[1, P+N, C]`` or ``[P+N, C]``).
+def resample_pos_parameter(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int],
+                           policy: str | PosResample) -> Tensor:
+    """Resample the patch rows of a positional embedding (``[1, P+N, C]`` or ``[P+N, C]``) with ``policy``.
 
     The first ``P = rows − h·w`` rows (CLS/prefix positions, if any) are kept as they are.
     """
-    squeeze = pos.dim() == 2
-    table = pos.unsqueeze(0) if squeeze else pos
-    extra = table.shape[1] - src_grid[0] * src_grid[1]
-    if extra < 0:
-        raise ValueError(f"positional embedding has {table.shape[1]} rows, fewer than the {src_grid} grid")
-    patches = resample_grid_embed(table[:, extra:], src_grid, dst_grid)
-    out = torch.cat([table[:, :extra], patches], dim=1)
-    return out[0] if squeeze else out
+    return resample_table(pos, src_grid, dst_grid, policy)
 
 
 class Student(nn.Module):
@@ -143,10 +144,16 @@ class Student(nn.Module):
         resample_pos_embed: bool | str = "auto",
         project: bool | str = "auto",
         seed: int = 0,
+        pos_resample: str | PosResample | None = None,
     ):
         super().__init__()
+        if pos_resample is None and base.pos_resample is None:
+            raise TypeError(f"{type(base).__name__} declares no positional-embedding resampling policy "
+                            "(`pos_resample`); the student resamples its position table with the base's policy")
         clip = is_clip_family(base)
         self.vision = copy.deepcopy(base).float()
+        if pos_resample is not None:  # the student's own table policy (e.g. an imported official student's)
+            self.vision.pos_resample = get_policy(pos_resample)
         self.num_registers = int(num_registers)
         self.placement = placement or base.register_placement
         self.vision.register_placement = self.placement
@@ -176,7 +183,8 @@ class Student(nn.Module):
         parent, leaf = _resolve(self.vision, pos_path)
         old = getattr(parent, leaf)
         with torch.no_grad():
-            new = resample_pos_parameter(old.detach(), tuple(self.vision.native_grid), grid)
+            new = resample_pos_parameter(old.detach(), tuple(self.vision.native_grid), grid,
+                                         self.vision.pos_resample)
         setattr(parent, leaf, nn.Parameter(new.clone().contiguous()))
         self.vision.native_grid = tuple(grid)  # later inputs re-interpolate from the stored training grid
 
@@ -250,10 +258,19 @@ class Student(nn.Module):
             "resample_pos_embed": self.resample_pos_embed,
             "project": self.project,
             "seed": self.seed,
+            "pos_resample": self.pos_resample,
         }
+
+    @property
+    def pos_resample(self) -> str:
+        """Name of the policy that resampled the stored table and resamples it to other input grids."""
+        return self.vision.pos_resample.name
 
     @classmethod
     def from_spec(cls, base: ViTAdapter, spec: dict[str, Any]) -> Student:
+        """Rebuild on ``base``. The student resamples its position table with the policy in the spec, whatever
+        the base's (a spec without ``pos_resample`` predates policies and was made with ``"bicubic"``)."""
         return cls(base, spec["num_registers"], placement=spec["placement"], last_block=spec["last_block"],
                    unlock=spec["unlock"], train_grid=spec["train_grid"],
-                   resample_pos_embed=spec["resample_pos_embed"], project=spec["project"], seed=spec["seed"])
+                   resample_pos_embed=spec["resample_pos_embed"], project=spec["project"], seed=spec["seed"],
+                   pos_resample=spec.get("pos_resample", LEGACY_POLICY))

@@ -8,8 +8,10 @@ Defaults (reference notes §1.2):
 * any other ViT: the unmodified model's final normalised output (DINOv2: ``last_hidden_state`` patches,
   ``DINOv2_full/models/teacherDINOv2.py``).
 
-Positional embeddings are resampled bicubically from the native grid for other input sizes (the CLIP
-teacher's 14×14 → 28×28 at 448 px).
+Positional embeddings are resampled from the native grid for other input sizes (the CLIP teacher's
+14×14 → 28×28 at 448 px) with the adapter's ``pos_resample`` policy; PH-Reg's NACLIP teacher uses the
+offset-0.1 bicubic call (``CLIP/models/augNaCLIP/model.py`` ``interpolate_pos_encoding``), the catalogue's
+default for CLIP. The policy is part of :meth:`AdapterTeacher.describe` (and so of target-cache keys).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class AdapterTeacher(nn.Module):
             "kind": "adapter",
             "last_block": self.last_block.to_dict() if self.last_block is not None else None,
             "project": self.project,
+            "pos_resample": self.adapter.pos_resample.name if self.adapter.pos_resample is not None else None,
         }
 
 

@@ -1,7 +1,8 @@
 """One token-level view of any ViT: the seam that backbones, methods and the student share.
 
 A :class:`ViTAdapter` exposes a pre-trained ViT (timm, open_clip or third party) as a fixed sequence of
-steps — patch embedding with positional embeddings resampled to any grid, optional extra register
+steps — patch embedding with positional embeddings resampled to any grid (with the adapter's named
+``pos_resample`` policy, :mod:`phreg_core.pos_embed`), optional extra register
 tokens, the transformer blocks, the final norm and an optional projection — so that
 
 * every backbone returns patch tokens as a ``[B, C, h, w]`` grid, with prefix tokens (CLS, registers)
@@ -20,8 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from phreg_core.pos_embed import POLICIES, PosResample, get_policy
 
 __all__ = [
     "BlockParts",
@@ -92,17 +94,14 @@ class BlockParts:
     ls2: Callable[[Tensor], Tensor] = nn.Identity()
 
 
-def resample_grid_embed(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
-    """Bicubically resample patch positional embeddings ``[1, h*w, C]`` to a new grid.
+def resample_grid_embed(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int],
+                        policy: str | PosResample) -> Tensor:
+    """Resample patch positional embeddings ``[1, h*w, C]`` to a new grid with a named policy.
 
-    Bicubic resampling from the native grid is what NACLIP and PH-Reg use for 448-px CLIP inputs.
+    ``policy`` is a name from :data:`phreg_core.pos_embed.POLICIES` (or a :class:`PosResample`); there is
+    no default because each reference codebase resamples differently (see :mod:`phreg_core.pos_embed`).
     """
-    if tuple(src_grid) == tuple(dst_grid):
-        return pos
-    channels = pos.shape[-1]
-    grid = pos.reshape(1, *src_grid, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=dst_grid, mode="bicubic", align_corners=False)
-    return grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, dst_grid[0] * dst_grid[1], channels)
+    return get_policy(policy)(pos, src_grid, dst_grid)
 
 
 def insert_registers(
@@ -134,8 +133,10 @@ class ViTAdapter(nn.Module):
 
     Subclasses set ``patch_size``, ``embed_dim``, ``num_heads``, ``native_grid``, ``num_prefix_tokens``
     (CLS + built-in registers), ``num_builtin_registers``, ``has_class_token``, ``output_dim``
-    (``embed_dim`` or the projection's width), ``register_placement``, ``mean``/``std`` and implement the
-    abstract methods. ``blocks`` must be the model's own ``nn.ModuleList``.
+    (``embed_dim`` or the projection's width), ``register_placement``, ``mean``/``std``, ``pos_resample``
+    (a policy of :mod:`phreg_core.pos_embed`: how ``embed`` resamples the position table to other grids,
+    through :meth:`resample_pos`) and implement the abstract methods. ``blocks`` must be the model's own
+    ``nn.ModuleList``.
     """
 
     patch_size: int
@@ -150,6 +151,7 @@ class ViTAdapter(nn.Module):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
+    pos_resample: PosResample | None = None  # no default: every adapter must say which reference it follows
     blocks: nn.ModuleList
 
     # -- steps a family implements ------------------------------------------------------------------
@@ -183,6 +185,19 @@ class ViTAdapter(nn.Module):
     @property
     def depth(self) -> int:
         return len(self.blocks)
+
+    def set_pos_resample(self, policy: str | PosResample) -> ViTAdapter:
+        """Use another resampling policy (a name of :data:`phreg_core.pos_embed.POLICIES`); returns ``self``."""
+        self.pos_resample = get_policy(policy)
+        return self
+
+    def resample_pos(self, pos: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Patch positional embeddings ``[1, h*w, C]`` stored at ``native_grid``, resampled to ``grid``."""
+        if self.pos_resample is None:
+            raise TypeError(f"{type(self).__name__} declares no positional-embedding resampling policy; set "
+                            "`pos_resample = phreg_core.pos_embed.get_policy(NAME)` on the adapter "
+                            f"(names: {', '.join(sorted(POLICIES))})")
+        return self.pos_resample(pos, tuple(self.native_grid), tuple(grid))
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         if height % self.patch_size or width % self.patch_size:

@@ -1,6 +1,11 @@
-"""Any input size, non-square included: the backbone equals the library model whose positional
-embeddings were resampled bicubically (``F.interpolate``, align_corners=False, as NACLIP / PH-Reg do) to
-the new grid. Prefix tokens (CLS, registers) stay apart from the patches at every size."""
+"""Any input size, non-square included: the backbone equals the reference model run at that size, with the
+positional embeddings resampled the way the family's reference code does (timm ViTs: timm's own
+``dynamic_img_size`` forward; CLIP: the OVSS repos' ``interpolate_pos_encoding``; see
+``tests/test_pos_resample.py`` for every policy at the protocols' sizes). Prefix tokens (CLS, registers)
+stay apart from the patches at every size.
+
+(Until issue 10 this file encoded phreg-bench's old ``F.interpolate(size=...)`` call, which is none of the
+references' calls.)"""
 
 from __future__ import annotations
 
@@ -8,39 +13,23 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_pos_resample import naclip_positional_term
 
 from phreg_bench.registries import BACKBONES
 
 TOL = 1e-5
 
 
-def _bicubic(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
-    """``[1, h*w, C]`` -> ``[1, H*W, C]``, written out independently of phreg_core."""
-    grid = pos.reshape(1, src[0], src[1], -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=dst, mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, dst[0] * dst[1], -1)
-
-
 @pytest.mark.parametrize("name", ["dinov2-vit-s14-reg4", "deit-vit-s16", "deit3-vit-s16"])
 @pytest.mark.parametrize("grid", [(3, 6), (6, 5), (4, 4)])
-def test_timm_any_size_equals_resampled_timm_model(name, grid):
-    from phreg_bench.backbones import timm_backbones
-
+def test_timm_any_size_equals_timms_own_dynamic_forward(name, grid):
     backbone = BACKBONES.get(name)(None, random_init=True, reduced=True)
+    assert backbone.info.pos_resample == "bicubic-antialias"  # timm's resample_abs_pos_embed
     model = backbone.vision.model
     patch = backbone.info.patch_size
     size = (grid[0] * patch, grid[1] * patch)
-    reference = timm_backbones.create_model(BACKBONES.entry(name).metadata["argument"],
-                                            reduced=timm_backbones.REDUCED, img_size=size)
-    state = model.state_dict()
-    keep = 0 if model.no_embed_class else model.num_prefix_tokens  # prefix slots inside pos_embed
-    state["pos_embed"] = torch.cat([state["pos_embed"][:, :keep],
-                                    _bicubic(state["pos_embed"][:, keep:], (4, 4), grid)], dim=1)
-    reference.load_state_dict(state)
-
     images = torch.randn(2, 3, *size)
-    expected = reference.forward_features(images)
+    expected = model.forward_features(images)  # the same module, dynamic_img_size=True
     out = backbone.forward_tokens(images)[0]
     prefix = model.num_prefix_tokens
     assert out.grid == grid and out.prefix.shape[1] == prefix == 1 + backbone.info.num_registers
@@ -49,15 +38,16 @@ def test_timm_any_size_equals_resampled_timm_model(name, grid):
 
 
 @pytest.mark.parametrize("grid", [(3, 6), (6, 5)])
-def test_open_clip_any_size_equals_resampled_open_clip_tower(grid):
+def test_open_clip_any_size_equals_the_ovss_resampled_tower(grid):
     backbone = BACKBONES.get("openai-clip-vit-b16")(None, random_init=True, reduced=True)
+    assert backbone.info.pos_resample == "bicubic-offset"  # NACLIP/SCLIP/ClearCLIP interpolate_pos_encoding
     visual = copy.deepcopy(backbone.vision.visual)
-    pos = visual.positional_embedding.detach()
+    images = torch.randn(2, 3, grid[0] * 16, grid[1] * 16)
+    tokens = torch.zeros(1, 1 + grid[0] * grid[1], visual.positional_embedding.shape[-1])
     with torch.no_grad():
         visual.positional_embedding = torch.nn.Parameter(
-            torch.cat([pos[:1], _bicubic(pos[1:].unsqueeze(0), (4, 4), grid)[0]], dim=0))
+            naclip_positional_term(visual.positional_embedding, 16, images, tokens).clone())
     visual.output_tokens = True
-    images = torch.randn(2, 3, grid[0] * 16, grid[1] * 16)
     pooled, tokens = visual(images)
     out = backbone.forward_tokens(images, project=True)[0]
     assert out.patches.shape == (2, backbone.info.output_dim, *grid)

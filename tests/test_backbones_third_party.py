@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from phreg_bench.backbones.base import Backbone, BackboneInfo
 from phreg_bench.registry import Registry
-from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter, resample_grid_embed
+from phreg_core.pos_embed import get_policy
+from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_backbone"
 
@@ -52,6 +53,8 @@ class _RegViT(nn.Module):
 
 
 class _RegViTAdapter(ViTAdapter):
+    pos_resample = get_policy("bicubic-antialias")  # every adapter names its resampling policy
+
     def __init__(self, model: _RegViT):
         super().__init__()
         self.model, self.blocks = model, model.layers
@@ -62,7 +65,7 @@ class _RegViTAdapter(ViTAdapter):
     def embed(self, images: Tensor):
         grid = self.grid_for(*images.shape[-2:])
         x = self.model.stem(images).flatten(2).transpose(1, 2)
-        x = x + resample_grid_embed(self.model.pos, self.native_grid, grid)
+        x = x + self.resample_pos(self.model.pos, grid)
         batch = x.shape[0]
         prefix = [self.model.cls.expand(batch, -1, -1), self.model.regs.expand(batch, -1, -1)]
         return torch.cat([*prefix, x], 1), TokenLayout(num_prefix=3, grid=grid)

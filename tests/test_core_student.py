@@ -64,12 +64,13 @@ def test_pos_embed_stored_at_train_grid_equals_resampling_on_the_fly():
         assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_resample_pos_parameter_keeps_prefix_rows():
+@pytest.mark.parametrize("policy", ["bicubic", "bicubic-offset", "bicubic-antialias"])
+def test_resample_pos_parameter_keeps_prefix_rows(policy):
     pos = torch.randn(1 + 16, 8)
-    out = resample_pos_parameter(pos, (4, 4), (8, 8))
+    out = resample_pos_parameter(pos, (4, 4), (8, 8), policy)
     assert out.shape == (1 + 64, 8) and torch.equal(out[0], pos[0])
     timm_pos = torch.randn(1, 2 + 16, 8)
-    assert resample_pos_parameter(timm_pos, (4, 4), (4, 4)).equal(timm_pos)
+    assert resample_pos_parameter(timm_pos, (4, 4), (4, 4), policy).equal(timm_pos)
 
 
 def test_student_is_a_copy_and_base_is_untouched():

@@ -4,6 +4,10 @@ A :class:`Backbone` wraps a :class:`phreg_core.vit.ViTAdapter` (the image tower,
 text tower, and :class:`BackboneInfo` metadata. Factories registered in ``BACKBONES`` return one:
 
     factory(name_or_argument: str | None, *, weights: str | None, random_init: bool, **options) -> Backbone
+
+Factories take ``pos_resample=NAME`` (a policy of :mod:`phreg_core.pos_embed`) to override the family's
+default positional-embedding resampling; the policy in use is part of :class:`BackboneInfo` and so of
+every result's identity.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class BackboneInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    # positional-embedding resampling policy (phreg_core.pos_embed); Backbone fills it from the adapter
+    pos_resample: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,11 +82,25 @@ class Backbone(nn.Module):
 
     def __init__(self, vision: ViTAdapter, info: BackboneInfo, text: TextTower | None = None):
         super().__init__()
+        if vision.pos_resample is None:
+            raise TypeError(f"backbone {info.name!r}: its adapter {type(vision).__name__} declares no "
+                            "positional-embedding resampling policy; set `pos_resample` on the adapter "
+                            "(see phreg_core.pos_embed.POLICIES)")
+        if info.pos_resample not in (None, vision.pos_resample.name):
+            raise ValueError(f"backbone {info.name!r}: info says pos_resample={info.pos_resample!r} but the adapter "
+                             f"resamples with {vision.pos_resample.name!r}")
+        info.pos_resample = vision.pos_resample.name
         self.vision = vision
         self.info = info
         self.text = text
         if isinstance(text, nn.Module):
             self.text_module = text
+
+    def set_pos_resample(self, policy: str) -> Backbone:
+        """Resample positional embeddings with another policy from now on (recorded in ``info``)."""
+        self.vision.set_pos_resample(policy)
+        self.info.pos_resample = self.vision.pos_resample.name
+        return self
 
     @property
     def has_text(self) -> bool:

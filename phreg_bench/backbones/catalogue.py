@@ -5,6 +5,10 @@ Named entries carry their metadata (patch size, width, depth, text tower, regist
 checks every entry's metadata against the real architecture. Pass-through prefixes accept any model of
 a family: ``timm:<model_name>``, ``open_clip:<arch>/<pretrained>``, ``hf-hub:<org/repo>``.
 
+Every named entry carries the positional-embedding resampling policy (:mod:`phreg_core.pos_embed`) of the
+reference code behind its family's published numbers; ``pos_resample=NAME`` (CLI ``--pos-resample``)
+chooses another. Pass-through prefixes use their library's own convention.
+
 Not catalogued, on purpose: SigLIP / SigLIP 2 / PE (open_clip builds their image towers from timm with an
 attention-pooling head, so there is no per-token CLIP-space projection), distilled DeiT (extra
 distillation token), EVA / ViTamin (rotary or hybrid towers).
@@ -18,10 +22,15 @@ from typing import Any
 from phreg_bench.backbones.hub import OPEN_CLIP_FILES, TIMM_FILES
 from phreg_bench.registries import BACKBONES
 from phreg_bench.registry import import_target
+from phreg_core.pos_embed import get_policy
+
+# Policies (phreg_core/pos_embed.py). OFFSET: the OVSS repos' / DINOv2-without-registers call;
+# ANTIALIAS: timm's and open_clip's own (and Meta's DINOv2 *_reg hub models); BUILTIN: built-ins as always.
+OFFSET, ANTIALIAS, BUILTIN = "bicubic-offset", "bicubic-antialias", "bicubic"
 
 BACKBONES.add("tiny-vit", "phreg_bench.backbones.builtin:build_tiny_vit",
               summary="built-in 4-block ViT (random init, offline); the default run's backbone",
-              patch_size=8, width=64, depth=4, text=False, registers=0)
+              patch_size=8, width=64, depth=4, text=False, registers=0, pos_resample=BUILTIN)
 
 _TIMM = "phreg_bench.backbones.timm_backbones:build"
 _OPEN_CLIP = "phreg_bench.backbones.open_clip_backbones:build"
@@ -40,10 +49,14 @@ class CatalogueFactory:
     name: str
     hub_repo: str | None = None
     hub_files: tuple[str, ...] = ()
+    pos_resample: str | None = None  # the entry's default policy (phreg_core.pos_embed); None: the family's
 
     def __call__(self, argument: str | None = None, **options: Any):
         if argument:
             raise ValueError(f"backbone {self.name!r} takes no argument (got {argument!r})")
+        policy = options.get("pos_resample") or self.pos_resample
+        if policy is not None:
+            options["pos_resample"] = get_policy(policy).name  # an unknown name fails before any download
         if self.hub_repo and not options.get("weights") and not options.get("random_init"):
             from phreg_bench.backbones.hub import fetch
 
@@ -55,7 +68,7 @@ class CatalogueFactory:
 def _add(name: str, target: str, argument: str, *, aliases: tuple[str, ...] = (), **metadata: Any) -> None:
     family = "timm" if target == _TIMM else "open_clip"
     files = TIMM_FILES if family == "timm" else OPEN_CLIP_FILES
-    factory = CatalogueFactory(target, argument, name, metadata["hub"], files)
+    factory = CatalogueFactory(target, argument, name, metadata["hub"], files, metadata["pos_resample"])
     BACKBONES.add(name, factory, aliases=aliases, family=family, argument=argument, **metadata)
 
 
@@ -91,9 +104,11 @@ _CLIP = [
     ("metaclip-vit-l14", ("metaclip-vit-l14-2.5b",), "ViT-L-14/metaclip_fullcc", 14, 1024, 24, 16, 224,
      "timm/vit_large_patch14_clip_224.metaclip_2pt5b", "MetaCLIP ViT-L/14, 2.5B pairs"),
 ]
+# Every CLIP: the OVSS repos' `interpolate_pos_encoding` (NACLIP/SCLIP clip/model.py, ClearCLIP's open_clip
+# fork, PH-Reg's NACLIP teacher and CLIP/zero_shot student_CLIP.py) behind the paper's and baselines' numbers.
 for _name, _aliases, _arg, _patch, _width, _depth, _heads, _res, _hub, _summary in _CLIP:
     _add(_name, _OPEN_CLIP, _arg, aliases=_aliases, patch_size=_patch, width=_width, depth=_depth, heads=_heads,
-         resolution=_res, text=True, registers=0, hub=_hub, summary=_summary)
+         resolution=_res, text=True, registers=0, hub=_hub, summary=_summary, pos_resample=OFFSET)
 
 # -- timm: vision-only ViTs ------------------------------------------------------------------------------
 # (name, aliases, timm model name, patch, width, depth, heads, registers, resolution, summary)
@@ -137,11 +152,25 @@ _VIT = [
     ("dino-vit-b16", (), "vit_base_patch16_224.dino", 16, 768, 12, 12, 0, 224, "DINO (v1) ViT-B/16"),
     ("mae-vit-b16", (), "vit_base_patch16_224.mae", 16, 768, 12, 12, 0, 224, "MAE ViT-B/16 (pre-trained)"),
 ]
+
+
+def _vit_policy(model_name: str) -> str:
+    """The reference resampling of a catalogued timm ViT (see the comments)."""
+    if "_dinov2" in model_name and "_reg" not in model_name:
+        # PH-Reg's DINOv2 teacher/student: HF Dinov2Model of transformers==4.37.2 (offset 0.1, no antialias),
+        # the same call as Meta's hub models without registers (interpolate_offset=0.1)
+        return OFFSET
+    # DINOv2 *_reg: Meta's hub (interpolate_offset=0.0, antialias) = timm, which DVT's "Registers" numbers used;
+    # DeiT / DeiT-III / AugReg / DINO / MAE: timm's own dynamic_img_size forward
+    return ANTIALIAS
+
+
 for _name, _aliases, _arg, _patch, _width, _depth, _heads, _regs, _res, _summary in _VIT:
     _add(_name, _TIMM, _arg, aliases=_aliases, patch_size=_patch, width=_width, depth=_depth, heads=_heads,
-         resolution=_res, text=False, registers=_regs, hub=f"timm/{_arg}", summary=_summary)
+         resolution=_res, text=False, registers=_regs, hub=f"timm/{_arg}", summary=_summary,
+         pos_resample=_vit_policy(_arg))
 
-# -- pass-through prefixes -------------------------------------------------------------------------------
+# -- pass-through prefixes (their library's own resampling: timm's / open_clip's antialiased bicubic) -------
 BACKBONES.add("timm:", _TIMM, family="timm",
               summary="any timm VisionTransformer: timm:<model_name>[.<tag>] (also timm:hf-hub:<org/repo>)")
 BACKBONES.add("open_clip:", _OPEN_CLIP, family="open_clip",
@@ -153,10 +182,10 @@ BACKBONES.add("hf-hub:", "phreg_bench.backbones.open_clip_backbones:build_hf_hub
 # -- planted-artifact ViT and its twin (issue 7: the synthetic world; phreg_bench/backbones/planted.py) --------
 BACKBONES.add("planted-vit", "phreg_bench.backbones.planted:build_planted_vit", family="builtin",
               summary="5-block ViT with planted register-neuron artifacts (known truth; the default run's teacher)",
-              patch_size=4, width=64, depth=5, heads=4, resolution=40, text=False, registers=0)
+              patch_size=4, width=64, depth=5, heads=4, resolution=40, text=False, registers=0, pos_resample=BUILTIN)
 BACKBONES.add("planted-vit-twin", "phreg_bench.backbones.planted:build_planted_twin", family="builtin",
               summary="planted-vit with the artifact mechanism off (same weights): the artifact-free reference",
-              patch_size=4, width=64, depth=5, heads=4, resolution=40, text=False, registers=0)
+              patch_size=4, width=64, depth=5, heads=4, resolution=40, text=False, registers=0, pos_resample=BUILTIN)
 
 # -- PH-Reg students: `phreg:<base>` loads a base backbone plus a distilled adapter (--adapter PATH) ---------
 BACKBONES.add("phreg:", "phreg_bench.backbones.phreg:build",

@@ -10,6 +10,11 @@ open_clip's own helpers (third-party key conversion, positional-embedding resizi
 Image towers that open_clip builds from timm (SigLIP, SigLIP 2, PE, ViTamin, EVA) are refused: SigLIP's
 and PE's joint space is reached through attention pooling (MAP head), not a linear projection of each
 token, so there is no per-patch CLIP-space output to give. ResNet and ConvNeXt towers are not ViTs.
+
+open_clip's own forward does not resample positional embeddings (it resizes them once at load, with
+``resize_pos_embed``: antialiased bicubic); inputs at other grids resample with ``pos_resample``, by
+default that same call (``"bicubic-antialias"``). The catalogue's CLIP entries use the open-vocabulary
+segmentation repos' call instead (``"bicubic-offset"``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,8 @@ from phreg_bench.backbones.hub import (
 )
 from phreg_bench.backbones.open_clip_text import OpenClipTextTower
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
-from phreg_core.adapters import OpenClipViTAdapter
+from phreg_core.adapters import LIBRARY_POLICY, OpenClipViTAdapter
+from phreg_core.pos_embed import get_policy, resample_table
 
 # tiny test config: 2 blocks of width 48 (2 heads), 4x4 grid; text tower 2 blocks of width 32; joint dim 32
 REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4, "text_depth": 2, "text_width": 32, "text_heads": 2,
@@ -111,10 +118,29 @@ def tag_weights(pretrained_cfg: dict[str, Any], label: str) -> tuple[Path, str, 
     raise WeightsError(f"open_clip model {label!r} names no weights location; pass --weights PATH")
 
 
-def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """The steps of ``open_clip.load_checkpoint`` after reading the file, then a strict load."""
+def _fit_image_pos_embed(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], policy: str,
+                         source: str) -> None:
+    """open_clip's ``resize_pos_embed`` step (square stored grid -> the tower's grid, CLS row kept), with the
+    backbone's resampling ``policy`` instead of open_clip's own call (the two agree for its default)."""
+    old = state_dict.get("visual.positional_embedding")
+    if old is None or not hasattr(model.visual, "grid_size"):
+        return
+    size = model.visual.grid_size
+    grid = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if old.shape[0] == 1 + grid[0] * grid[1]:
+        return
+    side = math.isqrt(old.shape[0] - 1)
+    if side * side != old.shape[0] - 1:
+        raise WeightsError(f"{source}: visual.positional_embedding has {old.shape[0]} rows, not 1 + a square grid")
+    state_dict["visual.positional_embedding"] = resample_table(old, (side, side), grid, policy)
+
+
+def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                    pos_resample: str = LIBRARY_POLICY) -> None:
+    """The steps of ``open_clip.load_checkpoint`` after reading the file, then a strict load (the image
+    position table, if stored at another grid, is resampled with ``pos_resample``)."""
     from open_clip.convert import convert_state_dict
-    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+    from open_clip.model import convert_to_custom_text_state_dict, resize_text_pos_embed
 
     state_dict = dict(state_dict)
     for key in OPENAI_JIT_EXTRAS:
@@ -128,7 +154,7 @@ def load_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
             state_dict[key] = state_dict[key].reshape(own.shape)
     if "logit_bias" not in state_dict and getattr(model, "logit_bias", None) is not None:
         state_dict["logit_bias"] = torch.zeros_like(model.logit_bias)
-    resize_pos_embed(state_dict, model)
+    _fit_image_pos_embed(model, state_dict, pos_resample, source)
     resize_text_pos_embed(state_dict, model)
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -149,6 +175,8 @@ def _create(create_name: str, *, seed: int, quick_gelu: bool, preprocess: dict[s
             overrides: dict[str, Any], img_size: int | None) -> torch.nn.Module:
     import open_clip
 
+    if img_size is not None and "vision_cfg" in overrides:  # a reduced config's image size yields to img_size
+        overrides = {**overrides, "vision_cfg": {**overrides["vision_cfg"], "image_size": img_size}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.create_model(create_name, pretrained=None, load_weights=False, device="cpu",
@@ -158,8 +186,8 @@ def _create(create_name: str, *, seed: int, quick_gelu: bool, preprocess: dict[s
 
 
 def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, weights_id: str, sha: str,
-            extra: dict[str, Any]) -> Backbone:
-    vision = OpenClipViTAdapter(model.visual)
+            extra: dict[str, Any], pos_resample: str) -> Backbone:
+    vision = OpenClipViTAdapter(model.visual, pos_resample)
     preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
     vision.interpolation = preprocess.get("interpolation", vision.interpolation)
     text = OpenClipTextTower(model, tokenizer, identity=f"open_clip:{architecture}@{sha[:16]}")
@@ -180,22 +208,24 @@ def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, 
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
           reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
-          quick_gelu: bool | None = None) -> Backbone:
+          quick_gelu: bool | None = None, pos_resample: str | None = None) -> Backbone:
     """A :class:`Backbone` for ``"<arch>/<pretrained tag>"`` (or ``"<arch>"`` with --weights/--random-init).
 
     ``quick_gelu`` defaults to the tag's setting (OpenAI, DFN and MetaCLIP weights were trained with
     QuickGELU). An untagged ``<arch>`` uses the architecture's own activation (QuickGELU only for the
     ``-quickgelu`` names): pass ``quick_gelu=true`` for such checkpoints, or name their tag.
-    ``img_size`` changes the native resolution (open_clip resizes the positional embedding once at load);
-    it is not needed for other input sizes, which are resampled from the native grid at every forward.
+    ``img_size`` changes the native resolution (loaded weights' positional embedding is resized once); it is
+    not needed for other input sizes, which are resampled from the native grid at every forward. Both use
+    the ``pos_resample`` policy (:mod:`phreg_core.pos_embed`; default open_clip's own, ``"bicubic-antialias"``).
     """
     import open_clip
 
     if not argument:
         raise ValueError("open_clip backbones need '<arch>/<pretrained>', e.g. open_clip:ViT-B-16/openai")
+    policy = get_policy(pos_resample or LIBRARY_POLICY)
     if argument.startswith("hf-hub:"):
         return build_hub(argument[len("hf-hub:"):], weights=weights, random_init=random_init, seed=seed,
-                         reduced=reduced, img_size=img_size, name=name)
+                         reduced=reduced, img_size=img_size, name=name, pos_resample=policy.name)
     if random_init and weights:
         raise ValueError("--random-init and --weights exclude each other")
     arch, _, tag = argument.partition("/")
@@ -226,22 +256,23 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     model = _create(arch, seed=seed, quick_gelu=quick_gelu, preprocess=preprocess,
                     overrides=_reduce(model_cfg, small) if small else {}, img_size=img_size)
     if weights_file is not None:
-        load_state_dict(model, read_state_dict(weights_file), str(weights_file))
+        load_state_dict(model, read_state_dict(weights_file), str(weights_file), policy.name)
     sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
     architecture = arch + (f" [reduced {small}]" if small else "")
     return _finish(model, tokenizer_for(arch), name=name or f"open_clip:{argument}",
                    architecture=architecture, weights_id=weights_id, sha=sha,
                    extra={"pretrained_tag": tag or None, "hub_repo": hub_repo,
                           "quick_gelu": quick_gelu or bool(model_cfg.get("quick_gelu", False)),
-                          "reduced": small})
+                          "reduced": small}, pos_resample=policy.name)
 
 
 def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
               reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
-              ) -> Backbone:
+              pos_resample: str | None = None) -> Backbone:
     """A :class:`Backbone` for an open_clip model on the Hugging Face hub (``org/repo``)."""
     if not repo:
         raise ValueError("hf-hub backbones need a repo id, e.g. hf-hub:apple/DFN2B-CLIP-ViT-B-16")
+    policy = get_policy(pos_resample or LIBRARY_POLICY)
     if random_init and weights:
         raise ValueError("--random-init and --weights exclude each other")
     config_path = fetch(repo, (HUB_CONFIG,), what=f"the open_clip config of {repo!r}")
@@ -260,13 +291,13 @@ def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool
     model = _create(local, seed=seed, quick_gelu=False, preprocess={},
                     overrides=_reduce(model_cfg, small) if small else {}, img_size=img_size)
     if weights_file is not None:
-        load_state_dict(model, read_state_dict(weights_file), str(weights_file))
+        load_state_dict(model, read_state_dict(weights_file), str(weights_file), policy.name)
     sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
     architecture = label + (f" [reduced {small}]" if small else "")
     return _finish(model, tokenizer_for(local), name=name or label, architecture=architecture,
                    weights_id=weights_id, sha=sha,
                    extra={"hub_repo": repo, "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
-                          "reduced": small})
+                          "reduced": small}, pos_resample=policy.name)
 
 
 def build_hf_hub(argument: str | None, **options: Any) -> Backbone:

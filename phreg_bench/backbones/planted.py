@@ -291,14 +291,17 @@ def firing_maps(module: nn.Module) -> list[Tensor]:
 
 
 def build_planted_vit(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,
-                      artifacts: bool = True, **options) -> Backbone:
+                      artifacts: bool = True, pos_resample: str | None = None, **options) -> Backbone:
     """Backbone factory for ``planted-vit`` (options: any :class:`PlantedSpec` field, e.g. ``seed=1``).
 
     The weights are constructed, not drawn, so ``random_init`` changes nothing; ``weights`` loads a
-    safetensors state dict over them.
+    safetensors state dict over them. ``pos_resample`` names the positional-embedding resampling policy
+    (default ``"bicubic"``, the built-in models' policy; :mod:`phreg_core.pos_embed`).
     """
+    from phreg_bench.backbones.builtin import BUILTIN_POLICY
     from phreg_bench.backbones.weights import state_dict_sha256
     from phreg_core.adapters import TimmViTAdapter
+    from phreg_core.pos_embed import get_policy
 
     if argument:
         raise ValueError(f"planted-vit takes no argument, got {argument!r}")
@@ -307,6 +310,7 @@ def build_planted_vit(argument: str | None = None, *, weights: str | None = None
     if unknown:
         raise ValueError(f"planted-vit has no option {unknown}; choose from {sorted(known)}")
     spec = replace(PlantedSpec(), **options)
+    policy = get_policy(pos_resample or BUILTIN_POLICY)
     model = build_planted_model(spec, artifacts)
     weights_id = f"planted(seed={spec.seed})"
     if weights:
@@ -314,7 +318,7 @@ def build_planted_vit(argument: str | None = None, *, weights: str | None = None
 
         model.load_state_dict(load_file(weights))
         weights_id = weights
-    vision = TimmViTAdapter(model)
+    vision = TimmViTAdapter(model, policy)
     name = "planted-vit" if artifacts else "planted-vit-twin"
     info = BackboneInfo(
         name=name, family="builtin",

@@ -7,10 +7,15 @@ named by the model's pretrained config (``timm/<model>.<tag>``). Weights go thro
 
 ``reduced=True`` (or a dict of ``depth``/``width``/``heads``/``grid``) builds the same code path at a tiny
 size, for tests and CPU smoke runs.
+
+Inputs at other grids resample the position table with ``pos_resample`` (default: timm's own
+``resample_abs_pos_embed``, i.e. ``"bicubic-antialias"``, what timm's ``dynamic_img_size`` forward does; the
+catalogue sets the reference policy per family, e.g. ``"bicubic-offset"`` for DINOv2 as in PH-Reg's code).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,8 @@ from phreg_bench.backbones.base import Backbone, BackboneInfo, merge_reduced
 from phreg_bench.backbones.hub import TIMM_FILES, fetch
 from phreg_bench.backbones.hub import cache_dir as hub_cache_dir
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
-from phreg_core.adapters import TimmViTAdapter
+from phreg_core.adapters import LIBRARY_POLICY, TimmViTAdapter
+from phreg_core.pos_embed import get_policy, resample_table
 
 # tiny test config: 2 blocks of width 48 (keeps DINOv2-g's SwiGLU hidden width even), 4x4 patch grid
 REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4}
@@ -92,11 +98,37 @@ def hub_source(model: torch.nn.Module, model_name: str) -> tuple[str, tuple[str,
     return repo, (filename,) if filename else TIMM_FILES
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load through timm's ``load_pretrained`` (checkpoint filter, classifier removal), strictly."""
+def _fit_pos_embed(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                   policy: str) -> dict[str, torch.Tensor]:
+    """A timm-layout ``pos_embed`` stored at another square grid, resampled to the model's grid with
+    ``policy`` (instead of inside timm's checkpoint filter, which uses its own call); other layouts pass."""
+    pos = state_dict.get("pos_embed")
+    if pos is None or pos.dim() != 3 or pos.shape[1] == model.pos_embed.shape[1]:
+        return state_dict
+    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    side = math.isqrt(max(pos.shape[1] - prefix, 0))
+    if side * side != pos.shape[1] - prefix:
+        return state_dict  # e.g. an original DINOv2 layout: timm's filter converts it
+    return {**state_dict, "pos_embed": resample_table(pos, (side, side), tuple(model.patch_embed.grid_size), policy)}
+
+
+def set_native_size(model: torch.nn.Module, img_size: int | tuple[int, int], policy: str) -> None:
+    """Make ``img_size`` the model's native resolution: its loaded position table is resampled once with
+    ``policy`` (what the reference does at that input size), not with ``set_input_size``'s own call."""
+    old, old_grid = model.pos_embed.detach().clone(), tuple(model.patch_embed.grid_size)
+    model.set_input_size(img_size=_pair(img_size))
+    table = resample_table(old, old_grid, tuple(model.patch_embed.grid_size), policy)
+    model.pos_embed = torch.nn.Parameter(table.contiguous(), requires_grad=model.pos_embed.requires_grad)
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                 pos_resample: str = LIBRARY_POLICY) -> None:
+    """Load through timm's ``load_pretrained`` (checkpoint filter, classifier removal), strictly; a position
+    table stored at another grid is resampled with ``pos_resample`` first."""
     from timm.models import load_pretrained
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    state_dict = _fit_pos_embed(model, state_dict, pos_resample)
     cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "state_dict": state_dict, "source": "", "file": None}
     try:
         load_pretrained(model, pretrained_cfg=cfg, num_classes=0, filter_fn=checkpoint_filter_fn, strict=True)
@@ -107,15 +139,20 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
           reduced: bool | dict[str, int] | None = None, img_size: int | tuple[int, int] | None = None,
-          name: str | None = None, **model_kwargs: Any) -> Backbone:
+          name: str | None = None, pos_resample: str | None = None, **model_kwargs: Any) -> Backbone:
     """A :class:`Backbone` for the timm model ``argument`` (``model_name`` or ``model_name.tag``).
 
-    ``img_size`` changes the native resolution (timm resamples the positional embedding once at load); it
-    is not needed for other input sizes, which are resampled from the native grid at every forward.
+    ``pos_resample`` names the positional-embedding resampling policy (:mod:`phreg_core.pos_embed`;
+    default timm's own, ``"bicubic-antialias"``); an unknown name raises before any model is built.
+
+    ``img_size`` changes the native resolution (the loaded positional embedding is resampled once, with the
+    ``pos_resample`` policy); it is not needed for other input sizes, which are resampled from the native
+    grid at every forward.
     Other keyword arguments go to ``timm.create_model``.
     """
     if not argument:
         raise ValueError("timm backbones need a model name, e.g. timm:vit_base_patch14_dinov2.lvd142m")
+    policy = get_policy(pos_resample or LIBRARY_POLICY)
     small = reduced_config(reduced)
     if random_init and weights:
         raise ValueError("--random-init and --weights exclude each other")
@@ -127,25 +164,28 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
         weights_id = str(weights_file)
     elif not random_init:
         with torch.device("meta"):  # find the hub source before allocating real weights
-            probe = create_model(argument, reduced=small, img_size=img_size, **model_kwargs)
+            probe = create_model(argument, reduced=small, **model_kwargs)
         check_supported(probe, argument)
         hub_repo, candidates = hub_source(probe, argument)
         weights_file = fetch(hub_repo, candidates, what=f"weights for timm model {argument!r}")
         weights_id = f"hf-hub:{hub_repo}/{weights_file.name}"
 
-    model = create_model(argument, seed=seed, reduced=small, img_size=img_size, **model_kwargs)
+    model = create_model(argument, seed=seed, reduced=small, **model_kwargs)
     check_supported(model, argument)
     if weights_file is not None:
-        load_weights(model, read_state_dict(weights_file), str(weights_file))
+        load_weights(model, read_state_dict(weights_file), str(weights_file), policy.name)
+    if img_size is not None:
+        set_native_size(model, img_size, policy.name)
     sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
     return wrap(model, name=name or f"timm:{argument}", architecture=argument, weights_id=weights_id,
-                weights_sha256=sha, extra={"hub_repo": hub_repo, "reduced": small, "timm_model": argument})
+                weights_sha256=sha, extra={"hub_repo": hub_repo, "reduced": small, "timm_model": argument},
+                pos_resample=policy.name)
 
 
 def wrap(model: torch.nn.Module, *, name: str, architecture: str, weights_id: str, weights_sha256: str,
-         extra: dict[str, Any] | None = None) -> Backbone:
-    """Wrap a timm ``VisionTransformer`` and describe it."""
-    vision = TimmViTAdapter(model)
+         extra: dict[str, Any] | None = None, pos_resample: str = LIBRARY_POLICY) -> Backbone:
+    """Wrap a timm ``VisionTransformer`` and describe it (``pos_resample``: see :func:`build`)."""
+    vision = TimmViTAdapter(model, pos_resample)
     arch = architecture if not (extra or {}).get("reduced") else f"{architecture} [reduced {extra['reduced']}]"
     info = BackboneInfo(
         name=name, family="timm", architecture=arch, weights_id=weights_id, weights_sha256=weights_sha256,

@@ -280,8 +280,10 @@ def build_student(fmt: str, backbone: Backbone, registers: int, resolution: int)
                                     f"is OpenAI CLIP ViT-B/16); {backbone.info.name!r} is {type(vision).__name__}")
         layout = clip_layout(vision, registers, resolution)
         grid = resolution // vision.patch_size
+        # 0raiser0/PH-Reg zero_shot/models/OpenaiMaskCLIP/clip_reg.py ModifiedImageEncoder: the stored 28×28
+        # table is resampled to other grids with F.interpolate(size=..., mode="bicubic") (no offset)
         student = Student(vision, registers, placement="append", last_block="maskclip", unlock="official",
-                          train_grid=(grid, grid), resample_pos_embed=True, project=True)
+                          train_grid=(grid, grid), resample_pos_embed=True, project=True, pos_resample="bicubic")
     elif fmt == "official-dinov2":
         if not isinstance(vision, TimmViTAdapter) or vision.num_builtin_registers or \
                 getattr(vision.model.blocks[0].mlp, "fc1", None) is None or \
@@ -289,7 +291,10 @@ def build_student(fmt: str, backbone: Backbone, registers: int, resolution: int)
             raise ImportLayoutError(f"--format official-dinov2 needs a timm DINOv2 ViT without registers (the authors' "
                                     f"student is facebook/dinov2-base = dinov2-vit-b14); {backbone.info.name!r} is not")
         layout = dinov2_layout(vision, registers)
-        student = Student(vision, registers, placement="prefix", last_block=None, unlock="official", project=False)
+        # the authors' DINOv2 student runs HF Dinov2Model (transformers 4.37.2, pinned by 0raiser0/PH-Reg), whose
+        # interpolate_pos_encoding is the offset-0.1 bicubic call
+        student = Student(vision, registers, placement="prefix", last_block=None, unlock="official", project=False,
+                          pos_resample="bicubic-offset")
     else:
         raise ImportLayoutError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
     return student, layout

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phreg_bench.cli.run import add_pos_resample_option, with_pos_resample
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -25,6 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (adapter, checkpoints, log)")
     parser.add_argument("--weights", help="local weights file for the backbone")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke tests)")
+    add_pos_resample_option(parser)
     parser.add_argument("--recipe", default="auto", choices=("auto", "clip", "dinov2"),
                         help="hyper-parameter preset; auto = clip for CLIP towers, dinov2 otherwise")
     parser.add_argument("--registers", type=int, default=16, help="new register tokens (default 16)")
@@ -75,7 +78,8 @@ def handle(args: argparse.Namespace) -> int:
     if (args.data is None) == (args.hf_dataset is None):
         raise ValueError("pass exactly one of --data DIR or --hf-dataset NAME")
     factory, argument = BACKBONES.resolve(args.backbone)
-    backbone = factory(argument, weights=args.weights, random_init=args.random_init)
+    backbone = factory(argument, weights=args.weights, random_init=args.random_init,
+                       **with_pos_resample({}, args.pos_resample))
     vision = backbone.vision
     recipe = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
     preset = RECIPES[recipe]

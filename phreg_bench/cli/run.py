@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from phreg_bench.cli import CliError, console
+from phreg_core.pos_embed import POLICY_NAMES
 
 
 def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -33,6 +34,23 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
+
+
+def add_pos_resample_option(parser: argparse.ArgumentParser) -> None:
+    """``--pos-resample NAME``: the positional-embedding resampling policy of the backbone(s)."""
+    parser.add_argument("--pos-resample", choices=POLICY_NAMES, metavar="NAME",
+                        help="positional-embedding resampling at other input sizes, one of "
+                        f"{', '.join(POLICY_NAMES)} (default: the backbone's reference policy; recorded)")
+
+
+def with_pos_resample(options: dict[str, Any], policy: str | None) -> dict[str, Any]:
+    """Backbone factory options plus ``pos_resample`` from ``--pos-resample`` (one place to give it)."""
+    if policy is None:
+        return options
+    if options.get("pos_resample") not in (None, policy):
+        raise CliError(f"--pos-resample {policy} contradicts --backbone-option pos_resample="
+                       f"{options['pos_resample']}; give the policy once")
+    return {**options, "pos_resample": policy}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +88,7 @@ def register(subparsers) -> None:
     parser.add_argument("--random-init", action="store_true", help="random weights (smoke tests, no download)")
     parser.add_argument("--backbone-option", action="append", metavar="KEY=VALUE",
                         help="backbone factory option, repeatable")
+    add_pos_resample_option(parser)
     parser.add_argument("--budget", default="full", choices=("full", "quick"),
                         help="probe training schedule: the paper's (full) or a short one (quick)")
     parser.add_argument("--results-dir", type=Path, default=Path("phreg_results"),
@@ -89,6 +108,8 @@ def handle(args: argparse.Namespace) -> int:
     from phreg_bench.runner import RunRequest, run
     from phreg_bench.tasks.base import RunContext
 
+    if args.pos_resample is not None and args.backbone is None:
+        raise CliError("--pos-resample needs --backbone (the built-in default run keeps its models' own policy)")
     if args.backbone is None and args.tasks is None and args.suite is None:
         from phreg_bench.default_run import run_default
 
@@ -115,7 +136,8 @@ def handle(args: argparse.Namespace) -> int:
         backbone=args.backbone, method=method, method_options=method_options, tasks=tasks,
         protocol=args.protocol, protocol_overrides=parse_assignments(args.protocol_override, "--protocol-override"),
         weights=args.weights, random_init=args.random_init,
-        backbone_options=parse_assignments(args.backbone_option, "--backbone-option"),
+        backbone_options=with_pos_resample(parse_assignments(args.backbone_option, "--backbone-option"),
+                                           args.pos_resample),
         results_dir=args.results_dir, overwrite=args.overwrite,
     )
     with make_progress(console=console, transient=True) as progress:

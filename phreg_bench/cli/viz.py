@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from phreg_bench.cli import CliError, console
+from phreg_bench.cli.run import add_pos_resample_option, with_pos_resample
 
 DEFAULT_BACKBONE = "planted-vit"
 
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--adapter", type=Path, help="PH-Reg adapter: adds the method 'phreg' with this adapter")
     parser.add_argument("--weights", help="local weights file for the backbone(s)")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (no download)")
+    add_pos_resample_option(parser)
     parser.add_argument("--image", action="append", type=Path, help="an image file, repeatable")
     parser.add_argument("--synthetic", action="append", type=int, metavar="INDEX",
                         help="a scene of the built-in synthetic world, repeatable")
@@ -118,7 +120,8 @@ def handle(args: argparse.Namespace) -> int:
     inputs = load_inputs(args)  # missing files and bad indices fail before any model is built
     models = []
     for backbone_name in args.backbone or [DEFAULT_BACKBONE]:
-        backbone = build_backbone(backbone_name, weights=args.weights, random_init=args.random_init)
+        backbone = build_backbone(backbone_name, weights=args.weights, random_init=args.random_init,
+                                  **with_pos_resample({}, args.pos_resample))
         for method, method_options, method_label in methods:
             model = METHODS.get(method)(backbone, **method_options).to(device).eval()
             label = backbone_name if len(methods) == 1 else f"{backbone_name} / {method_label}"

@@ -32,6 +32,7 @@ def model_identity(model) -> dict[str, Any]:
         "architecture": info.architecture,
         "weights_sha256": info.weights_sha256,
         "weights_id": None if info.weights_sha256 else info.weights_id,
+        "pos_resample": info.pos_resample,  # phreg_core.pos_embed policy: changes features at other grids
         "method": model.describe(),
     }
 

@@ -19,11 +19,15 @@ def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
     """The part of a record's ``backbone`` that enters the hash (and keys leaderboard rows).
 
     ``weights_id`` (a path or tag) is dropped when the weights' sha256 is known: identical bytes from another
-    path are the same weights.
+    path are the same weights. The positional-embedding resampling policy (``pos_resample``) changes the
+    features at every non-native size, so it is part of the identity; records without one (numbers quoted
+    from papers) keep the identity they had.
     """
     identity = {key: backbone.get(key) for key in BACKBONE_IDENTITY_KEYS}
     if backbone.get("weights_sha256"):
         identity.pop("weights_id")
+    if backbone.get("pos_resample") is not None:
+        identity["pos_resample"] = backbone["pos_resample"]
     return identity
 
 
@@ -49,7 +53,8 @@ def config_hash(
     limit: int | None,
     precision: str | None,
 ) -> str:
-    """sha256 over task identity, weights identity, method config, resolved protocol, seed, limit, precision.
+    """sha256 over task identity, weights identity (with the positional-embedding resampling policy), method
+    config, resolved protocol, seed, limit and precision.
 
     ``protocol`` is the resolved settings after overrides (every field of the family's settings dataclass);
     ``precision`` is the autocast precision that ran the backbone forward

@@ -13,11 +13,12 @@ from phreg_example_backbone.model import ExampleViT
 
 
 def build(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,
-          seed: int = 0, **options) -> Backbone:
+          seed: int = 0, pos_resample: str | None = None, **options) -> Backbone:
     """ExampleViT with seeded random weights, or weights from a local safetensors file.
 
     ``options`` are ExampleViT's constructor arguments (``image_size``, ``patch``, ``dim``, ``depth``,
-    ``heads``), e.g. ``--backbone-option depth=2``.
+    ``heads``), e.g. ``--backbone-option depth=2``. ``pos_resample`` (``--pos-resample``) chooses another
+    positional-embedding resampling policy than the adapter's ``"bicubic"``.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -31,7 +32,7 @@ def build(argument: str | None = None, *, weights: str | None = None, random_ini
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode() + tensor.contiguous().numpy().tobytes())
-    vision = ExampleViTAdapter(model)
+    vision = ExampleViTAdapter(model, pos_resample or "bicubic")
     size = model.grid * model.patch
     info = BackboneInfo(
         name="example-vit", family="custom", architecture=f"ExampleViT({options})", weights_id=weights_id,
