@@ -44,14 +44,14 @@ def register(subparsers) -> None:
 
 def load_inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
     """``(id, uint8 image [H, W, 3])`` for every requested input."""
-    from phreg_bench.datasets.base import read_image
     from phreg_bench.synthetic.scenes import render
+    from phreg_core.images import read_rgb  # the project's one RGB rule (16-bit grey, alpha, bombs ...)
 
     inputs: list[tuple[str, np.ndarray]] = []
     for path in args.image or []:
         if not path.is_file():
             raise CliError(f"--image {path} does not exist")
-        inputs.append((path.stem, read_image(path)))
+        inputs.append((path.stem, read_rgb(path)))
     if args.synthetic:
         inputs += [(f"synthetic-{i}", render(i, 256, 0).image) for i in args.synthetic]
     if args.dataset:
