@@ -59,6 +59,13 @@ class LinearProbeDepth(TaskFamily):
             raise ValueError(f"gradient_loss_layout must be one of {GRADIENT_LAYOUTS}")
         return {"name": name, **settings}
 
+    def data_splits(self, spec: TaskSpec, protocol: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(dataset, split, check options)`` of every split a run reads: the test frames and the training
+        frames, each from its protocol source (what ``phreg-bench data check`` must check)."""
+        _, settings = spec.protocol(protocol if protocol in spec.protocols else None)
+        return [(spec.dataset, "test", {"source": settings.get("test_source", "auto")}),
+                (spec.dataset, "train", {"source": settings.get("train_source", "auto")})]
+
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         info = model.backbone.info
         mode = settings["train_features"]

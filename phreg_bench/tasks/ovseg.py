@@ -119,7 +119,7 @@ class OpenVocabSegmentation(TaskFamily):
                 break
             if isinstance(sample, str):
                 if not skip:
-                    raise DatasetError(f"{sample} (or set skip_corrupt to skip such files and count them)")
+                    raise DatasetError(f"{sample} (or pass --skip-corrupt to skip such files and count them)")
                 skipped.append(sample)
                 continue
             label = torch.from_numpy(sample.label).to(ctx.device)
