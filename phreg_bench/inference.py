@@ -5,7 +5,9 @@ Per image (reference notes §2.1; ``sinahmr/NACLIP:naclip.py``, ``0raiser0/PH-Re
 1. resize so the short side is ``resize`` (mmseg ``Resize(scale=(max_long, resize), keep_ratio=True)``);
 2. normalise with the backbone's mean / std;
 3. ``crop > 0``: slide ``crop``×``crop`` windows with ``stride`` (mmseg's ``slide_inference`` grid; all
-   windows of an image have one size, so they are batched); ``crop == 0``: the whole image at once;
+   windows of an image have one size, so they are batched); ``crop == 0``: the whole image at once.
+   ``stride > crop`` is refused (:func:`check_window_settings`): it leaves pixels no window covers for some
+   image sizes (mmseg asserts against it), whose 0/0 logits would be scored as class 0;
 4. per window: L2-normalised patch features @ unit-norm text queries → cosine logits on the patch grid,
    bilinearly upsampled to the window size; windows are summed into the image and divided by the count
    map; the result is bilinearly resized to the original label size (whole-image mode upsamples the grid
@@ -38,8 +40,32 @@ from torch import Tensor
 
 from phreg_bench.precision import autocast
 from phreg_bench.text import ClassQueries
+from phreg_core.errors import PhregError
 
 WINDOW_PADS = ("none", "center")
+
+
+class WindowLayoutError(PhregError, ValueError):
+    """Sliding-window settings that would leave pixels uncovered; the message names the options and the fix."""
+
+
+def check_window_settings(crop: int, stride: int, names: tuple[str, str] = ("crop", "stride")) -> None:
+    """Refuse window settings that do not cover every pixel of every image size.
+
+    With windows laid by :func:`window_boxes`, every pixel of every image is covered exactly when
+    ``0 < stride <= crop``: consecutive windows then overlap or touch and the last one is flush with the
+    edge; with ``stride > crop`` the pixels between ``crop`` and ``stride`` of the first window row are
+    uncovered as soon as the image spans three windows. ``names`` are the option names as the user types
+    them in ``--protocol-override`` (``crop``/``stride`` for ovseg, ``input_size``/``slide_stride`` for linseg).
+    """
+    crop_name, stride_name = names
+    if crop <= 0 or stride <= 0:
+        raise WindowLayoutError(f"{crop_name}={crop} and {stride_name}={stride}: sliding windows need both > 0")
+    if stride > crop:
+        raise WindowLayoutError(
+            f"{stride_name}={stride} is larger than {crop_name}={crop}: sliding windows would leave pixels that "
+            f"no window covers (mmseg's slide_inference refuses this too); set --protocol-override "
+            f"{stride_name}=N with N <= {crop}")
 
 
 @dataclass(frozen=True)
@@ -66,8 +92,8 @@ class HarnessSettings:
     def validate(self) -> None:
         if self.resize < 0 or self.crop < 0 or self.max_long <= 0:
             raise ValueError(f"resize/crop must be >= 0 and max_long > 0, got {self}")
-        if self.crop > 0 and self.stride <= 0:
-            raise ValueError(f"stride must be > 0 when crop > 0, got {self.stride}")
+        if self.crop > 0:
+            check_window_settings(self.crop, self.stride)
         if self.window_pad not in WINDOW_PADS:
             raise ValueError(f"window_pad must be one of {WINDOW_PADS}, got {self.window_pad!r}")
         if not 0.0 <= self.prob_thd <= 1.0:
@@ -88,16 +114,26 @@ def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     return out.round_().clamp_(0, 255)
 
 
-def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` windows (last row/column aligned to the edge)."""
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    boxes = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
-            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
-    return boxes
+def axis_windows(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of mmseg's ``slide_inference`` windows along one axis of ``length`` pixels:
+    ``ceil((length - crop) / stride) + 1`` windows every ``stride`` pixels, the last one flush with the edge,
+    each ``min(crop, length)`` long."""
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    spans = []
+    for index in range(count):
+        end = min(index * stride + crop, length)
+        spans.append((max(end - crop, 0), end))
+    return spans
+
+
+def window_boxes(height: int, width: int, crop: int, stride: int,
+                 names: tuple[str, str] = ("crop", "stride")) -> list[tuple[int, int, int, int]]:
+    """``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` windows, row-major: the one window layout of the
+    project (ovseg's harness and the linseg probe use it). Raises :class:`WindowLayoutError` (naming the
+    options ``names``) for settings that leave pixels uncovered, see :func:`check_window_settings`."""
+    check_window_settings(crop, stride, names)
+    return [(y1, y2, x1, x2) for y1, y2 in axis_windows(height, crop, stride)
+            for x1, x2 in axis_windows(width, crop, stride)]
 
 
 def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:

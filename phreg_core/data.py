@@ -5,9 +5,11 @@ side to the training resolution (bicubic), take a random square crop along the l
 (``RandomSquareCropPreservingShortEdge``), convert to a tensor and normalise with the backbone's mean/std.
 
 Every dataset item is a dict ``{"index": i, "image": [3, R, R] tensor}``, or ``None`` for a file that
-cannot be decoded (skipped and counted by :func:`collate`, never fatal). Crop positions are drawn from
-``(seed, epoch, index)`` so that runs, resumes and processes agree; ``fixed_crops=True`` makes them
-independent of the epoch (what a teacher-target cache needs).
+cannot be decoded (skipped with a one-line warning naming it, and counted by :func:`collate`, never fatal).
+Files are read as RGB by :mod:`phreg_core.images` (every Pillow mode converted explicitly or refused: 16-bit
+greyscale is scaled by its bit depth, alpha is dropped; decompression bombs and truncated files are
+refused). Crop positions are drawn from ``(seed, epoch, index)`` so that runs, resumes and processes
+agree; ``fixed_crops=True`` makes them independent of the epoch (what a teacher-target cache needs).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from phreg_core.images import ImageReadError, open_rgb, to_rgb
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -53,12 +57,13 @@ def crop_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def preprocess(image, resolution: int, mean: Sequence[float], std: Sequence[float],
-               rng: np.random.Generator) -> Tensor:
-    """PIL image -> normalised ``[3, R, R]``: short side to R (bicubic), random square crop, normalise."""
+               rng: np.random.Generator, source: str = "<image>") -> Tensor:
+    """PIL image (any mode, see :func:`phreg_core.images.to_rgb`) -> normalised ``[3, R, R]``: short side to
+    R (bicubic), random square crop, normalise. ``source`` names the image in errors."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    image = image.convert("RGB")
+    image = to_rgb(image, source)
     image = TF.resize(image, resolution, interpolation=InterpolationMode.BICUBIC)
     width, height = image.size
     left = int(rng.integers(0, width - resolution, endpoint=True)) if width > resolution else 0
@@ -99,17 +104,13 @@ class ImageFolderDataset(_EpochDataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        from PIL import Image, UnidentifiedImageError
-
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                image.load()
-                tensor = preprocess(image, self.resolution, self.mean, self.std, self._rng(index))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=2)
+            image = open_rgb(path)
+        except ImageReadError as error:
+            warnings.warn(f"skipping: {error}", stacklevel=2)
             return None
-        return {"index": index, "image": tensor}
+        return {"index": index, "image": preprocess(image, self.resolution, self.mean, self.std, self._rng(index))}
 
 
 class HFImageDataset(_EpochDataset):
@@ -135,19 +136,25 @@ class HFImageDataset(_EpochDataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         import io
 
-        from PIL import Image, UnidentifiedImageError
-
+        name = f"row #{index} ({self.image_column!r})"
         try:
             value = self.data[index][self.image_column]
             if isinstance(value, dict):  # undecoded datasets.Image: {"bytes": ..., "path": ...}
-                value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+                if value.get("bytes"):
+                    value = open_rgb(io.BytesIO(value["bytes"]), name)
+                else:
+                    value = open_rgb(value["path"], f"{name}: {value['path']}")
             elif isinstance(value, (bytes, bytearray)):
-                value = Image.open(io.BytesIO(value))
-            tensor = preprocess(value, self.resolution, self.mean, self.std, self._rng(index))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, KeyError) as error:
-            warnings.warn(f"skipping unreadable image #{index}: {error}", stacklevel=2)
+                value = open_rgb(io.BytesIO(value), name)
+            else:
+                value = to_rgb(value, name)
+        except KeyError as error:
+            raise KeyError(f"{name}: the dataset has no image column {self.image_column!r}; set image_column") \
+                from error
+        except ImageReadError as error:
+            warnings.warn(f"skipping: {error}", stacklevel=2)
             return None
-        return {"index": index, "image": tensor}
+        return {"index": index, "image": preprocess(value, self.resolution, self.mean, self.std, self._rng(index))}
 
 
 class TensorImageDataset(Dataset):

@@ -8,9 +8,15 @@ One step (reference notes §1.3, §1.6, §1.7):
 2. run the student on the unaugmented images; loss = (1 − cos) + MSE on the patch tokens;
 3. skip the batch (and count it) if the targets or the loss are not finite; otherwise AdamW step.
 
-The learning rate decays exponentially per epoch, ``lr = lr0·(end/lr0)^((epoch+1)/epochs)``, clamped at
-``end`` (``DINOv2_full/distill_main.py``). Checkpoints every ``checkpoint_every`` steps hold the trainable
-tensors, optimiser, scheduler, RNG states and the data position, so ``resume=True`` continues exactly.
+The learning rate decays exponentially per epoch, ``lr(e) = lr0·(end/lr0)^((e+1)/epochs)``, clamped at
+``end``, and is set when the released trainer sets it (``0raiser0/PH-Reg`` ``DINOv2_full/distill_main.py`` and
+the CLIP student's script: right after every optimiser step, ``param_group["lr"] = lr(epoch)``): step 1 runs
+at ``lr0``, the first step of epoch ``e >= 1`` at ``lr(e - 1)``, every other step of epoch ``e`` at ``lr(e)``;
+a skipped batch leaves the rate unchanged (``lr_update="after-step"``). ``lr_update="per-epoch"`` runs every
+step of epoch ``e`` at ``lr(e)`` instead. As the released ``DataLoader(drop_last=True)``, the last partial
+batch of each epoch is not trained (``drop_last=False`` trains it). Checkpoints every ``checkpoint_every``
+steps hold the trainable tensors, optimiser (with its current rate), scheduler, RNG states and the data
+position, so ``resume=True`` continues exactly.
 Works in one process or under ``torchrun`` (DDP, ``DistributedSampler``; NCCL on CUDA, gloo on CPU).
 
 In-process use (no CLI, in-memory images)::
@@ -44,12 +50,20 @@ from torch.utils.data.distributed import DistributedSampler
 from phreg_core import distributed as dist_utils
 from phreg_core.atomic import write_atomic
 from phreg_core.data import Batch, collate
+from phreg_core.errors import PhregError
 from phreg_core.losses import distill_loss
 from phreg_core.student import Student
 from phreg_core.target_cache import TargetCache, image_digest
 from phreg_core.tta import TTADenoiser, ViewIndex, normalised_white, plan_views, view_index
 
-__all__ = ["RECIPES", "DistillConfig", "DistillResult", "ExponentialEpochDecay", "distill", "view_rng"]
+__all__ = ["LR_UPDATES", "RECIPES", "DistillConfig", "DistillConfigError", "DistillResult", "EpochExponentialLR",
+           "ExponentialEpochDecay", "distill", "view_rng"]
+
+LR_UPDATES = ("after-step", "per-epoch")  # when the per-epoch rate is set (see the module docstring)
+
+
+class DistillConfigError(PhregError, ValueError):
+    """Distillation settings that cannot train as asked; the message names the setting and the fix."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,10 @@ class DistillConfig:
     mse_scale: float = 1.0  # loss = (1 - cos) + mse_scale * MSE (DINOv2_full/utils/loss.py)
     seed: int = 0
     shuffle: bool = True
+    # When the rate is set: "after-step" = the released trainer (after each optimiser step; step 1 at lr) or
+    # "per-epoch" (every step of epoch e at lr(e)). See the module docstring.
+    lr_update: str = "after-step"
+    drop_last: bool = True  # released DataLoader(drop_last=True): the last partial batch of an epoch is skipped
     precision: str = "auto"  # auto = bf16 autocast on CUDA (paper App. B.3), fp32 on CPU; or "bf16", "fp32"
     max_steps: int | None = None  # stop after this many steps in total (a checkpoint is written there)
     checkpoint_every: int = 1000
@@ -153,6 +171,49 @@ class ExponentialEpochDecay:
 
     def __call__(self, epoch: int) -> float:
         return max(self.ratio ** ((epoch + 1) / self.epochs), self.ratio)
+
+
+class EpochExponentialLR:
+    """Sets the optimiser's learning rate to ``lr(e) = lr0·(end/lr0)^((e+1)/epochs)`` (clamped at ``end``) at
+    the moment ``lr_update`` names; the arithmetic is the released script's (``DINOv2_full/distill_main.py``:
+    ``new_lr = lr * decay_ratio ** ((epoch + 1) / num_epochs)``, ``end`` if ``new_lr <= end``).
+
+    The rate lives in the optimiser's param groups, so an optimiser checkpoint restores it exactly; this
+    object's own state is only the mode (checked on load).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, lr_end: float, epochs: int,
+                 lr_update: str = "after-step"):
+        if lr_update not in LR_UPDATES:
+            raise DistillConfigError(f"lr_update {lr_update!r}: use one of {LR_UPDATES}")
+        self.optimizer, self.lr, self.lr_end, self.epochs = optimizer, lr, lr_end, max(1, epochs)
+        self.lr_update = lr_update
+        self._set(lr if lr_update == "after-step" else self.rate(0))
+
+    def rate(self, epoch: int) -> float:
+        value = self.lr * (self.lr_end / self.lr) ** ((epoch + 1) / self.epochs)
+        return self.lr_end if value <= self.lr_end else value
+
+    def _set(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
+
+    def before_step(self, epoch: int) -> None:
+        if self.lr_update == "per-epoch":
+            self._set(self.rate(epoch))
+
+    def after_step(self, epoch: int) -> None:
+        """Call after every optimiser step that was taken (not for skipped batches)."""
+        if self.lr_update == "after-step":
+            self._set(self.rate(epoch))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr_update": self.lr_update}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("lr_update") != self.lr_update:
+            raise DistillConfigError(f"the checkpoint was trained with lr_update {state.get('lr_update')!r}, this "
+                                     f"run uses {self.lr_update!r}; use the same setting to resume")
 
 
 def view_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -290,8 +351,8 @@ class _Trainer:
             raise ValueError("the student has no trainable parameters; check the unlock set")
         self.optimizer = torch.optim.AdamW([p for _, p in named], lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, ExponentialEpochDecay(config.lr, config.lr_end, config.epochs))
+        self.scheduler = EpochExponentialLR(self.optimizer, config.lr, config.lr_end, config.epochs,
+                                            config.lr_update)
         self.model: nn.Module = student
         if env.distributed:
             unused = config.find_unused_parameters
@@ -307,9 +368,19 @@ class _Trainer:
             self.cache = TargetCache(config.cache_targets, self._teacher_identity(), config.cache_dtype)
             if getattr(dataset, "fixed_crops", True) is False:
                 dataset.fixed_crops = True  # a cached target is only valid for one crop (target_cache.py)
+        # drop_last: each process gets floor(N / world) images and floor(that / batch) full batches, i.e.
+        # floor(N / (world * batch)) steps, what Accelerate's sharded DataLoader(drop_last=True) gives.
         self.sampler = DistributedSampler(self.items, num_replicas=env.world_size, rank=env.rank,
-                                          shuffle=config.shuffle, seed=config.seed, drop_last=False)
-        self.steps_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
+                                          shuffle=config.shuffle, seed=config.seed, drop_last=config.drop_last)
+        if config.drop_last:
+            self.steps_per_epoch = len(self.sampler) // config.batch_size
+            if self.steps_per_epoch == 0:
+                raise DistillConfigError(
+                    f"{len(self.items)} training images make no full batch of {config.batch_size} per process "
+                    f"({env.world_size} process(es)); the last partial batch is dropped (drop_last, as the "
+                    "released trainer), so nothing would train: lower --batch-size or add images")
+        else:
+            self.steps_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
         total = config.epochs * self.steps_per_epoch
         self.total_steps = min(total, config.max_steps) if config.max_steps is not None else total
         self.out_dir = Path(config.out_dir) if config.out_dir else None
@@ -320,6 +391,7 @@ class _Trainer:
         self.last_loss: float | None = None
         self.step_seconds: list[float] = []
         self._order = _EpochOrder()
+        self.step_lr: float | None = None  # the learning rate the current step ran at (None: skipped)
         self._loader: DataLoader | None = None
 
     # -- identity / targets -------------------------------------------------------------------------
@@ -482,7 +554,8 @@ class _Trainer:
         """Batches of the current epoch from the current position (one loader, persistent workers)."""
         self.sampler.set_epoch(self.epoch)
         start = self.batch_in_epoch * self.config.batch_size
-        self._order.keys = [(int(i), self.epoch) for i in list(self.sampler)[start:]]
+        order = list(self.sampler)[: self.steps_per_epoch * self.config.batch_size]  # drop_last: full batches
+        self._order.keys = [(int(i), self.epoch) for i in order[start:]]
         if self._loader is None:
             workers = self.config.num_workers
             prepare = _Prepare(self.config.seed, self.config.views, self.config.shift_frac, self.denoiser.patch_size,
@@ -500,6 +573,8 @@ class _Trainer:
         if len(step) == 0:
             self.corrupt += step.batch.corrupt
             return None
+        self.scheduler.before_step(self.epoch)
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
         images = step.batch.images.to(self.device, non_blocking=True)
         targets = self._targets(step, images)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
@@ -517,6 +592,7 @@ class _Trainer:
             return None
         loss.backward()
         self.optimizer.step()
+        self.scheduler.after_step(self.epoch)  # released: the new rate is set right after the step
         self.images_seen += len(step) * self.env.world_size
         return loss_sum / self.env.world_size
 
@@ -535,6 +611,7 @@ class _Trainer:
             while self.epoch < config.epochs and self.step < self.total_steps:
                 tick = time.perf_counter()
                 for batch in self._epoch_batches():
+                    self.step_lr = None
                     loss = self._train_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -555,7 +632,7 @@ class _Trainer:
                                         loss=f"{self.last_loss:.4f}" if self.last_loss is not None else "-")
                     if self.step % config.log_every == 0 or self.step == self.total_steps:
                         self._log({"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch,
-                                   "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                                   "loss": loss, "lr": self.step_lr,
                                    "images_per_s": speed, "skipped": self.skipped, "corrupt": self.corrupt,
                                    "time": time.time()})
                     if config.checkpoint_every and self.step % config.checkpoint_every == 0:
@@ -565,7 +642,6 @@ class _Trainer:
                 if self.batch_in_epoch >= self.steps_per_epoch:  # the epoch is complete
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                    self.scheduler.step()
         finally:
             if progress is not None:
                 progress.stop()

@@ -33,7 +33,7 @@ def test_distill_command_writes_an_adapter_and_resumes(tmp_path):
     assert main(common + ["--epochs", "3", "--resume"]) == 2  # another schedule cannot resume this run
     assert main(common + ["--epochs", "2", "--resume"]) == 0
     sidecar = json.loads((out / "adapter.json").read_text())
-    assert sidecar["steps"] == 6  # 5 images, batch 2: 3 steps per epoch
+    assert sidecar["steps"] == 4  # 5 images, batch 2: 2 full batches per epoch (drop_last, as the released trainer)
 
 
 def test_distill_command_needs_data(tmp_path, capsys):

@@ -58,10 +58,10 @@ def test_lr_decays_per_epoch_exponentially_and_clamps():
     assert 3e-4 * decay(150) == pytest.approx(1e-5)  # clamped at the end value
 
 
-def test_lr_is_constant_within_an_epoch(tmp_path):
+def test_lr_is_constant_within_an_epoch_with_per_epoch_updates(tmp_path):
     base = tiny_timm()
     distill(default_teacher(base), Student(base, 2), TensorImageDataset(random_images(6)),
-            quick_config(tmp_path, epochs=2, log_every=1, views=2))
+            quick_config(tmp_path, epochs=2, log_every=1, views=2, lr_update="per-epoch"))
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 0, 0, 1, 1, 1]
     lrs = [r["lr"] for r in records]

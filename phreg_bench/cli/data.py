@@ -11,18 +11,38 @@ from phreg_bench.cli import CliError, console
 SHOW = 10  # files listed per category before "... and N more"
 
 
-def _datasets_for(name: str, split: str | None) -> list[tuple[str, str]]:
-    """``(dataset, split)`` pairs for a task name, a short task name or a dataset name."""
+def _task_splits(spec, protocol: str | None) -> list[tuple[str, str, dict]]:
+    """Every ``(dataset, split, check options)`` a run of ``spec`` reads (probe tasks also read a train split)."""
+    from phreg_bench.registries import TASK_FAMILIES
+
+    family = TASK_FAMILIES.get(spec.family)()
+    if hasattr(family, "data_splits"):
+        return family.data_splits(spec, protocol)
+    return [(spec.dataset, spec.split, {})]
+
+
+def _datasets_for(name: str, split: str | None, protocol: str | None = None) -> list[tuple[str, str, dict]]:
+    """``(dataset, split, check options)`` for a task name, a short task name or a dataset name.
+
+    A task gives every split its run reads (the evaluated split, and a probe's training split with the
+    protocol's source); ``split`` replaces them all with that one split.
+    """
     from phreg_bench.registries import DATASETS, TASKS
 
     if name in TASKS:
-        spec = TASKS.get(name)
-        return [(spec.dataset, split or spec.split)]
-    matches = [e.target for e in TASKS if e.metadata.get("short_name") == name and hasattr(e.target, "dataset")]
-    if matches:
-        return sorted({(spec.dataset, split or spec.split) for spec in matches})
+        specs = [TASKS.get(name)]
+    else:
+        specs = [e.target for e in TASKS if e.metadata.get("short_name") == name and hasattr(e.target, "dataset")]
+        specs.sort(key=lambda spec: spec.name)
+    if specs:
+        found = [(spec.dataset, split, {}) for spec in specs] if split else \
+            [item for spec in specs for item in _task_splits(spec, protocol)]
+        unique: dict[tuple, tuple[str, str, dict]] = {}
+        for dataset, part, options in found:
+            unique.setdefault((dataset, part, tuple(sorted(options.items()))), (dataset, part, options))
+        return list(unique.values())
     if name in DATASETS:
-        return [(DATASETS.canonical(name), split or "val")]
+        return [(DATASETS.canonical(name), split or "val", {})]
     TASKS.canonical(name)  # raises "unknown task ... did you mean"
     return []
 
@@ -41,12 +61,12 @@ def handle_check(args: argparse.Namespace) -> int:
     from phreg_bench.registries import DATASETS
 
     all_ok = True
-    for dataset, split in _datasets_for(args.task, args.split):
+    for dataset, split, options in _datasets_for(args.task, args.split, args.protocol):
         reader = DATASETS.get(dataset)
-        report = reader.check(args.data_root, split, deep=args.deep)
+        report = reader.check(args.data_root, split, deep=args.deep, **options)
         expected = "?" if report.expected is None else str(report.expected)
         status = "[green]ok[/green]" if report.ok else "[red]incomplete[/red]"
-        console.print(f"{reader.name} ({split}) in {report.folder}: {report.found} of {expected} samples found "
+        console.print(f"{reader.name} ({report.split}) in {report.folder}: {report.found} of {expected} samples found "
                       f"— {status}", highlight=False)
         _print_list("missing", report.missing, "red")
         _print_list("extra (no matching image)", report.extra, "yellow")
@@ -83,6 +103,9 @@ def handle_convert(args: argparse.Namespace) -> int:
                                   overwrite=args.overwrite, progress=callback)
     console.print(f"{args.convert_kind}: {counts['converted']} label files written, "
                   f"{counts['kept']} already present (kept)")
+    if counts["kept"]:
+        console.print(f"  note: the {counts['kept']} kept files were not rewritten or checked; if `phreg-bench data "
+                      "check --deep` reports them as bad, rerun this command with --overwrite", highlight=False)
     return 0
 
 
@@ -102,7 +125,9 @@ def register(subparsers) -> None:
     check.add_argument("task", help="task (ovseg/voc21), short task name (voc) or dataset name (ade20k)")
     check.add_argument("--data-root", type=_data_root, default=default_root,
                        help="datasets folder (default: $PHREG_DATA)")
-    check.add_argument("--split", help="split to check (default: the task's split, or val)")
+    check.add_argument("--split", help="split to check (default: every split the task reads — a probe task's "
+                       "train split too — or val for a dataset name)")
+    check.add_argument("--protocol", help="protocol preset whose splits are checked (default: each task's own)")
     check.add_argument("--deep", action="store_true", help="also read every image and label (slow)")
     check.set_defaults(handler=handle_check)
 
@@ -112,11 +137,13 @@ def register(subparsers) -> None:
         ("cityscapes", "write Cityscapes *_gtFine_labelTrainIds.png from *_gtFine_labelIds.png"),
     ):
         name = f"convert-coco-{kind}" if kind != "cityscapes" else "convert-cityscapes"
-        convert = commands.add_parser(name, help=help_text, description=help_text + ". Existing outputs are kept.")
+        convert = commands.add_parser(name, help=help_text, description=help_text + ". Existing outputs are kept "
+                                      "(unchecked) unless --overwrite.")
         convert.add_argument("--data-root", type=_data_root, default=default_root,
                              help="datasets folder (default: $PHREG_DATA)")
         convert.add_argument("--splits", default="val,train", help="comma-separated splits (default: val,train)")
-        convert.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+        convert.add_argument("--overwrite", action="store_true",
+                             help="rewrite outputs that already exist (e.g. ones `data check --deep` flagged)")
         if kind != "cityscapes":
             convert.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
         convert.set_defaults(handler=handle_convert, convert_kind=kind)

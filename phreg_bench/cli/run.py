@@ -97,6 +97,9 @@ def register(subparsers) -> None:
                         help="text-embedding / feature caches (default: $PHREG_CACHE or ./.phreg_cache)")
     parser.add_argument("--overwrite", default="only-missing", choices=("only-missing", "always"),
                         help="only-missing (default) skips tasks whose result exists; always recomputes")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="ovseg: skip unreadable or invalid dataset files and count them (the result is marked "
+                        "partial) instead of stopping at the first one")
     parser.add_argument("--leaderboard-dir", type=Path, default=None,
                         help="also rebuild the leaderboard of the results folder here")
     add_runtime_options(parser)
@@ -145,7 +148,7 @@ def handle(args: argparse.Namespace) -> int:
             data_root=Path(args.data_root) if args.data_root else None, cache_dir=args.cache_dir,
             device=resolve_device(args.device), precision=args.precision, batch_size=args.batch_size,
             num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
-            progress=progress,
+            progress=progress, options={"skip_corrupt": True} if args.skip_corrupt else {},
         )
         runs = run(request, ctx, log=plain_logger(progress))
     if args.leaderboard_dir is not None:

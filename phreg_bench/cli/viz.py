@@ -50,14 +50,14 @@ def register(subparsers) -> None:
 
 def load_inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
     """``(name, uint8 image [H, W, 3])`` for every requested input; names are unique (see :func:`unique_names`)."""
-    from phreg_bench.datasets.base import read_image
     from phreg_bench.synthetic.scenes import render
+    from phreg_core.images import read_rgb  # the project's one RGB rule (16-bit grey, alpha, bombs ...)
 
     inputs: list[tuple[str, str, np.ndarray]] = []  # (name, source, image)
     for path in args.image or []:
         if not path.is_file():
             raise CliError(f"--image {path} does not exist")
-        inputs.append((path.stem, f"file:{path.resolve()}", read_image(path)))
+        inputs.append((path.stem, f"file:{path.resolve()}", read_rgb(path)))
     if args.synthetic:
         inputs += [(f"synthetic-{i}", f"synthetic:{i}", render(i, 256, 0).image) for i in args.synthetic]
     if args.dataset:

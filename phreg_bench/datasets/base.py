@@ -5,7 +5,7 @@ label with 255 = ignore, an id and both paths — in a deterministic order (the 
 sorted file names), for any split the layout has. Labels are checked on read: a value outside the
 dataset's raw label set raises :class:`DatasetError` naming the file; so does an unreadable image or a
 label whose size differs from its image's. (The ``ovseg`` family can skip such files and count them
-instead: ``RunContext.options["skip_corrupt"] = True``.)
+instead: ``phreg-bench run --skip-corrupt``, i.e. ``RunContext.options["skip_corrupt"] = True``.)
 
 ``reduce_zero_label`` is applied exactly as mmseg's ``LoadAnnotations`` does it: 0 → 255, every other
 value − 1, and 255 stays 255.
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from phreg_core.errors import PhregError
+from phreg_core.images import ImageReadError, open_image, read_rgb
 
 IGNORE_INDEX = 255  # mmseg's ignore index for every dataset used here
 
@@ -69,6 +69,19 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
     return path
 
 
+def resolve_listed(root: Path, base: str, relative: str, list_file: Path, number: int) -> Path:
+    """``root/base/relative`` for a path read from line ``number`` of a split list, normalised lexically
+    (``a/../b`` → ``b``; symlinks inside the dataset are kept as they are). A leading ``/`` means "the dataset
+    folder" (DeepLab / BTS lists write ``/JPEGImages/x.jpg``). Raises :class:`DatasetError` if the path
+    leaves ``root``."""
+    top = Path(os.path.normpath(root))
+    path = Path(os.path.normpath(top / base / relative.lstrip("/\\")))
+    if path != top and top not in path.parents:
+        raise DatasetError(f"{list_file} line {number}: {relative!r} points outside the dataset folder {top}; "
+                           "split lists may only name files inside it")
+    return path
+
+
 def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     """mmseg ``LoadAnnotations(reduce_zero_label=True)``: 0 → 255, others − 1, 255 stays 255."""
     out = label.copy()
@@ -79,31 +92,32 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB ``uint8 [H, W, 3]``. (EXIF orientation is not applied: labels are stored unrotated.)"""
+    """RGB ``uint8 [H, W, 3]`` by the project's one image rule (:mod:`phreg_core.images`: every Pillow mode
+    converted explicitly or refused). Raises :class:`DatasetError` naming the file."""
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError as error:
-        raise DatasetError(f"image {path} is missing") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DatasetError(f"image {path} cannot be read ({error}); re-download or remove it from the split") \
-            from error
+        return read_rgb(path)
+    except ImageReadError as error:
+        raise DatasetError(f"{error} (or remove it from the split)") from error
+
+
+LABEL_MODES = ("P", "L", "I", "I;16", "I;16L", "I;16B", "I;16N")  # index images: palette or single channel
 
 
 def read_label(path: Path) -> np.ndarray:
-    """Label indices ``int64 [H, W]`` from a palette or grayscale PNG (mmseg reads them 'unchanged')."""
+    """Label indices ``int64 [H, W]`` from a palette or grayscale PNG (mmseg reads them 'unchanged').
+
+    A palette PNG gives its palette *indices* (never colours). Any other mode (RGB / RGBA colour-rendered
+    masks, ``LA``, ``1``, float ``F`` ...) is refused by name, as are unreadable files.
+    """
     try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L", "I", "I;16"):
-                raise DatasetError(f"label {path} has mode {image.mode!r}; expected a palette or grayscale "
-                                   "index image (a colour-rendered mask cannot be read as class ids)")
+        with open_image(path) as image:
+            if image.mode not in LABEL_MODES:
+                raise DatasetError(f"label {path} has Pillow mode {image.mode!r}; expected a palette (P) or "
+                                   "grayscale (L, I;16) index image: a colour-rendered mask cannot be read as "
+                                   "class ids. Use the dataset's index PNGs or reconvert the labels")
             return np.asarray(image, dtype=np.int64)
-    except FileNotFoundError as error:
-        raise DatasetError(f"label {path} is missing") from error
-    except DatasetError:
-        raise
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DatasetError(f"label {path} cannot be read ({error}); re-download or reconvert it") from error
+    except ImageReadError as error:
+        raise DatasetError(f"label file: {error} (a converted label: rerun its converter)") from error
 
 
 class SegDataset:

@@ -42,7 +42,8 @@ class Cityscapes(FolderDataset):
     raw_values = 19
     download_hint = ("Download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip (cityscapes-dataset.com) "
                      "into the data folder's cityscapes/, then run `phreg-bench data convert-cityscapes "
-                     "--data-root DIR` (or cityscapesscripts' createTrainIdLabelImgs) for *_gtFine_labelTrainIds.png.")
+                     "--data-root DIR` (or cityscapesscripts' createTrainIdLabelImgs) for *_gtFine_labelTrainIds.png; "
+                     "add --overwrite to rewrite ones that already exist, e.g. ones reported as bad.")
 
 
 def convert_cityscapes(data_root: str | os.PathLike | None, splits: tuple[str, ...] = ("val", "train"),

@@ -62,7 +62,8 @@ class COCOStuff(FolderDataset):
     num_classes = 171
     raw_values = 171
     download_hint = (f"{COCO_HINT}, then run `phreg-bench data convert-coco-stuff --data-root DIR` "
-                     "(or mmseg's tools/dataset_converters/coco_stuff164k.py).")
+                     "(or mmseg's tools/dataset_converters/coco_stuff164k.py); add --overwrite to rewrite label "
+                     "files that already exist, e.g. ones reported as bad.")
 
 
 class COCOObject(COCOStuff):
@@ -72,7 +73,8 @@ class COCOObject(COCOStuff):
     raw_values = 81
     has_background = True
     download_hint = (f"{COCO_HINT}, then run `phreg-bench data convert-coco-object --data-root DIR` "
-                     "(same output as NACLIP's datasets/cvt_coco_object.py).")
+                     "(same output as NACLIP's datasets/cvt_coco_object.py); add --overwrite to rewrite label "
+                     "files that already exist, e.g. ones reported as bad.")
 
 
 # -- converters ---------------------------------------------------------------------------------------

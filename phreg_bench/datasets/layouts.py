@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phreg_bench.datasets.base import DatasetError, SegDataset
+from phreg_bench.datasets.base import DatasetError, SegDataset, resolve_listed
 
 
 class ListedDataset(SegDataset):
-    """Ids from a split list file; ``<image_dir>/<id><image_suffix>`` + ``<label_dir>/<id><label_suffix>``.
+    """Samples from a split list file, in the list's order (as mmseg's ``ann_file``).
 
     ``split_files`` maps a split to candidate list files (the first that exists is used) and its label
     folder, e.g. VOC's ``train_aug`` → ``ImageSets/Segmentation/{train_aug,aug}.txt`` + ``SegmentationClassAug``.
-    Order = the list file's order (as mmseg's ``ann_file``).
+    Two line formats are read (one per file; blank lines ignored):
+
+    * one column, an id (mmseg): ``<image_dir>/<id><image_suffix>`` + ``<label_dir>/<id><label_suffix>``;
+      an id is a file stem, so it may not contain ``/``, ``\\`` or be ``..``;
+    * two columns, ``<image path> <label path>`` (DeepLab / SBD ``train_aug.txt``:
+      ``/JPEGImages/x.jpg /SegmentationClassAug/x.png``): paths relative to the dataset folder (a leading
+      ``/`` means the dataset folder), which must stay inside it; the id is the image's file stem.
+
+    Anything else raises :class:`DatasetError` naming the file, the line and the expected formats.
     """
 
     image_dir: str = "JPEGImages"
@@ -34,9 +42,29 @@ class ListedDataset(SegDataset):
 
     def list_pairs(self, split: str) -> list[tuple[str, Path, Path]]:
         path, label_dir = self.list_file(split)
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        return [(i, self.root / self.image_dir / f"{i}{self.image_suffix}",
-                 self.root / label_dir / f"{i}{self.label_suffix}") for i in ids]
+        expected = (f"expected one id per line (e.g. 2007_000032) or '<image path> <label path>' pairs "
+                    f"(e.g. /{self.image_dir}/2007_000032{self.image_suffix} /{label_dir}/2007_000032"
+                    f"{self.label_suffix})")
+        pairs, columns = [], None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) > 2 or (columns is not None and len(parts) != columns):
+                raise DatasetError(f"{path} line {number}: {line.strip()!r} does not match the file's format; "
+                                   f"{expected}")
+            columns = len(parts)
+            if columns == 1:
+                sample_id = parts[0]
+                if "/" in sample_id or "\\" in sample_id or sample_id in (".", ".."):
+                    raise DatasetError(f"{path} line {number}: {sample_id!r} is not an id (a file stem); {expected}")
+                pairs.append((sample_id, self.root / self.image_dir / f"{sample_id}{self.image_suffix}",
+                              self.root / label_dir / f"{sample_id}{self.label_suffix}"))
+            else:
+                image = resolve_listed(self.root, "", parts[0], path, number)
+                label = resolve_listed(self.root, "", parts[1], path, number)
+                pairs.append((image.stem, image, label))
+        return pairs
 
 
 class FolderDataset(SegDataset):

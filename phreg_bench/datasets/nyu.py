@@ -18,7 +18,14 @@ Two on-disk layouts are read, both under ``<data root>/nyu_depth_v2/`` (or that 
     dataset folder, depth PNGs in millimetres (``depth_scale=1000``). Train lists: ``nyu_train.txt`` or
     ``nyudepthv2_train_files_with_gt.txt`` (the 24,231-pair ``sync`` subset); test lists: ``nyu_test.txt`` or
     ``nyudepthv2_test_files_with_gt.txt`` (the same 654 official test frames). BTS-named lists give paths
-    relative to ``sync/`` (train) and ``official_splits/test/`` (test); both bases are tried.
+    relative to ``sync/`` (train) and ``official_splits/test/`` (test); both bases are tried. Every listed
+    path must stay inside the dataset folder.
+
+Depth PNGs are checked on read (:func:`read_depth_png`): they must be 16-bit (or 32-bit integer) greyscale
+millimetres. An 8-bit PNG — the widely shared repackaging that stores ``0..255 = 0..10 m`` — is refused with
+the conversion to apply, as is a 16-bit file whose depths are implausible for NYU's Kinect frames (all below
+``PLAUSIBLE_MAX_DEPTH_M[0]`` or some above ``PLAUSIBLE_MAX_DEPTH_M[1]``): read as millimetres, such files
+would silently give depths of 0.03-0.26 m.
 
 ``source="auto"`` reads ``labeled`` when the ``.mat`` files are present, otherwise ``sync``.
 """
@@ -31,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from phreg_bench.datasets.base import CheckReport, DatasetError, read_image, resolve_data_root
+from phreg_bench.datasets.base import CheckReport, DatasetError, read_image, resolve_data_root, resolve_listed
+from phreg_core.images import ImageReadError, open_image
 
 FOLDER = "nyu_depth_v2"
 MAT_FILE = "nyu_depth_v2_labeled.mat"
@@ -45,6 +52,13 @@ SPLIT_FILES = {
 SPLIT_BASES = {"train": ("", "sync"), "test": ("", "official_splits/test")}
 EXPECTED = {"labeled": {"train": 795, "test": 654}, "sync": {"train": 24231, "test": 654}}
 DEPTH_SCALE = 1000.0  # depth PNGs hold millimetres [Monocular-Depth-Estimation-Toolbox NYUDataset depth_scale]
+DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit (or 32-bit integer) greyscale PNG
+EIGHT_BIT_MODES = ("L", "P", "1", "LA", "PA")
+# The largest valid depth of a real NYU frame lies inside this range (metres): the Kinect v1 measures from
+# about 0.5 m to about 10 m [Silberman et al., ECCV 2012, NYU Depth v2], and a room frame always reaches past
+# 0.3 m; 16-bit millimetres cannot exceed 65.5 m. Outside it the file is not in millimetres.
+PLAUSIBLE_MAX_DEPTH_M = (0.3, 20.0)
+EIGHT_BIT_FULL_SCALE_M = 10.0  # the 8-bit repackaging maps 0..255 to 0..10 m
 BTS_VALID_RGB = (7, 474, 7, 632)  # BTS extraction keeps image[7:474, 7:632] and blacks out the border
 DOWNLOAD_HINT = (
     "Put nyu_depth_v2_labeled.mat and splits.mat (https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html, "
@@ -112,22 +126,29 @@ class NYUv2Depth:
         raise DatasetError(f"NYUv2 sync source: no {' or '.join(SPLIT_FILES[self.split])} in {self.root}. "
                            f"{DOWNLOAD_HINT}")
 
-    def _resolve(self, relative: str) -> Path:
-        relative = relative.lstrip("/\\")
-        for base in SPLIT_BASES[self.split]:
-            path = self.root / base / relative
+    def _resolve(self, relative: str, list_file: Path, number: int) -> Path:
+        candidates = [resolve_listed(self.root, base, relative, list_file, number) for base in SPLIT_BASES[self.split]]
+        for path in candidates:
             if path.exists():
                 return path
-        raise DatasetError(f"NYUv2: {relative} (listed in {self.split_file().name}) not found under {self.root} "
+        raise DatasetError(f"NYUv2: {relative} (listed in {list_file.name}) not found under {self.root} "
                            f"or its {SPLIT_BASES[self.split][1]}/ folder")
 
     def _list_sync(self) -> list[tuple[str, Path, Path]]:
         items = []
-        for line in self.split_file().read_text().splitlines():
+        list_file = self.split_file()
+        for number, line in enumerate(list_file.read_text().splitlines(), 1):
             parts = line.strip().split()
-            if len(parts) < 2 or parts[1] == "None":
+            if not parts:
                 continue
-            items.append((parts[0].lstrip("/"), self._resolve(parts[0]), self._resolve(parts[1])))
+            if len(parts) < 2:
+                raise DatasetError(f"{list_file} line {number}: {line.strip()!r} has one column; expected "
+                                   "'<rgb path> <depth png path> [focal]' per line (BTS / Monocular-Depth-"
+                                   "Estimation-Toolbox format, 'None' as depth to skip a frame)")
+            if parts[1] == "None":
+                continue
+            items.append((parts[0].lstrip("/"), self._resolve(parts[0], list_file, number),
+                          self._resolve(parts[1], list_file, number)))
         return sorted(items, key=lambda item: item[0])  # the reference sorts by file name
 
     # -- reading --------------------------------------------------------------------------------------
@@ -164,11 +185,7 @@ class NYUv2Depth:
             return DepthSample(framed, depth, self._id(item))
         sample_id, image_path, depth_path = item
         image = read_image(image_path)
-        try:
-            with Image.open(depth_path) as png:
-                depth = np.asarray(png, dtype=np.float32) / DEPTH_SCALE
-        except OSError as error:
-            raise DatasetError(f"depth map {depth_path} cannot be read ({error})") from error
+        depth = read_depth_png(depth_path)
         if depth.shape != image.shape[:2]:
             raise DatasetError(f"depth map {depth_path} is {depth.shape} but image {image_path} is {image.shape[:2]}")
         return DepthSample(image, depth, sample_id)
@@ -196,6 +213,11 @@ class NYUv2Depth:
                                fix=DOWNLOAD_HINT)
         report = CheckReport(cls.name, f"{split} ({reader.source})", reader.root,
                              EXPECTED[reader.source][split], len(reader))
+        if not deep and reader.source == "sync" and len(reader):
+            try:  # one depth map tells its format (8-bit repackaging, wrong scale) without the slow --deep
+                read_depth_png(reader.items[0][2])
+            except DatasetError as error:
+                report.problems.append(str(error))
         if deep:
             for index in range(len(reader)):
                 try:
@@ -211,6 +233,43 @@ class NYUv2Depth:
         if self._h5 is not None:
             self._h5.close()
             self._h5 = None
+
+
+def read_depth_png(path: Path) -> np.ndarray:
+    """Depth ``float32 [H, W]`` in metres (0 = no measurement) from a 16-bit millimetre PNG.
+
+    Raises :class:`DatasetError` naming the file for an unreadable file, an 8-bit PNG (the ``0..255 =
+    0..10 m`` repackaging, with the conversion to apply), another mode, or implausible depths (see
+    :data:`PLAUSIBLE_MAX_DEPTH_M`).
+    """
+    try:
+        with open_image(path) as png:
+            mode = png.mode
+            if mode in EIGHT_BIT_MODES:
+                raise DatasetError(
+                    f"depth map {path} is an 8-bit PNG (Pillow mode {mode!r}), not 16-bit millimetres: it is "
+                    f"probably the repackaging that stores 0..255 = 0..{EIGHT_BIT_FULL_SCALE_M:g} m (4 cm steps), "
+                    "which would read as 0-0.26 m. Use the BTS 'sync' / 'official_splits' depth PNGs (uint16 mm), "
+                    f"or convert every such file to a uint16 PNG of millimetres = round(v * "
+                    f"{EIGHT_BIT_FULL_SCALE_M * DEPTH_SCALE:g} / 255) (this keeps its 4 cm precision)")
+            if mode not in DEPTH_MODES:
+                raise DatasetError(f"depth map {path} has Pillow mode {mode!r}; expected a 16-bit greyscale PNG "
+                                   "of millimetres (BTS 'sync' / 'official_splits' layout)")
+            raw = np.asarray(png).astype(np.float32)
+    except ImageReadError as error:
+        raise DatasetError(f"depth map: {error}") from error
+    depth = raw / DEPTH_SCALE
+    valid = depth[depth > 0]
+    if valid.size:
+        top = float(valid.max())
+        low, high = PLAUSIBLE_MAX_DEPTH_M
+        if not low <= top <= high:
+            hint = ("an 8-bit 0..255 depth saved as 16 bits? convert v to millimetres = round(v * 10000 / 255)"
+                    if top < low else "the file is not in millimetres (e.g. scaled to the full 16-bit range)")
+            raise DatasetError(f"depth map {path} reads as depths up to {top:.3f} m, read as millimetres; NYU "
+                               f"frames reach between {low:g} and {high:g} m: {hint}. Use the BTS uint16 "
+                               "millimetre PNGs")
+    return depth
 
 
 def _scaled_rgb_box(shape: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -127,6 +127,13 @@ class LinearProbeDepth(ProbeFamily):
     needs_text = False
     settings_class = DepthSettings
 
+    def data_splits(self, spec: TaskSpec, protocol: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(dataset, split, check options)`` of every split a run reads: the test frames and the training
+        frames, each from its protocol source (what ``phreg-bench data check`` must check)."""
+        _, settings = spec.protocol(protocol if protocol in spec.protocols else None)
+        return [(spec.dataset, "test", {"source": settings.get("test_source", "auto")}),
+                (spec.dataset, "train", {"source": settings.get("train_source", "auto")})]
+
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         settings = self.check_settings(settings, spec)
         info = model.backbone.info

@@ -31,8 +31,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
+from phreg_bench.inference import check_window_settings
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.augment import rescale_size, resize_image, resize_label, seg_train_augment
 from phreg_bench.probes.cache import ArraySpec
@@ -42,6 +42,7 @@ from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import NamedSettings, ProtocolError, require
+from phreg_core.images import open_image
 
 PAPER_STRIDE = 341  # slide stride with crop 518 [PH-Reg voc21_cfg.py test_cfg]
 PAPER_CROP = 518
@@ -107,6 +108,8 @@ class LinsegSettings(ProbeSettings):
                 f"must be 'auto' or > 0, got {self.input_size}")
         require("slide_stride", self.slide_stride == "auto" or self.slide_stride > 0,
                 f"must be 'auto' or > 0, got {self.slide_stride}")
+        if self.input_size != "auto" and self.slide_stride != "auto":  # "auto" is checked once resolved
+            check_window_settings(self.input_size, self.slide_stride, WINDOW_OPTION_NAMES)
         require("resize_long_max", self.resize_long_max > 0, f"must be > 0, got {self.resize_long_max}")
         require("poly_power", self.poly_power >= 0, f"must be >= 0, got {self.poly_power}")
         require("eta_min", 0 <= self.eta_min <= self.lr, f"must be in [0, lr], got {self.eta_min}")
@@ -150,18 +153,25 @@ def resolve_stride(setting: Any, size: int) -> int:
     return PAPER_STRIDE if size == PAPER_CROP else max(1, round(size * PAPER_STRIDE / PAPER_CROP))
 
 
+WINDOW_OPTION_NAMES = ("input_size", "slide_stride")  # the window size and stride as --protocol-override names
+
+
 def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg ``slide_inference`` window boxes ``(y1, y2, x1, x2)``; the last window is flush with the edge."""
+    """mmseg ``slide_inference`` window boxes ``(y1, y2, x1, x2)``; the last window is flush with the edge.
+
+    The project's one layout (:func:`phreg_bench.inference.window_boxes`); settings that leave pixels
+    uncovered (``slide_stride > input_size``) raise, naming those options.
+    """
     from phreg_bench.inference import window_boxes
 
-    return window_boxes(height, width, crop, stride)
+    return window_boxes(height, width, crop, stride, names=WINDOW_OPTION_NAMES)
 
 
 def image_size(dataset, index: int) -> tuple[int, int]:
     """``(H, W)`` of a sample, from the image header when the reader lists paths."""
     pairs = getattr(dataset, "pairs", None)
     if pairs is not None:
-        with Image.open(pairs[index][1]) as image:
+        with open_image(pairs[index][1]) as image:  # header only; bad files raise one line naming them
             return image.height, image.width
     return tuple(dataset[index].image.shape[:2])
 
@@ -203,6 +213,15 @@ class LinearProbeSegmentation(ProbeFamily):
     needs_text = False
     settings_class = LinsegSettings
 
+    def data_splits(self, spec: TaskSpec, protocol: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(dataset, split, check options)`` of every split a run reads: the evaluated one and ``train_split``
+        (what ``phreg-bench data check`` must check)."""
+        _, settings = spec.protocol(protocol if protocol in spec.protocols else None)
+        splits = [(spec.dataset, spec.split, {})]
+        if settings.get("train_split", spec.split) != spec.split:
+            splits.append((spec.dataset, settings["train_split"], {}))
+        return splits
+
     # -- the run --------------------------------------------------------------------------------------
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         from phreg_bench.registries import DATASETS
@@ -211,6 +230,7 @@ class LinearProbeSegmentation(ProbeFamily):
         info = model.backbone.info
         size = resolve_input_size(settings["input_size"], info.patch_size)
         stride = resolve_stride(settings["slide_stride"], size)
+        check_window_settings(size, stride, WINDOW_OPTION_NAMES)  # before any data is read
         long_max = int(settings["resize_long_max"])
         mode = settings["train_features"]
         reader = DATASETS.get(spec.dataset)

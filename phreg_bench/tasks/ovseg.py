@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from phreg_bench.datasets.base import DatasetError
-from phreg_bench.inference import HarnessSettings, OVSegPredictor
+from phreg_bench.inference import HarnessSettings, OVSegPredictor, check_window_settings
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
@@ -50,6 +50,8 @@ class OVSegSettings(NamedSettings):
         require("resize", self.resize >= 0, f"must be >= 0, got {self.resize}")
         require("crop", self.crop >= 0, f"must be >= 0 (0: whole image), got {self.crop}")
         require("stride", self.crop == 0 or self.stride > 0, f"must be > 0 when crop > 0, got {self.stride}")
+        if self.crop > 0:
+            check_window_settings(self.crop, self.stride)  # every pixel covered by a window
         require("logit_scale", self.logit_scale > 0, f"must be > 0, got {self.logit_scale}")
         require("prob_thd", 0.0 <= self.prob_thd <= 1.0, f"must be in [0, 1], got {self.prob_thd}")
         require("area_thd", self.area_thd is None or 0.0 <= self.area_thd <= 1.0,
@@ -149,7 +151,7 @@ class OpenVocabSegmentation(TaskFamily):
                 break
             if isinstance(sample, str):
                 if not skip:
-                    raise DatasetError(f"{sample} (or set skip_corrupt to skip such files and count them)")
+                    raise DatasetError(f"{sample} (or pass --skip-corrupt to skip such files and count them)")
                 skipped.append(sample)
                 continue
             label = torch.from_numpy(sample.label).to(ctx.device)
