@@ -18,3 +18,7 @@ METHODS.add("tta", "phreg_bench.methods.tta:build",
             summary="test-time shift/flip denoising with N views around an inner method")
 METHODS.add("phreg", "phreg_bench.methods.phreg:build", aliases=("ph-reg",),
             summary="PH-Reg student: distilled registers loaded from an adapter file")
+METHODS.add("ttr", "phreg_bench.methods.ttr:build", aliases=("test-time-registers",),
+            summary="test-time registers: register neurons moved onto one appended zero token, training-free "
+                    "(Jiang et al., NeurIPS'25, arXiv:2506.08010); -o neurons=FILE or -o data=DIR",
+            citation="arXiv:2506.08010")
