@@ -86,13 +86,16 @@ def _timm_reference(model, image, neurons, hook, registers=1):
 
 @pytest.mark.parametrize("rule, hook", [("max", reference_activate_on_registers),
                                         ("sign_max", reference_activate_on_registers_hub)])
-def test_timm_output_equals_the_reference_intervention(rule, hook):
+def test_timm_output_equals_the_reference_intervention(rule, hook, tmp_path):
+    from phreg_bench.registries import METHODS
+
     backbone = _timm_backbone()
     model, vision = backbone.vision.model, backbone.vision
     images = torch.randn(3, 3, 64, 64)  # the reduced model's native 4x4 grid
-    ttr = TestTimeRegisters(NEURONS, registers=1, rule=rule)
+    (tmp_path / "neurons.json").write_text(json.dumps({str(k): v for k, v in NEURONS.items()}))
+    method = METHODS.get("ttr")(backbone, neurons=str(tmp_path / "neurons.json"), rule=rule)
     with torch.no_grad():
-        ours = ttr.forward_tokens(vision, images)[0]
+        ours = method.forward_tokens(images)
         reference = torch.cat([_timm_reference(model, images[i : i + 1], NEURONS, hook) for i in range(3)])
         raw = vision.forward_tokens(images)[0].patches
     grid = ours.grid
@@ -315,25 +318,33 @@ def test_method_options_files_and_identity(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(RegisterNeuronsError, match="other weights"):
         build(teacher, neurons=str(tmp_path / "other.json"))
-    (tmp_path / "plain.json").write_text(json.dumps({"2": [0, 175]}))
+    truth = {str(k): v for k, v in register_neuron_indices(teacher.vision.model).items()}
+    (tmp_path / "plain.json").write_text(json.dumps(truth))
     model = build(teacher, neurons=str(tmp_path / "plain.json"))
     config = model.describe()["config"]
-    assert config["neurons"] == {"2": [0, 175]} and config["registers"] == 1 and config["rule"] == "max"
+    assert config["neurons"] == truth and config["registers"] == 1 and config["rule"] == "max"
     with torch.no_grad():
         out = model.forward_tokens(_scenes(teacher, 0, 2), project=False)
     assert out.patches.shape == (2, 64, 10, 10) and out.prefix.shape == (2, 2, 64)
+    # -o data=DIR: found inside the method, with finder options as -o options
+    _write_scenes(tmp_path / "images", 8)
+    found = build(teacher, data=str(tmp_path / "images"), top_k=2, num_images=6, batch_size=4, highest_layer=3)
+    assert {k: sorted(v) for k, v in found.describe()["config"]["neurons"].items()} == truth
+
+
+def _write_scenes(folder, count):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(render(i, 40, 0).image).save(folder / f"{i}.png")
 
 
 def test_cli_find_writes_the_neurons_and_run_uses_them(tmp_path, capsys):
-    from PIL import Image
-
     from phreg_bench.cli import main
     from phreg_bench.results.store import read_result
 
-    folder = tmp_path / "images" / "nested"
-    folder.mkdir(parents=True)
-    for i in range(12):
-        Image.fromarray(render(i, 40, 0).image).save(folder / f"{i}.png")
+    _write_scenes(tmp_path / "images" / "nested", 12)
     out = tmp_path / "neurons.json"
     assert main(["ttr", "find", "-b", "planted-vit", "--data", str(tmp_path / "images"), "--out", str(out),
                  "--device", "cpu", "--batch-size", "5", "--no-progress"]) == 0
