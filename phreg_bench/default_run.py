@@ -3,8 +3,9 @@
 1. The synthetic world and the planted-artifact ViT (:mod:`phreg_bench.synthetic.pipeline`): a short PH-Reg
    distillation, the proof table (outlier rate, probe mIoU, depth RMSE for raw / TTA / PH-Reg / the
    artifact-free twin) and the figures.
-2. The benchmark side: ``planted-vit`` × {raw, tta, phreg (the adapter just trained)} and
-   ``planted-vit-twin`` × raw on the built-in task, one result file each, then the leaderboard.
+2. The benchmark side: ``planted-vit`` × {raw, tta, phreg (the adapter just trained), ttr (the register
+   neurons just found)} and ``planted-vit-twin`` × raw on the built-in task, one result file each, then the
+   leaderboard.
 
 Everything is written under ``--results-dir``; finished work is skipped on a rerun, and a killed run
 resumes (the distillation from its checkpoint, the tasks from the first missing result).
@@ -48,7 +49,8 @@ def run_default(args: argparse.Namespace) -> int:
         ctx = RunContext(cache_dir=args.cache_dir, device=device, precision=args.precision,
                          batch_size=args.batch_size, seed=args.seed, progress=progress)
         teacher, twin = build_backbone(TEACHER), build_backbone(TWIN)
-        jobs = [(teacher, "raw", {}), (teacher, "tta", {}), (teacher, "phreg", {"adapter": adapter}), (twin, "raw", {})]
+        jobs = [(teacher, "raw", {}), (teacher, "tta", {}), (teacher, "phreg", {"adapter": adapter}),
+                (teacher, "ttr", {"neurons": summary["ttr_neurons"]}), (twin, "raw", {})]
         for backbone, method, options in jobs:
             request = RunRequest(backbone=backbone.info.name, method=method, method_options=options,
                                  tasks=DEFAULT_TASKS, results_dir=results_dir, overwrite=args.overwrite)
@@ -64,6 +66,7 @@ def run_default(args: argparse.Namespace) -> int:
     console.print(f"results:     {results_dir}")
     console.print(f"proof table: {summary['table_md']}")
     console.print(f"adapter:     {summary['adapter']}")
+    console.print(f"ttr neurons: {summary['ttr_neurons']}")
     for path in summary["figures"]:
         console.print(f"figure:      {path}")
     for path in written:

@@ -214,6 +214,7 @@ class ViTAdapter(nn.Module):
         layers: Sequence[int] = (-1,),
         *,
         registers: Tensor | None = None,
+        register_placement: str | None = None,
         last_block: LastBlockFn | None = None,
         final_norm: bool = True,
         project: bool = False,
@@ -223,13 +224,15 @@ class ViTAdapter(nn.Module):
         ``registers`` ``[R, C]`` are inserted after embedding (before ``norm_pre``) at
         ``register_placement``. ``last_block`` replaces the final block (training-free methods, PH-Reg's
         MaskCLIP student). ``final_norm`` applies the final norm to every returned layer; ``project``
-        (only with ``final_norm``) maps tokens through the CLIP projection.
+        (only with ``final_norm``) maps tokens through the CLIP projection. ``register_placement``
+        overrides the adapter's placement for this call (test-time registers always append).
         """
         depth = self.depth
         wanted = sorted({layer % depth for layer in layers})
         tokens, layout = self.embed(images)
         if registers is not None:
-            tokens, layout = insert_registers(tokens, layout, registers, self.register_placement)
+            placement = register_placement or self.register_placement
+            tokens, layout = insert_registers(tokens, layout, registers, placement)
         tokens = self.norm_pre(tokens)
         outputs: dict[int, Tensor] = {}
         for index, block in enumerate(self.blocks):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from phreg_bench.synthetic.pipeline import FULL, headline, run_default
-from phreg_bench.synthetic.proof import ProofConfig
+from phreg_bench.synthetic.proof import TTR, ProofConfig
 
 pytestmark = pytest.mark.slow  # two pipeline runs (distillation, probes, figures)
 
@@ -21,7 +21,8 @@ def test_run_default_writes_everything_and_resumes(tmp_path):
     summary = run_default(tmp_path, config=TINY, log=lambda line: None, threads=1)
     assert torch.get_num_threads() == threads  # restored
     names = [row["name"] for row in summary["rows"]]
-    assert names == ["teacher (raw)", "teacher + TTA (10 views)", FULL, "twin (no artifacts)"]
+    assert names == ["teacher (raw)", "teacher + TTA (10 views)", FULL, TTR, "twin (no artifacts)"]
+    assert summary["ttr_finder"]["recall_at_k"] >= 0.8 and (tmp_path / "ttr-neurons.json").is_file()
     assert (tmp_path / "phreg-adapter" / "adapter.safetensors").is_file()
     assert json.loads((tmp_path / "phreg-adapter" / "adapter.json").read_text())["steps"] == TINY.steps
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == summary["rows"]

@@ -5,13 +5,15 @@
     its probes move from the raw teacher towards the artifact-free twin;
 (c) ablations as in the paper's Table 3: without registers the student cannot restore the artifact
     tokens' content; without denoised targets it keeps the artifacts.
+(d) test-time registers (training-free): the finder recovers the planted register neurons and moving them
+    onto the appended token removes the outliers and restores the twin's features.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from phreg_bench.synthetic.proof import ProofConfig, format_table, run_proof
+from phreg_bench.synthetic.proof import TTR, ProofConfig, format_table, run_proof
 
 pytestmark = pytest.mark.slow  # three distillations of 100 steps
 
@@ -20,9 +22,14 @@ CONFIG = ProofConfig(num_distill=64, num_probe=64, num_eval=32, steps=100,
 
 
 @pytest.fixture(scope="module")
-def rows():
+def result():
     result = run_proof(CONFIG, log=lambda line: None)
     print(format_table(result.rows))
+    return result
+
+
+@pytest.fixture(scope="module")
+def rows(result):
     return {row.name: row for row in result.rows}
 
 
@@ -61,3 +68,13 @@ def test_c_ablations_registers_and_denoising_both_matter(rows):
     assert no_denoise.outlier_rate > 0.5 * raw.outlier_rate
     assert no_denoise.cos_to_twin_p01 < 0.0
     assert no_denoise.depth_rmse > full.depth_rmse + 0.03
+
+
+def test_d_test_time_registers_find_the_planted_neurons_and_remove_the_artifacts(result, rows):
+    raw, ttr, twin = rows["teacher (raw)"], rows[TTR], rows["twin (no artifacts)"]
+    finder = result.ttr_finder
+    assert finder["recall_at_k"] >= 0.8 and finder["r_precision"] >= 0.8
+    assert ttr.outlier_reduction >= 80.0
+    assert ttr.register_share >= 80.0  # the planted firing moved onto the appended register
+    assert ttr.cos_to_twin_p01 > raw.cos_to_twin_p01 + 0.5  # the artifact patches got their content back
+    assert abs(ttr.depth_rmse - twin.depth_rmse) < abs(raw.depth_rmse - twin.depth_rmse)

@@ -19,7 +19,7 @@ embedding put there.
   high on the ground and on textured objects, near zero on the smooth sky and wall and on plain objects.
 * **Positional embedding.** General channels get a 2-D sin/cos code; each P channel gets an i.i.d.
   N(0, 0.2²) value per grid position — the position preference of one register neuron.
-* **Register neurons** (:class:`RegisterNeurons`, on the output of block ``artifact_layer`` = 2 of 5).
+* **Register neurons** (:class:`RegisterNeurons`, in block ``artifact_layer`` = 2 of 5).
   For every token except CLS — patches *and any register tokens* — neuron k scores
   ``z_k = a·x[P_k] + b·cos(h_k, x[T]) − α·max(0, mean(x[T]²) − E₀)``: its position preference, a random
   readout of the *phase* of the fine texture, and a penalty once the texture energy exceeds E₀ (so only
@@ -28,6 +28,12 @@ embedding put there.
   0.6). A fired token is overwritten by ``A·u + g``: a huge vector (norm 30·√C) along the massive
   channels U plus the global mean token ``g`` — it loses its local content, gets a very high norm and
   carries global information instead.
+  The neurons are genuine MLP hidden units of that block (:class:`PlantedMlp`): ``num_neurons`` extra
+  units at random positions of its hidden layer (:func:`register_neuron_indices` gives them), whose
+  activation (read after ``mlp.act``) is ``neuron_activation`` × the neuron's firing — a massive
+  activation, as Jiang et al. find — and whose ``fc1`` rows and ``fc2`` columns are zero. The block
+  overwrites a token by the firing it reads back from those units, so an intervention on the hidden
+  activation (a forward hook on ``mlp.act``, what test-time registers do) moves the artifact with them.
 * **Attention to artifacts.** Every later block adds to its query bias the key direction of an
   artifact token, so all tokens put extra attention (``attention_boost`` = 3 nats of logit) on them.
 * **Output.** The final LayerNorm has gain ``massive_gain`` = 6 on U (and 0 on the internal P channels):
@@ -57,13 +63,14 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from phreg_bench.backbones.base import Backbone, BackboneInfo
 
-__all__ = ["PlantedBlock", "PlantedSpec", "RegisterNeurons", "build_planted_model", "build_planted_twin",
-           "build_planted_vit", "firing_maps", "set_artifacts"]
+__all__ = ["PlantedBlock", "PlantedMlp", "PlantedSpec", "RegisterNeurons", "build_planted_model",
+           "build_planted_twin", "build_planted_vit", "firing_maps", "register_neuron_indices", "set_artifacts"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class PlantedSpec:
     residual_gain: float = 0.5  # scale of the attention-output and MLP-output weights
     attention_boost: float = 3.0  # extra attention logit on an artifact token in later blocks
     massive_gain: float = 6.0  # final-norm gain on the massive channels
+    neuron_activation: float = 30.0  # MLP activation of a fully fired register neuron (a massive activation)
     seed: int = 0
 
     @property
@@ -148,33 +156,104 @@ class RegisterNeurons(nn.Module):
         return (h @ self.position_readout.T + phase @ self.texture_readout.T
                 - self.texture_penalty * (energy - self.smooth_energy).clamp(min=0.0))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.enabled:
-            self.last_firing = None
-            return x
-        cls, tokens = x[:, :1], x[:, 1:]
-        weights = torch.softmax(self.sharpness * self.scores(tokens), dim=1)  # over tokens, per neuron
+    def fire(self, x: Tensor) -> Tensor:
+        """Per-neuron firing ``[B, N, K]`` in [0, 1] of a sequence ``[B, N, C]`` (0 on CLS, token 0)."""
+        weights = torch.softmax(self.sharpness * self.scores(x[:, 1:]), dim=1)  # over tokens, per neuron
         ramp = ((weights - self.fire_low) / (self.fire_high - self.fire_low)).clamp(0.0, 1.0)
         fired = ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: a token fires only when it clearly wins
+        return torch.cat([torch.zeros_like(fired[:, :1]), fired], dim=1)
+
+    def overwrite(self, x: Tensor, fired: Tensor) -> Tensor:
+        """Overwrite the non-CLS tokens of ``x`` ``[B, N, C]`` by the per-neuron firing ``[B, N, K]``."""
+        cls, tokens = x[:, :1], x[:, 1:]
+        fired = fired[:, 1:].float().clamp(0.0, 1.0)
         firing = 1.0 - torch.prod(1.0 - fired, dim=-1, keepdim=True)  # [B, N-1, 1]
         self.last_firing = firing.detach()[..., 0]
         target = self.artifact.to(x.dtype) + tokens.mean(dim=1, keepdim=True)  # massive + global summary
         tokens = tokens + firing.to(x.dtype) * (target - tokens)
         return torch.cat([cls, tokens], dim=1)
 
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            self.last_firing = None
+            return x
+        return self.overwrite(x, self.fire(x))
+
+
+class _NeuronActivation(nn.GELU):
+    """``mlp.act`` of the planted block: GELU, except that the register-neuron units carry the firing.
+
+    The block sets ``firing`` ``[B, N, K]`` for the duration of its forward; without it (the twin, or a
+    plain call) this is the GELU, and the register-neuron units are GELU(0) = 0.
+    """
+
+    def __init__(self, index: Tensor, gain: float):
+        super().__init__()
+        self.register_buffer("index", index)
+        self.gain = gain
+        self.firing: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        if self.firing is None:
+            return out
+        return out.index_copy(-1, self.index, (self.gain * self.firing).to(out.dtype))
+
+
+class PlantedMlp(Mlp):
+    """The planted block's MLP: timm's ``Mlp`` whose hidden layer holds the register neurons.
+
+    ``neuron_output`` ``[B, N, K]`` keeps the register-neuron units as ``fc2`` received them: after
+    ``mlp.act`` *and its forward hooks*, so an intervention on the hidden activation reaches the block.
+    """
+
+    def __init__(self, mlp: Mlp, index: Tensor, gain: float):
+        dim, hidden = mlp.fc1.in_features, mlp.fc1.out_features + len(index)
+        super().__init__(dim, hidden, bias=mlp.fc1.bias is not None)
+        keep = torch.ones(hidden, dtype=torch.bool)
+        keep[index] = False
+        with torch.no_grad():
+            self.fc1.weight.zero_()
+            self.fc1.weight[keep] = mlp.fc1.weight
+            self.fc2.weight.zero_()
+            self.fc2.weight[:, keep] = mlp.fc2.weight
+            if self.fc1.bias is not None:
+                self.fc1.bias.zero_()
+                self.fc1.bias[keep] = mlp.fc1.bias
+                self.fc2.bias.copy_(mlp.fc2.bias)
+        self.act = _NeuronActivation(index, gain)
+        self.neuron_output: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.act(self.fc1(x))
+        self.neuron_output = hidden[..., self.act.index]
+        return self.drop2(self.fc2(self.norm(self.drop1(hidden))))
+
 
 class PlantedBlock(Block):
-    """A timm ``Block``; when ``register_neurons`` is set they act on the block's output."""
+    """A timm ``Block``; when ``register_neurons`` is set they fire in its MLP and overwrite its output.
+
+    The firing is computed on the block's input: no block writes the texture or score channels, so they
+    are the same on its input and its output.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.register_neurons: RegisterNeurons | None = None
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        if self.register_neurons is not None:
-            x = self.register_neurons(x)
-        return x
+        neurons = self.register_neurons
+        if neurons is None or not neurons.enabled:
+            if neurons is not None:
+                neurons.last_firing = None
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        mlp: PlantedMlp = self.mlp
+        mlp.act.firing = neurons.fire(x)
+        try:
+            x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        finally:
+            mlp.act.firing = None
+        return neurons.overwrite(x, mlp.neuron_output / mlp.act.gain)
 
 
 def _sincos_2d(grid: int, dim: int) -> Tensor:
@@ -272,7 +351,11 @@ def build_planted_model(spec: PlantedSpec = PlantedSpec(), artifacts: bool = Tru
                                   dynamic_img_size=True, block_fn=PlantedBlock)
     gen = torch.Generator().manual_seed(spec.seed)
     _plant_weights(model, spec, gen)
-    model.blocks[spec.artifact_layer].register_neurons = RegisterNeurons(spec, gen)
+    block = model.blocks[spec.artifact_layer]
+    block.register_neurons = RegisterNeurons(spec, gen)
+    hidden = block.mlp.fc1.out_features + spec.num_neurons
+    index = torch.randperm(hidden, generator=gen)[: spec.num_neurons].sort().values
+    block.mlp = PlantedMlp(block.mlp, index, spec.neuron_activation)
     set_artifacts(model, artifacts)
     return model.eval()
 
@@ -282,6 +365,15 @@ def set_artifacts(module: nn.Module, enabled: bool) -> None:
     for sub in module.modules():
         if isinstance(sub, RegisterNeurons):
             sub.enabled = bool(enabled)
+
+
+def register_neuron_indices(model: nn.Module) -> dict[int, list[int]]:
+    """The planted register neurons of a planted ViT ``model``: ``{block index: [hidden-unit indices]}``.
+
+    This is the known truth a register-neuron finder should recover (units of ``blocks[i].mlp.act``).
+    """
+    return {i: [int(v) for v in block.mlp.act.index] for i, block in enumerate(model.blocks)
+            if isinstance(block.mlp, PlantedMlp)}
 
 
 def firing_maps(module: nn.Module) -> list[Tensor]:
@@ -326,7 +418,9 @@ def build_planted_vit(argument: str | None = None, *, weights: str | None = None
         weights_id=weights_id, weights_sha256=state_dict_sha256(model), patch_size=spec.patch_size,
         embed_dim=spec.embed_dim, output_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
         num_registers=0, has_text=False, native_resolution=(spec.img_size, spec.img_size),
-        mean=vision.mean, std=vision.std, extra={"artifacts": bool(artifacts), "planted": asdict(spec)},
+        mean=vision.mean, std=vision.std, extra={"artifacts": bool(artifacts), "planted": asdict(spec),
+                                                 "register_neurons": {str(layer): units for layer, units in
+                                                                      register_neuron_indices(model).items()}},
     )
     return Backbone(vision, info)
 

@@ -23,3 +23,7 @@ METHODS.add("dvt", "phreg_bench.methods.dvt:build", aliases=("denoising-vit",),
                     "from released weights (-o denoiser=FILE); Yang et al., Denoising Vision Transformers, ECCV 2024",
             citation="Yang, Luo, Li, Deng, Guibas, Krishnan, Weinberger, Tian, Wang. Denoising Vision Transformers. "
                      "ECCV 2024. arXiv:2401.02957; code github.com/Jiawei-Yang/Denoising-ViT (MIT)")
+METHODS.add("ttr", "phreg_bench.methods.ttr:build", aliases=("test-time-registers",),
+            summary="test-time registers: register neurons moved onto one appended zero token, training-free "
+                    "(Jiang et al., NeurIPS'25, arXiv:2506.08010); -o neurons=FILE or -o data=DIR",
+            citation="arXiv:2506.08010")

@@ -7,7 +7,9 @@
    scenes for 200 steps — resumable: an interrupted run continues from its checkpoint, a finished one is
    not redone — and writes the adapter to ``<out>/phreg-adapter/adapter.safetensors`` (+ ``.json``);
 3. evaluates raw teacher, teacher + TTA, PH-Reg (loaded back from the adapter through the ``phreg``
-   method) and the twin: high-norm outlier rate, linear-probe mIoU and depth RMSE, cosine to the twin;
+   method), test-time registers (the ``ttr`` method with the register neurons found on the distillation
+   scenes, written to ``<out>/ttr-neurons.json``) and the twin: high-norm outlier rate, linear-probe mIoU
+   and depth RMSE, cosine to the twin;
 4. writes ``<out>/figures/`` (side-by-side PCA / patch-norm panels of three scenes and the norm histogram),
    ``<out>/summary.json`` and ``<out>/proof_table.md``.
 """
@@ -32,10 +34,13 @@ from phreg_bench.synthetic.proof import (
     build_world,
     distill_variant,
     evaluate_in,
+    find_ttr_neurons,
+    finder_quality,
     format_table,
     plain,
     register_share,
     teacher_rows,
+    ttr_row,
 )
 from phreg_core.atomic import write_text_atomic
 
@@ -93,6 +98,7 @@ def run_default(out_dir: str | os.PathLike, progress=None, *, config: ProofConfi
 
 def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], None],
                  figures: bool) -> dict[str, Any]:
+    from phreg_bench.methods.ttr import write_neurons
     from phreg_bench.registries import METHODS
     from phreg_bench.synthetic.scenes import CLASS_NAMES
 
@@ -112,6 +118,14 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
     row.register_share = register_share(phreg.student, world.scenes["eval"].images)
     row.seconds, row.final_loss = result.seconds, result.recent_loss
     rows.append(row)
+    ttr_neurons = out / "ttr-neurons.json"
+    document = find_ttr_neurons(world)
+    write_neurons(ttr_neurons, document)
+    quality = finder_quality(document, world.teacher)
+    rows.append(ttr_row(world, ttr_neurons, raw_rate))
+    log(f"test-time registers: {quality['top_k']} neurons found, planted ones recovered with recall "
+        f"{quality['recall_at_k']:.2f} (R-precision {quality['r_precision']:.2f}); {rows[-1].outlier_rate:.2f}% "
+        "outliers")
     rows.append(evaluate_in(world, "twin (no artifacts)", plain(world.twin), raw_rate))
     table = format_table(rows)
 
@@ -132,6 +146,8 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
         "rows": [r.to_dict() for r in rows],
         "table": table,
         "adapter": str(adapter_dir / "adapter.safetensors"),
+        "ttr_neurons": str(ttr_neurons),
+        "ttr_finder": quality,
         "figures": [str(p) for p in figure_paths],
         "summary_json": str(out / "summary.json"),
         "table_md": str(out / "proof_table.md"),

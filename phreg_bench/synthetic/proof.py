@@ -7,6 +7,10 @@ Rows (the paper's Table 3 structure, plus the two references that only a synthet
                              the distillation target;
 * ``distill, no reg, no denoise`` / ``distill, reg, no denoise`` / ``distill, no reg, denoise`` and
   ``PH-Reg (full)``          students distilled from the raw or the denoised teacher, with 0 or 16 registers;
+* ``test-time registers``    the benchmark's ``ttr`` method (Jiang et al., NeurIPS'25): training-free; its
+                             register neurons are found on the distillation scenes with the reference
+                             code's defaults (outlier norm > 30 at the last block, top 10 neurons), and the
+                             finder is scored against the planted neurons (:func:`ttr_row`);
 * ``twin (no artifacts)``    the same weights with the artifact mechanism off: the artifact-free reference.
 
 Columns: the high-norm outlier rate of the final patch tokens (``phreg_core.diagnostics``: norm > 2× the
@@ -39,6 +43,7 @@ from torch import Tensor
 from phreg_bench.synthetic.scenes import CLASS_NAMES, render
 
 DISTILL_START, PROBE_START, EVAL_START = 0, 10_000, 100_000
+TTR = "test-time registers"
 
 # Table 3 rows: name -> (registers?, denoised target?)
 VARIANTS: dict[str, tuple[bool, bool]] = {
@@ -198,6 +203,7 @@ class ProofResult:
     rows: list[Row]
     config: ProofConfig
     seconds: float
+    ttr_finder: dict[str, Any] | None = None  # how well the register-neuron finder recovered the planted ones
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -206,7 +212,8 @@ class ProofResult:
         raise KeyError(f"no row {name!r}; rows are {[r.name for r in self.rows]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [r.to_dict() for r in self.rows], "config": asdict(self.config), "seconds": self.seconds}
+        return {"rows": [r.to_dict() for r in self.rows], "config": asdict(self.config), "seconds": self.seconds,
+                "ttr_finder": self.ttr_finder}
 
 
 @dataclass
@@ -252,6 +259,58 @@ def teacher_rows(world: World, config: ProofConfig) -> list[Row]:
     return [raw, denoised]
 
 
+def find_ttr_neurons(world: World, batch: int = 64) -> dict[str, Any]:
+    """Register neurons of the planted teacher, found on the (unlabelled) distillation scenes with the reference
+    code's default settings; returns the neurons document that ``ttr find`` would write."""
+    from phreg_bench.methods.ttr import neurons_document
+    from phreg_core.ttr import FinderSettings, NeuronScorer
+
+    settings = FinderSettings()
+    scorer = NeuronScorer(world.teacher.vision, settings)
+    images = world.scenes["distill"].images
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            scorer.update(images[start : start + batch])
+    source = {**settings.to_dict(), "num_images": len(images), "resolution": images.shape[-1],
+              "data": f"synthetic scenes {DISTILL_START}..{DISTILL_START + len(images) - 1}"}
+    return neurons_document(world.teacher, scorer, source)
+
+
+def finder_quality(document: dict[str, Any], backbone) -> dict[str, Any]:
+    """Precision / recall of the found neurons against the planted ones (``register_neuron_indices``)."""
+    from phreg_bench.backbones.planted import register_neuron_indices
+
+    truth = {(layer, unit) for layer, units in register_neuron_indices(backbone.vision.model).items() for unit in units}
+    found = [(row["layer"], row["neuron"]) for row in document["neurons"]]
+    ranked = [(row["layer"], row["neuron"]) for row in document["candidates"]]
+    hits = len(truth & set(found))
+    return {"planted": sorted(truth), "found": found, "top_k": len(found),
+            "precision_at_k": hits / len(found), "recall_at_k": hits / len(truth),
+            "r_precision": len(truth & set(ranked[: len(truth)])) / len(truth)}
+
+
+def ttr_row(world: World, neurons: str | Path | dict[str, Any], raw_rate: float | None) -> Row:
+    """The ``test-time registers`` row: the benchmark's ``ttr`` method with ``neurons`` (a file or document);
+    its last column is the share of the planted neurons' firing on the appended register."""
+    from phreg_bench.backbones.planted import firing_maps
+    from phreg_bench.methods.ttr import write_neurons
+    from phreg_bench.registries import METHODS
+
+    if isinstance(neurons, dict):
+        with tempfile.TemporaryDirectory(prefix="phreg-ttr-") as folder:
+            path = write_neurons(Path(folder) / "neurons.json", neurons)
+            model = METHODS.get("ttr")(world.teacher, neurons=str(path))
+    else:
+        model = METHODS.get("ttr")(world.teacher, neurons=str(neurons))
+    row = evaluate_in(world, TTR, lambda x: model.forward_tokens(x, project=False).patches, raw_rate)
+    registers = model.intervention.registers
+    with torch.inference_mode():
+        model.forward_tokens(world.scenes["eval"].images, project=False)
+    firing = firing_maps(world.teacher.vision)[0]  # [B, N-1]: patches, then the appended registers
+    row.register_share = 100.0 * float(firing[:, -registers:].sum() / firing.sum().clamp(min=1e-12))
+    return row
+
+
 def run_proof(config: ProofConfig = ProofConfig(), *, log: Callable[[str], None] = print,
               adapter_dir: str | Path | None = None, progress=None) -> ProofResult:
     """Build teacher and twin, distil every variant of ``config.variants``, evaluate every row.
@@ -277,8 +336,14 @@ def run_proof(config: ProofConfig = ProofConfig(), *, log: Callable[[str], None]
             row.seconds, row.final_loss = result.seconds, result.recent_loss
             rows.append(row)
             log(f"{name}: {result.steps} steps in {result.seconds:.1f}s, {row.outlier_rate:.2f}% outliers")
+    document = find_ttr_neurons(world)
+    quality = finder_quality(document, world.teacher)
+    rows.append(ttr_row(world, document, raw_rate))
+    log(f"{TTR}: planted neurons recovered with recall@{quality['top_k']} {quality['recall_at_k']:.2f}, "
+        f"precision@{quality['top_k']} {quality['precision_at_k']:.2f}, R-precision {quality['r_precision']:.2f}; "
+        f"{rows[-1].outlier_rate:.2f}% outliers")
     rows.append(evaluate_in(world, "twin (no artifacts)", plain(world.twin), raw_rate))
-    return ProofResult(rows, config, time.perf_counter() - start)
+    return ProofResult(rows, config, time.perf_counter() - start, quality)
 
 
 def format_table(rows: list[Row]) -> str:
