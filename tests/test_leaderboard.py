@@ -36,8 +36,9 @@ def measured(store: ResultStore, backbone: str, method: str, task: str, value: f
         seed=0, limit=None if complete else 2,
     )
     record.update(metrics={"main": "mIoU", "higher_is_better": True, "values": {"mIoU": value}, "per_class": {}},
-                  status={"complete": complete, "num_samples": 2, "expected_samples": 4, "limit": None},
-                  timings={}, provenance={"finished_at": finished})
+                  status={"complete": complete, "num_samples": 2, "expected_samples": 4,
+                          "limit": None if complete else 2},
+                  timings={}, provenance={"finished_at": finished, "seed": 0})
     return store.write(record)
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.methods.base import DenseModel
+from phreg_bench.methods.options import Option, method_options
 from phreg_core.adapter_io import adapter_paths, load_adapter
 from phreg_core.student import Student
 from phreg_core.vit import TokenOutput
@@ -38,12 +39,9 @@ class PHRegModel(DenseModel):
         return self.student.forward_tokens(images, project=project)[0]
 
 
-def build(backbone: Backbone, adapter: str | Path | None = None, **options: Any) -> DenseModel:
+@method_options("phreg", adapter=Option(Path, "pass --adapter PATH (written by `phreg-bench distill`)"))
+def build(backbone: Backbone, adapter: str | Path) -> DenseModel:
     """Load a PH-Reg adapter (``adapter.safetensors`` + ``adapter.json``, or their folder) onto ``backbone``."""
-    if options:
-        raise ValueError(f"method 'phreg' takes only 'adapter', got {sorted(options)}")
-    if adapter is None:
-        raise ValueError("method 'phreg' needs an adapter: pass --adapter PATH (written by `phreg-bench distill`)")
     tensors_path, _ = adapter_paths(adapter)
     student, sidecar = load_adapter(backbone.vision, tensors_path, weights_sha256=backbone.info.weights_sha256)
     student.to(next(backbone.vision.parameters()).device)
