@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from phreg_core.atomic import write_bytes_atomic
+from phreg_core.errors import FileFormatError
 
 CACHE_FORMAT = 1  # bump when the stored layout or the averaging changes
 PLACEHOLDER = "{c}"
@@ -36,7 +37,7 @@ def read_templates(path: str | os.PathLike) -> list[str]:
     templates = [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
     bad = [t for t in templates if PLACEHOLDER not in t]
     if not templates or bad:
-        raise ValueError(f"{path}: every template line must contain {PLACEHOLDER!r}"
+        raise FileFormatError(f"{path}: every template line must contain {PLACEHOLDER!r}"
                          + (f"; bad line {bad[0]!r}" if bad else "; the file is empty"))
     return templates
 
@@ -48,10 +49,10 @@ def read_class_names(path: str | os.PathLike) -> list[list[str]]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         names = [name.strip() for name in line.split(",") if name.strip()]
         if not names:
-            raise ValueError(f"{path}: line {number} names no class")
+            raise FileFormatError(f"{path}: line {number} names no class")
         classes.append(names)
     if not classes:
-        raise ValueError(f"{path}: no classes")
+        raise FileFormatError(f"{path}: no classes")
     return classes
 
 

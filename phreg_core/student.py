@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.last_block import PRESETS, LastBlockConfig
 from phreg_core.teacher import is_clip_family
 from phreg_core.vit import TokenOutput, ViTAdapter, resample_grid_embed
@@ -70,7 +71,7 @@ class UnlockSet:
             key, sep, value = item.partition("=")
             key = key.strip().replace("-", "_")
             if key not in fields:
-                raise ValueError(f"unknown unlock item {key!r} in {spec!r}; use 'official', 'paper' or a list "
+                raise ConfigError(f"unknown unlock item {key!r} in {spec!r}; use 'official', 'paper' or a list "
                                  "of registers, pos_embed, patch_embed, last_blocks=K")
             fields[key] = int(value) if key == "last_blocks" else (True if not sep else value.lower() == "true")
         return cls(**fields)
@@ -96,7 +97,8 @@ def embedding_paths(adapter: ViTAdapter) -> tuple[str, str]:
             return _EMBED_PATHS[klass.__name__]
     pos, patch = getattr(adapter, "pos_embed_path", None), getattr(adapter, "patch_embed_path", None)
     if pos is None or patch is None:
-        raise TypeError(f"{type(adapter).__name__} does not say where its positional and patch embeddings are; "
+        raise UnsupportedModelError(f"{type(adapter).__name__} does not say where its positional and patch "
+                                    "embeddings are; "
                         "set `pos_embed_path` and `patch_embed_path` on the adapter class")
     return pos, patch
 
@@ -117,7 +119,7 @@ def resample_pos_parameter(pos: Tensor, src_grid: tuple[int, int], dst_grid: tup
     table = pos.unsqueeze(0) if squeeze else pos
     extra = table.shape[1] - src_grid[0] * src_grid[1]
     if extra < 0:
-        raise ValueError(f"positional embedding has {table.shape[1]} rows, fewer than the {src_grid} grid")
+        raise ConfigError(f"positional embedding has {table.shape[1]} rows, fewer than the {src_grid} grid")
     patches = resample_grid_embed(table[:, extra:], src_grid, dst_grid)
     out = torch.cat([table[:, :extra], patches], dim=1)
     return out[0] if squeeze else out

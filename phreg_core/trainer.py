@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -47,6 +48,7 @@ from phreg_core.atomic import write_atomic, write_bytes_atomic, write_failure
 from phreg_core.data import Batch, collate
 from phreg_core.errors import ConfigError, FileFormatError, OutputExistsError, PhregError
 from phreg_core.losses import distill_loss
+from phreg_core.progress import PlainProgress, is_terminal
 from phreg_core.student import Student
 from phreg_core.target_cache import TargetCache, image_digest
 from phreg_core.tta import TTADenoiser, ViewIndex, normalised_white, plan_views, view_index
@@ -560,8 +562,12 @@ class _Trainer:
             raise write_failure(path, error) from error
 
     def _progress(self):
+        """A rich bar on standard error in a terminal; elsewhere plain lines at a fixed interval (logs)."""
         if not (self.config.progress and self.env.is_main):
             return None
+        if not is_terminal(sys.stderr):
+            return PlainProgress(formats={"speed": "{} img/s"})
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -573,7 +579,7 @@ class _Trainer:
 
         return Progress(TextColumn("distil"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                         TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn())
+                        TimeRemainingColumn(), console=Console(stderr=True))
 
     # -- the loop -----------------------------------------------------------------------------------
     def _epoch_batches(self):

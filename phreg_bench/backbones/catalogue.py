@@ -18,6 +18,7 @@ from typing import Any
 from phreg_bench.backbones.hub import OPEN_CLIP_FILES, TIMM_FILES
 from phreg_bench.registries import BACKBONES
 from phreg_bench.registry import import_target
+from phreg_core.errors import ConfigError
 
 BACKBONES.add("tiny-vit", "phreg_bench.backbones.builtin:build_tiny_vit",
               summary="built-in 4-block ViT (random init, offline); the default run's backbone",
@@ -43,7 +44,7 @@ class CatalogueFactory:
 
     def __call__(self, argument: str | None = None, **options: Any):
         if argument:
-            raise ValueError(f"backbone {self.name!r} takes no argument (got {argument!r})")
+            raise ConfigError(f"backbone {self.name!r} takes no argument (got {argument!r})")
         if self.hub_repo and not options.get("weights") and not options.get("random_init"):
             from phreg_bench.backbones.hub import fetch
 

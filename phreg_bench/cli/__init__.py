@@ -18,6 +18,7 @@ import pkgutil
 import traceback
 from collections.abc import Iterable
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from rich.text import Text
@@ -80,12 +81,11 @@ def note(*parts: object, style: str | None = None) -> None:
     say(*parts, to=console, style=style)
 
 
-def make_table(title: str | None, columns: Iterable[str], identifiers: Iterable[str] = ()) -> Table:
-    """A table whose cells fold instead of being cut; ``identifiers`` (names, paths) never lose a character."""
+def make_table(title: str | None, columns: Iterable[str]) -> Table:
+    """A table whose cells fold instead of being cut: a name or path never loses a character."""
     table = Table(title=Text(title) if title else None)
-    keep = set(identifiers)
     for column in columns:
-        table.add_column(Text(column), overflow="fold", min_width=min(len(column), 12) if column in keep else None)
+        table.add_column(Text(column), overflow="fold")
     return table
 
 
@@ -94,9 +94,31 @@ def add_row(table: Table, *cells: object) -> None:
     table.add_row(*(cell if isinstance(cell, Text) else Text("" if cell is None else str(cell)) for cell in cells))
 
 
+def _unbroken_width(table: Table) -> int:
+    """Columns as wide as their longest word (header or cell), plus padding and borders."""
+    widths = [max(cell_len(word) for cell in (column.header, *column.cells) for word in str(cell).split() or [""])
+              for column in table.columns]
+    return sum(widths) + 2 * len(widths) + len(widths) + 1
+
+
 def print_table(table: Table, to: Console | None = None) -> None:
-    """Print ``table`` to standard output (or ``to``): natural width outside a terminal, folded when narrow."""
-    (to or out).print(table, soft_wrap=False)
+    """Print ``table`` to standard output (or ``to``).
+
+    Outside a terminal it takes its natural width. In a terminal too narrow for its longest words it is
+    printed as one block per row (``column: value`` lines) instead, so that no name or path is broken.
+    """
+    target = to or out
+    if _unbroken_width(table) <= target.width:
+        target.print(table, soft_wrap=False)
+        return
+    if table.title:
+        target.print(Text(str(table.title), style="bold"), soft_wrap=True)
+    columns = [(str(column.header), list(column.cells)) for column in table.columns]
+    label = max(len(name) for name, _ in columns[1:]) if len(columns) > 1 else 0
+    for row in range(table.row_count):
+        target.print(Text(str(columns[0][1][row])), soft_wrap=True)
+        for name, cells in columns[1:]:
+            target.print(Text(f"  {name.ljust(label)}  {cells[row]}"), soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

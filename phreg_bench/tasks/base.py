@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from phreg_bench.backbones.base import Backbone
+from phreg_core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class TaskSpec:
         chosen = name or self.default_protocol
         if chosen not in self.protocols:
             known = ", ".join(sorted(self.protocols)) or "none"
-            raise ValueError(f"task {self.name!r} has no protocol {chosen!r} (known: {known})")
+            raise ConfigError(f"task {self.name!r} has no protocol {chosen!r} (known: {known})")
         return chosen, dict(self.protocols[chosen])
 
 

@@ -41,6 +41,7 @@ from phreg_bench.probes.losses import seg_cross_entropy
 from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
+from phreg_core.errors import ConfigError
 
 TRAIN_MODES = ("cached", "full")
 PAPER_STRIDE = 341  # slide stride with crop 518 [PH-Reg voc21_cfg.py test_cfg]
@@ -52,7 +53,7 @@ def resolve_budget(settings: dict[str, Any], budget: str) -> dict[str, Any]:
     budgets = settings.pop("budgets", None)
     if budgets is not None:
         if budget not in budgets:
-            raise ValueError(f"budget {budget!r} is not defined for this task (known: {', '.join(budgets)})")
+            raise ConfigError(f"budget {budget!r} is not defined for this task (known: {', '.join(budgets)})")
         settings.update(budgets[budget])
     settings["budget"] = budget
     return settings
@@ -63,7 +64,7 @@ def resolve_probe_settings(spec: TaskSpec, protocol: str | None, ctx: RunContext
     name, settings = spec.protocol(protocol)
     settings = resolve_budget(settings, ctx.budget)
     if settings.get("train_features", "cached") not in TRAIN_MODES:
-        raise ValueError(f"train_features must be one of {TRAIN_MODES}, got {settings['train_features']!r}")
+        raise ConfigError(f"train_features must be one of {TRAIN_MODES}, got {settings['train_features']!r}")
     return name, settings
 
 
@@ -74,7 +75,7 @@ def resolve_input_size(setting: Any, patch_size: int) -> int:
     """
     size = (518 if patch_size == 14 else 448) if setting == "auto" else int(setting)
     if size % patch_size:
-        raise ValueError(f"input size {size} is not a multiple of the patch size {patch_size}; "
+        raise ConfigError(f"input size {size} is not a multiple of the patch size {patch_size}; "
                          "set it with --protocol-override input_size=N")
     return size
 
@@ -144,7 +145,7 @@ class LinearProbeSegmentation(TaskFamily):
     def resolve_settings(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> dict[str, Any]:
         name, settings = resolve_probe_settings(spec, protocol, ctx)
         if settings.get("cache_windows", "slide") not in ("slide", "center"):
-            raise ValueError(f"cache_windows must be 'slide' or 'center', got {settings['cache_windows']!r}")
+            raise ConfigError(f"cache_windows must be 'slide' or 'center', got {settings['cache_windows']!r}")
         return {"name": name, **settings}
 
     # -- the run --------------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ class _AugmentedSeg(torch.utils.data.Dataset):
 def _infinite_order(num_items: int, length: int, seed: int) -> np.ndarray:
     """Concatenated random permutations (mmengine ``InfiniteSampler(shuffle=True)``), ``length`` long."""
     if num_items == 0:
-        raise ValueError("no training samples")
+        raise ConfigError("no training samples")
     rng = np.random.default_rng(seed)
     epochs = -(-length // num_items)
     return np.concatenate([rng.permutation(num_items) for _ in range(epochs)])[:length]

@@ -26,6 +26,7 @@ from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.specs import class_file, spec_root
 from phreg_bench.text import class_queries, file_sha256, read_class_names, read_templates
+from phreg_core.errors import ConfigError, MissingFileError
 
 SETTING_KEYS = {f.name for f in fields(HarnessSettings)} | {"name", "templates"}
 DEFAULTS: dict[str, Any] = {"prob_thd": 0.0, "area_thd": None, "max_long": 2048, "window_pad": "none",
@@ -39,13 +40,13 @@ def template_file(name: str) -> Path:
         return path
     if Path(name).expanduser().is_file():
         return Path(name).expanduser()
-    raise FileNotFoundError(f"template file {name!r} not found in {path.parent} nor as a path")
+    raise MissingFileError(f"template file {name!r} not found in {path.parent} nor as a path")
 
 
 def check_settings(settings: dict[str, Any], task: str) -> HarnessSettings:
     unknown = sorted(set(settings) - SETTING_KEYS)
     if unknown:
-        raise ValueError(f"{task}: unknown ovseg protocol settings {unknown}; known: {sorted(SETTING_KEYS)}")
+        raise ConfigError(f"{task}: unknown ovseg protocol settings {unknown}; known: {sorted(SETTING_KEYS)}")
     return HarnessSettings.from_settings(settings)
 
 
@@ -84,13 +85,13 @@ class OpenVocabSegmentation(TaskFamily):
 
         harness = check_settings({**DEFAULTS, **settings}, spec.name)
         if spec.classes is None:
-            raise ValueError(f"{spec.name}: the task spec names no class file")
+            raise ConfigError(f"{spec.name}: the task spec names no class file")
         classes_path = class_file(spec.classes)
         templates_path = template_file(settings.get("templates", DEFAULTS["templates"]))
         classes, templates = read_class_names(classes_path), read_templates(templates_path)
         reader = DATASETS.get(spec.dataset)
         if reader.num_classes != len(classes):
-            raise ValueError(f"{classes_path} lists {len(classes)} classes but {reader.name} has {reader.num_classes}")
+            raise ConfigError(f"{classes_path} lists {len(classes)} classes but {reader.name} has {reader.num_classes}")
         phases: dict[str, float] = {}
 
         start = time.perf_counter()
@@ -137,7 +138,7 @@ class OpenVocabSegmentation(TaskFamily):
         result = metric.compute()
         values = {key: float(result[key]) for key in ("mIoU", "mAcc", "aAcc")}
         if any(v != v for v in values.values()):
-            raise ValueError(f"{spec.name}: no labelled pixel in the evaluated samples; metrics are undefined")
+            raise ConfigError(f"{spec.name}: no labelled pixel in the evaluated samples; metrics are undefined")
         score = pearson.compute() if pearson is not None else None
         if score is not None:
             values["pearson"] = score
