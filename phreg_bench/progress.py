@@ -34,8 +34,9 @@ def make_progress(console: Console | None = None, **kwargs) -> Progress | PlainP
         return PlainProgress(stream=console.file, console=console)
     if console is not None:
         kwargs["console"] = console
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), **kwargs)
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[info]}", markup=False), **kwargs)
 
 
 def track(iterable: Iterable[T], description: str, total: int | None = None,

@@ -129,7 +129,12 @@ class HFImageDataset(_EpochDataset):
             import datasets
         except ImportError as error:
             raise MissingDependencyError("Hugging Face datasets are optional: pip install 'phreg-bench[hf]'") from error
-        return cls(datasets.load_dataset(name, split=split), **kwargs)
+        try:
+            data = datasets.load_dataset(name, split=split)
+        except (OSError, ValueError) as error:  # not found (FileNotFoundError), no network, unknown split
+            raise MissingFileError(f"Hugging Face dataset {name!r} (split {split!r}) cannot be loaded: "
+                                   f"{' '.join(str(error).split())}") from error
+        return cls(data, **kwargs)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phreg_bench.datasets.base import DatasetError, SegDataset
+from phreg_bench.datasets.base import DatasetError, SegDataset, read_list_lines
 
 
 class ListedDataset(SegDataset):
@@ -34,7 +34,7 @@ class ListedDataset(SegDataset):
 
     def list_pairs(self, split: str) -> list[tuple[str, Path, Path]]:
         path, label_dir = self.list_file(split)
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        ids = read_list_lines(path)
         return [(i, self.root / self.image_dir / f"{i}{self.image_suffix}",
                  self.root / label_dir / f"{i}{self.label_suffix}") for i in ids]
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from phreg_bench.datasets.base import CheckReport, DatasetError, read_image, resolve_data_root
+from phreg_bench.datasets.base import CheckReport, DatasetError, read_image, read_list_lines, resolve_data_root
 
 FOLDER = "nyu_depth_v2"
 MAT_FILE = "nyu_depth_v2_labeled.mat"
@@ -123,7 +123,7 @@ class NYUv2Depth:
 
     def _list_sync(self) -> list[tuple[str, Path, Path]]:
         items = []
-        for line in self.split_file().read_text().splitlines():
+        for line in read_list_lines(self.split_file()):
             parts = line.strip().split()
             if len(parts) < 2 or parts[1] == "None":
                 continue
