@@ -24,7 +24,7 @@ DEFAULT_TASKS = ["synthetic/segmentation"]
 
 
 def run_default(args: argparse.Namespace) -> int:
-    from phreg_bench.cli.run import resolve_device
+    from phreg_bench.cli._options import resolve_device
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, build_backbone, run

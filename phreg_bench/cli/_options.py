@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["device_name", "fraction", "non_negative_int", "positive_float", "positive_int"]
+__all__ = ["device_name", "fraction", "non_negative_int", "positive_float", "positive_int", "resolve_device"]
 
 
 def _int(text: str) -> int:
@@ -79,3 +79,18 @@ def device_name(text: str) -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine; use --device cpu")
     return text
+
+
+def resolve_device(name: str):
+    """``auto`` -> CUDA if available, else CPU; any other name is checked as by :func:`device_name`."""
+    import torch
+
+    from phreg_bench.cli import OptionError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device_name(name)
+    except argparse.ArgumentTypeError as error:
+        raise OptionError(f"--device {error}") from None
+    return torch.device(name)

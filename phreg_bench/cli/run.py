@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from phreg_bench.cli import CliError, OptionError, add_row, console, make_table, note, print_table, say
-from phreg_bench.cli._options import device_name, non_negative_int, positive_int
+from phreg_bench.cli._options import device_name, non_negative_int, positive_int, resolve_device
 
 
 def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -37,17 +36,6 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loading workers (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; any other name was checked by :func:`device_name`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device_name(name)
-    except argparse.ArgumentTypeError as error:
-        raise OptionError(f"--device {error}") from None
-    return torch.device(name)
 
 
 def register(subparsers) -> None:

@@ -95,7 +95,7 @@ def parse_method(spec: str) -> tuple[str, dict, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.cli.run import resolve_device
+    from phreg_bench.cli._options import resolve_device
     from phreg_bench.methods.options import validate_method_options
     from phreg_bench.registries import METHODS
     from phreg_bench.runner import build_backbone
