@@ -290,3 +290,15 @@ def test_a_damaged_log_line_in_the_middle_names_the_file_and_line(tmp_path):
 
 def test_every_error_here_is_a_phreg_error():
     assert issubclass(FileFormatError, PhregError) and issubclass(WriteError, PhregError)
+
+
+def test_results_index_html_and_figures_are_0644_under_umask_022(tmp_path, umask_022):
+    from phreg_bench.cli import main
+
+    assert main(["run", "-b", "tiny-vit", "-t", "synthetic", "--results-dir", str(tmp_path / "r"),
+                 "--leaderboard-dir", str(tmp_path / "lb"), "--protocol-override", "image_size=32",
+                 "--protocol-override", "num_train=4", "--protocol-override", "num_val=2"]) == 0
+    assert main(["viz", "-b", "tiny-vit", "--synthetic", "0", "--out", str(tmp_path / "fig")]) == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.suffix for p in written} >= {".json", ".html", ".md", ".png"}
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {str(p): "0o644" for p in written}
