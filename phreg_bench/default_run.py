@@ -17,16 +17,15 @@ import argparse
 from pathlib import Path
 
 import torch
-from rich.table import Table
 
-from phreg_bench.cli import console
+from phreg_bench.cli import add_row, console, make_table, note, print_table, say
 
 TEACHER, TWIN = "planted-vit", "planted-vit-twin"
 DEFAULT_TASKS = ["synthetic/segmentation"]
 
 
 def run_default(args: argparse.Namespace) -> int:
-    from phreg_bench.cli.run import resolve_device
+    from phreg_bench.cli._options import resolve_device
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, build_backbone, run
@@ -39,15 +38,14 @@ def run_default(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # the models are tiny: a second thread costs more than it gives (measured ~5x)
-    console.print(f"[bold]built-in default[/bold]: PH-Reg on the planted-artifact ViT, synthetic world, "
-                  f"device {device}")
+    note(f"built-in default: PH-Reg on the planted-artifact ViT, synthetic world, device {device}")
     failed = 0
     with make_progress(console=console, transient=True) as progress:
         log = plain_logger(progress)
         summary = run_synthetic_proof(proof_dir, progress, log=log)
         adapter = str(Path(summary["adapter"]).parent)
         ctx = RunContext(cache_dir=args.cache_dir, device=device, precision=args.precision,
-                         batch_size=args.batch_size, seed=args.seed, progress=progress)
+                         batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed, progress=progress)
         teacher, twin = build_backbone(TEACHER), build_backbone(TWIN)
         jobs = [(teacher, "raw", {}), (teacher, "tta", {}), (teacher, "phreg", {"adapter": adapter}),
                 (teacher, "ttr", {"neurons": summary["ttr_neurons"]}), (twin, "raw", {})]
@@ -57,18 +55,19 @@ def run_default(args: argparse.Namespace) -> int:
             failed += sum(r.status == "failed" for r in run(request, ctx, log=log, backbone=backbone))
     written = build_all(results_dir, leaderboard_dir)
 
-    table = Table(title="PH-Reg on the planted-artifact ViT (synthetic world)")
-    for column in ("model", "outliers %", "probe mIoU", "depth RMSE"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    table = make_table("PH-Reg on the planted-artifact ViT (synthetic world)",
+                       ("model", "outliers %", "probe mIoU", "depth RMSE"))
+    for column in table.columns[1:]:
+        column.justify = "right"
     for row in summary["rows"]:
-        table.add_row(row["name"], f"{row['outlier_rate']:.2f}", f"{row['miou']:.1f}", f"{row['depth_rmse']:.3f}")
-    console.print(table)
-    console.print(f"results:     {results_dir}")
-    console.print(f"proof table: {summary['table_md']}")
-    console.print(f"adapter:     {summary['adapter']}")
-    console.print(f"ttr neurons: {summary['ttr_neurons']}")
+        add_row(table, row["name"], f"{row['outlier_rate']:.2f}", f"{row['miou']:.1f}", f"{row['depth_rmse']:.3f}")
+    print_table(table)
+    say("results:     ", results_dir)
+    say("proof table: ", summary["table_md"])
+    say("adapter:     ", summary["adapter"])
+    say("ttr neurons: ", summary["ttr_neurons"])
     for path in summary["figures"]:
-        console.print(f"figure:      {path}")
+        say("figure:      ", path)
     for path in written:
-        console.print(f"leaderboard: {path}")
+        say("leaderboard: ", path)
     return 1 if failed else 0

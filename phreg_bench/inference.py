@@ -40,7 +40,7 @@ from torch import Tensor
 
 from phreg_bench.precision import autocast
 from phreg_bench.text import ClassQueries
-from phreg_core.errors import PhregError
+from phreg_core.errors import ConfigError, PhregError
 
 WINDOW_PADS = ("none", "center")
 
@@ -91,13 +91,13 @@ class HarnessSettings:
 
     def validate(self) -> None:
         if self.resize < 0 or self.crop < 0 or self.max_long <= 0:
-            raise ValueError(f"resize/crop must be >= 0 and max_long > 0, got {self}")
+            raise ConfigError(f"resize/crop must be >= 0 and max_long > 0, got {self}")
         if self.crop > 0:
             check_window_settings(self.crop, self.stride)
         if self.window_pad not in WINDOW_PADS:
-            raise ValueError(f"window_pad must be one of {WINDOW_PADS}, got {self.window_pad!r}")
+            raise ConfigError(f"window_pad must be one of {WINDOW_PADS}, got {self.window_pad!r}")
         if not 0.0 <= self.prob_thd <= 1.0:
-            raise ValueError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
+            raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
 
 
 def rescale_size(height: int, width: int, short: int, max_long: int = 2048) -> tuple[int, int]:
@@ -155,7 +155,7 @@ class SynonymPlan:
         classes = query_class.detach().cpu().long()
         counts = torch.bincount(classes, minlength=num_classes)
         if classes.numel() == 0 or len(counts) > num_classes or (counts == 0).any():
-            raise ValueError(f"every one of the {num_classes} classes needs at least one query, and only those")
+            raise ConfigError(f"every one of the {num_classes} classes needs at least one query, and only those")
         device = query_class.device
         self.identity = torch.equal(classes, torch.arange(num_classes))
         self.first = torch.tensor([int(torch.nonzero(classes == c)[0]) for c in range(num_classes)], device=device)
@@ -229,7 +229,7 @@ class OVSegPredictor:
         height, width = windows.shape[-2:]
         rows, cols = height // self.patch, width // self.patch
         if rows == 0 or cols == 0:
-            raise ValueError(f"window {height}x{width} is smaller than the patch size {self.patch}")
+            raise ConfigError(f"window {height}x{width} is smaller than the patch size {self.patch}")
         return windows[..., : rows * self.patch, : cols * self.patch]
 
     @torch.inference_mode()

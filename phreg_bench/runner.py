@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from phreg_bench.results.records import measured_record
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskSpec
 from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
+from phreg_core.errors import ConfigError, UnsupportedModelError
 
 
 @dataclass
@@ -55,7 +58,7 @@ def build_backbone(name: str, *, weights: str | None = None, random_init: bool =
     factory, argument = BACKBONES.resolve(name)
     backbone = factory(argument, weights=weights, random_init=random_init, **options)
     if not isinstance(backbone, Backbone):
-        raise TypeError(f"backbone factory for {name!r} returned {type(backbone).__name__}, not a Backbone")
+        raise UnsupportedModelError(f"backbone factory for {name!r} returned {type(backbone).__name__}, not a Backbone")
     if argument is not None or name not in BACKBONES:
         backbone.info.name = name
     return backbone
@@ -72,7 +75,7 @@ def expand_tasks(names: list[str], backbone: Backbone | None) -> list[TaskSpec]:
         if "/" in name or ":" in name or name in TASKS:
             spec = TASKS.get(name)  # a registered name, or a third-party ``package.module:SPEC``
             if not isinstance(spec, TaskSpec):
-                raise TypeError(f"task {name!r} did not resolve to a TaskSpec")
+                raise ConfigError(f"task {name!r} did not resolve to a TaskSpec")
             specs.append(spec)
             continue
         named = [e.target for e in TASKS if e.metadata.get("short_name") == name and isinstance(e.target, TaskSpec)]
@@ -80,7 +83,7 @@ def expand_tasks(names: list[str], backbone: Backbone | None) -> list[TaskSpec]:
             TASKS.canonical(name)  # raises with a suggestion
         matches = [spec for spec in named if backbone is None or family_for(spec).applies_to(backbone)]
         if not matches:
-            raise ValueError(f"no task named {name!r} applies to backbone {backbone.info.name!r}: "
+            raise ConfigError(f"no task named {name!r} applies to backbone {backbone.info.name!r}: "
                              f"{', '.join(spec.name for spec in named)} (needs a text tower)")
         specs.extend(sorted(matches, key=lambda spec: spec.name))
     unique = {spec.name: spec for spec in specs}
@@ -147,7 +150,7 @@ def run(
 ) -> list[TaskRun]:
     """Run every requested task; failures of one task are reported and the others still run."""
     if request.overwrite not in OVERWRITE_MODES:
-        raise ValueError(f"--overwrite must be one of {OVERWRITE_MODES}, got {request.overwrite!r}")
+        raise ConfigError(f"--overwrite must be one of {OVERWRITE_MODES}, got {request.overwrite!r}")
     method_factory = METHODS.get(request.method)  # fail on bad names before any model is built
     precision = resolve_precision(ctx.device, ctx.precision)
     if precision != ctx.precision:
@@ -195,6 +198,8 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
         outcome = family.run(model, spec, settings, ctx)
     except Exception as error:  # one broken task must not lose the others' results
         log(f"FAILED {spec.name}: {type(error).__name__}: {error}")
+        if os.environ.get("PHREG_DEBUG", "") not in ("", "0"):
+            log(traceback.format_exc().rstrip())
         return TaskRun(spec.name, "failed", None, error=f"{type(error).__name__}: {error}")
     elapsed = time.perf_counter() - start
     expected = spec.num_samples

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from phreg_core.atomic import write_bytes_atomic
-from phreg_core.errors import PhregError
+from phreg_core.errors import FileFormatError, PhregError
 
 CACHE_FORMAT = 1  # bump when the stored layout or the averaging changes
 PLACEHOLDER = "{c}"
@@ -142,10 +142,10 @@ def read_class_names(path: str | os.PathLike) -> list[list[str]]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         names = [name.strip() for name in line.split(",") if name.strip()]
         if not names:
-            raise ValueError(f"{path}: line {number} names no class")
+            raise FileFormatError(f"{path}: line {number} names no class")
         classes.append(names)
     if not classes:
-        raise ValueError(f"{path}: no classes")
+        raise FileFormatError(f"{path}: no classes")
     return classes
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from phreg_core.atomic import write_atomic
+from phreg_core.errors import MissingDependencyError
 
 PCA_CLIP = (1.0, 99.0)  # percentiles mapped to 0 and 1 in the PCA-RGB maps (robust to a few outliers)
 
@@ -32,7 +33,8 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError as error:
-        raise RuntimeError("figures need matplotlib: pip install 'phreg-bench[viz]' (or pip install matplotlib)") \
+        raise MissingDependencyError("figures need matplotlib: pip install 'phreg-bench[viz]' "
+                                     "(or pip install matplotlib)") \
             from error
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from phreg_core.atomic import write_atomic
-from phreg_core.errors import PhregError
+from phreg_core.errors import FileFormatError, MissingFileError, PhregError
 from phreg_core.student import LEGACY_POLICY, Student
 from phreg_core.vit import ViTAdapter
 
@@ -50,8 +50,6 @@ def _sha256(path: Path) -> str:
 
 
 
-
-
 def save_adapter(
     student: Student,
     path: str | Path,
@@ -65,11 +63,13 @@ def save_adapter(
     extra: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write the student's changed tensors and the sidecar; returns both paths."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors_path, sidecar_path = adapter_paths(path)
     state = student.changed_state()
-    write_atomic(tensors_path, lambda tmp: save_file(state, tmp, metadata={"format": ADAPTER_FORMAT}))
+    write_atomic(tensors_path, lambda tmp: save_file(state, tmp, metadata={"format": ADAPTER_FORMAT}),
+                 io_errors=(SafetensorError,))
     sidecar = {
         "format": ADAPTER_FORMAT,
         "version": ADAPTER_VERSION,
@@ -91,17 +91,37 @@ def save_adapter(
     return tensors_path, sidecar_path
 
 
+# sidecar field -> the JSON types it must have (what load_adapter and the phreg method read)
+_SIDECAR_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (str,), "version": (int,), "base": (dict,), "student": (dict,), "tensors_sha256": (str,),
+}
+
+
 def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """Read and check ``adapter.json``; a missing or malformed sidecar raises a :class:`PhregError` naming it."""
     tensors_path, sidecar_path = adapter_paths(path)
     if not sidecar_path.exists():
-        raise FileNotFoundError(f"adapter sidecar {sidecar_path} not found; an adapter is the pair "
-                                f"{tensors_path.name} + {sidecar_path.name} written by `phreg-bench distill`")
-    data = json.loads(sidecar_path.read_text())
-    if data.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{sidecar_path} is not a PH-Reg adapter sidecar (format {data.get('format')!r})")
-    if data.get("version", 0) > ADAPTER_VERSION:
-        raise ValueError(f"{sidecar_path} has adapter version {data['version']}; this phreg_core reads "
-                         f"<= {ADAPTER_VERSION}: upgrade phreg-bench")
+        raise MissingFileError(f"adapter sidecar {sidecar_path} not found; an adapter is the pair "
+                               f"{tensors_path.name} + {sidecar_path.name} written by `phreg-bench distill`")
+    try:
+        data = json.loads(sidecar_path.read_bytes())
+    except (OSError, ValueError) as error:  # ValueError covers JSONDecodeError and UnicodeDecodeError
+        raise FileFormatError(f"{sidecar_path} is not a readable adapter sidecar ({error}); copy it again "
+                              "from the folder `phreg-bench distill` wrote") from error
+    if not isinstance(data, dict) or data.get("format") != ADAPTER_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise FileFormatError(f"{sidecar_path} is not a PH-Reg adapter sidecar (format {found!r})")
+    for key, types in _SIDECAR_FIELDS.items():
+        if not isinstance(data.get(key), types) or isinstance(data.get(key), bool):
+            raise FileFormatError(f"{sidecar_path}: field {key!r} is missing or not a "
+                                  f"{' or '.join(t.__name__ for t in types)}; the sidecar is damaged")
+    if data["version"] > ADAPTER_VERSION:
+        raise FileFormatError(f"{sidecar_path} has adapter version {data['version']}; this phreg_core reads "
+                              f"<= {ADAPTER_VERSION}: upgrade phreg-bench")
+    base = data["base"]
+    for key in ("name", "weights_sha256"):
+        if base.get(key) is not None and not isinstance(base[key], str):
+            raise FileFormatError(f"{sidecar_path}: base.{key} must be a string or null")
     return data
 
 
@@ -126,20 +146,32 @@ def sidecar_policy(sidecar: dict[str, Any]) -> str:
 
 def load_adapter(base: ViTAdapter, path: str | Path, *, weights_sha256: str | None) -> tuple[Student, dict]:
     """Rebuild the student on ``base`` and load the adapter; returns ``(student, sidecar)``."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     tensors_path, sidecar_path = adapter_paths(path)
     sidecar = read_sidecar(sidecar_path)
     check_base(sidecar, weights_sha256, where=str(tensors_path))
     if not tensors_path.exists():
-        raise FileNotFoundError(f"adapter tensors {tensors_path} not found next to {sidecar_path}")
+        raise MissingFileError(f"adapter tensors {tensors_path} not found next to {sidecar_path}")
     actual = _sha256(tensors_path)
     if actual != sidecar.get("tensors_sha256"):
         raise AdapterMismatchError(f"{tensors_path} does not match the sha256 in {sidecar_path.name} (file "
                                    "changed or truncated); copy both files of the adapter together")
-    student = Student.from_spec(base, {"pos_resample": sidecar_policy(sidecar), **sidecar["student"]})
     try:
-        student.load_changed_state(load_file(str(tensors_path)))
-    except (KeyError, ValueError) as error:
+        student = Student.from_spec(base, {"pos_resample": sidecar_policy(sidecar), **sidecar["student"]})
+    except PhregError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise FileFormatError(f"{sidecar_path}: its 'student' section cannot rebuild a student on this backbone "
+                              f"({type(error).__name__}: {error}); the sidecar is damaged or of another "
+                              "version") from error
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError) as error:
+        raise FileFormatError(f"{tensors_path} is not a readable safetensors file ({error})") from error
+    try:
+        student.load_changed_state(tensors)
+    except (KeyError, ValueError, RuntimeError) as error:
         raise AdapterMismatchError(f"{tensors_path}: {error}") from error
     return student.eval(), sidecar

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from phreg_core.errors import UnsupportedModelError
 from phreg_core.pos_embed import PosResample, get_policy
 from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter
 
@@ -46,7 +47,7 @@ class TimmViTAdapter(ViTAdapter):
             if getattr(model, name, None) is not None and not isinstance(getattr(model, name), nn.Identity)
         ]
         if unsupported or getattr(model, "pos_embed", None) is None:
-            raise TypeError(f"timm model {type(model).__name__} has no absolute positional embedding "
+            raise UnsupportedModelError(f"timm model {type(model).__name__} has no absolute positional embedding "
                             f"or uses {unsupported}: not a plain ViT this adapter supports")
         self.model = model
         self.blocks = model.blocks
@@ -94,7 +95,7 @@ class TimmViTAdapter(ViTAdapter):
         block = self.blocks[index]
         attn = block.attn
         if getattr(attn, "gate", None) is not None:
-            raise TypeError("gated timm attention is not supported for last-block surgery")
+            raise UnsupportedModelError("gated timm attention is not supported for last-block surgery")
 
         def qkv(x: Tensor):
             batch, length, _ = x.shape
@@ -126,7 +127,7 @@ class OpenClipViTAdapter(ViTAdapter):
         super().__init__()
         self.pos_resample = get_policy(pos_resample)
         if getattr(visual, "attn_pool", None) is not None:
-            raise TypeError("open_clip towers with attentional pooling are not plain ViTs")
+            raise UnsupportedModelError("open_clip towers with attentional pooling are not plain ViTs")
         self.visual = visual
         self.blocks = visual.transformer.resblocks
         self.patch_size = _pair(visual.patch_size)[0]
@@ -157,7 +158,7 @@ class OpenClipViTAdapter(ViTAdapter):
         block = self.blocks[index]
         attn = block.attn
         if not isinstance(attn, nn.MultiheadAttention):
-            raise TypeError(f"block {index} uses {type(attn).__name__}; expected nn.MultiheadAttention")
+            raise UnsupportedModelError(f"block {index} uses {type(attn).__name__}; expected nn.MultiheadAttention")
         heads = attn.num_heads
 
         def qkv(x: Tensor):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from phreg_core.errors import ConfigError, MissingDependencyError, MissingFileError
 from phreg_core.images import ImageReadError, open_rgb, to_rgb
 
 __all__ = [
@@ -45,10 +46,10 @@ def list_images(root: str | Path) -> list[Path]:
     """Every jpg/png/webp file under ``root`` (recursive, case-insensitive), sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"training images folder {root} does not exist; pass --data DIR with images")
+        raise MissingFileError(f"training images folder {root} does not exist; pass --data DIR with images")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {root}")
+        raise MissingFileError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {root}")
     return files
 
 
@@ -127,8 +128,13 @@ class HFImageDataset(_EpochDataset):
         try:
             import datasets
         except ImportError as error:
-            raise ImportError("Hugging Face datasets are optional: pip install 'phreg-bench[hf]'") from error
-        return cls(datasets.load_dataset(name, split=split), **kwargs)
+            raise MissingDependencyError("Hugging Face datasets are optional: pip install 'phreg-bench[hf]'") from error
+        try:
+            data = datasets.load_dataset(name, split=split)
+        except (OSError, ValueError) as error:  # not found (FileNotFoundError), no network, unknown split
+            raise MissingFileError(f"Hugging Face dataset {name!r} (split {split!r}) cannot be loaded: "
+                                   f"{' '.join(str(error).split())}") from error
+        return cls(data, **kwargs)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -192,7 +198,7 @@ def collate(items: list[dict[str, Any] | None]) -> Batch:
         return Batch(torch.zeros(0, dtype=torch.long), torch.zeros(0), corrupt)
     shapes = {tuple(item["image"].shape) for item in good}
     if len(shapes) > 1:
-        raise ValueError(f"images of one batch have different shapes {sorted(shapes)}; crop them to one size")
+        raise ConfigError(f"images of one batch have different shapes {sorted(shapes)}; crop them to one size")
     indices = torch.tensor([int(item["index"]) for item in good], dtype=torch.long)
     epochs = [int(item["epoch"]) for item in good] if all("epoch" in item for item in good) else None
     return Batch(indices, torch.stack([item["image"] for item in good]), corrupt, epochs)

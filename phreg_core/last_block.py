@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_core.errors import ConfigError
 from phreg_core.vit import BlockParts, TokenLayout
 
 ATTENTION_KINDS = ("vanilla", "identity", "qq", "kk", "qq+kk", "kk+gaussian")
@@ -42,9 +43,9 @@ class LastBlockConfig:
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"unknown attention {self.attention!r}; choose from {', '.join(ATTENTION_KINDS)}")
+            raise ConfigError(f"unknown attention {self.attention!r}; choose from {', '.join(ATTENTION_KINDS)}")
         if self.ffn and not self.residual:
-            raise ValueError("an FFN without the attention residual is not a configuration any method uses")
+            raise ConfigError("an FFN without the attention residual is not a configuration any method uses")
 
     def to_dict(self) -> dict:
         return asdict(self)

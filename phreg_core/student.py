@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.last_block import PRESETS, LastBlockConfig
 from phreg_core.pos_embed import PosResample, get_policy, resample_table
 from phreg_core.teacher import is_clip_family
@@ -77,7 +78,7 @@ class UnlockSet:
             key, sep, value = item.partition("=")
             key = key.strip().replace("-", "_")
             if key not in fields:
-                raise ValueError(f"unknown unlock item {key!r} in {spec!r}; use 'official', 'paper' or a list "
+                raise ConfigError(f"unknown unlock item {key!r} in {spec!r}; use 'official', 'paper' or a list "
                                  "of registers, pos_embed, patch_embed, last_blocks=K")
             fields[key] = int(value) if key == "last_blocks" else (True if not sep else value.lower() == "true")
         return cls(**fields)
@@ -103,7 +104,8 @@ def embedding_paths(adapter: ViTAdapter) -> tuple[str, str]:
             return _EMBED_PATHS[klass.__name__]
     pos, patch = getattr(adapter, "pos_embed_path", None), getattr(adapter, "patch_embed_path", None)
     if pos is None or patch is None:
-        raise TypeError(f"{type(adapter).__name__} does not say where its positional and patch embeddings are; "
+        raise UnsupportedModelError(f"{type(adapter).__name__} does not say where its positional and patch "
+                                    "embeddings are; "
                         "set `pos_embed_path` and `patch_embed_path` on the adapter class")
     return pos, patch
 

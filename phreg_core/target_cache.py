@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from phreg_core.atomic import write_atomic
+from phreg_core.errors import ConfigError
 from phreg_core.tta import ViewPlan
 
 __all__ = ["CACHE_DTYPES", "TargetCache", "image_digest"]
@@ -54,7 +54,7 @@ class TargetCache:
 
     def __init__(self, root: str | Path, identity: dict[str, Any], dtype: str = "float16"):
         if dtype not in CACHE_DTYPES:
-            raise ValueError(f"cache dtype {dtype!r} is not one of {sorted(CACHE_DTYPES)}")
+            raise ConfigError(f"cache dtype {dtype!r} is not one of {sorted(CACHE_DTYPES)}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.dtype = dtype
@@ -95,18 +95,12 @@ class TargetCache:
         return target.float()
 
     def put(self, key: str, target: Tensor) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(handle)
-        try:
-            save_file({"target": target.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        stored = {"target": target.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()}
+        write_atomic(self.path(key), lambda temp: save_file(stored, temp), suffix=".safetensors",
+                     io_errors=(SafetensorError,))
 
     def put_many(self, keys: list[str], targets: Tensor) -> None:
         """Store a batch of targets ``[B, C, h, w]`` (one device-to-host copy)."""

@@ -33,8 +33,10 @@ Without ``out_dir`` nothing is written; ``save_adapter`` (``phreg_core.adapter_i
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -48,16 +50,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from phreg_core import distributed as dist_utils
-from phreg_core.atomic import write_atomic
+from phreg_core.atomic import write_atomic, write_bytes_atomic, write_failure
 from phreg_core.data import Batch, collate
-from phreg_core.errors import PhregError
+from phreg_core.errors import ConfigError, FileFormatError, OutputExistsError, PhregError
 from phreg_core.losses import distill_loss
+from phreg_core.progress import PlainProgress, is_terminal
 from phreg_core.student import Student
 from phreg_core.target_cache import TargetCache, image_digest
 from phreg_core.tta import TTADenoiser, ViewIndex, normalised_white, plan_views, view_index
 
+_LOGGER = logging.getLogger(__name__)
+
 __all__ = ["LR_UPDATES", "RECIPES", "DistillConfig", "DistillConfigError", "DistillResult", "EpochExponentialLR",
-           "ExponentialEpochDecay", "distill", "view_rng"]
+           "ExponentialEpochDecay", "distill", "load_checkpoint", "read_log", "view_rng"]
 
 LR_UPDATES = ("after-step", "per-epoch")  # when the per-epoch rate is set (see the module docstring)
 
@@ -320,13 +325,94 @@ class _EpochOrder(Sampler):
         return len(self.keys)
 
 
+CHECKPOINT_FORMAT = "phreg-checkpoint"
+CHECKPOINT_VERSION = 2  # 2: only tensors and plain containers, read with torch.load(weights_only=True)
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    write_atomic(path, lambda temp: torch.save(obj, temp))
+    """``torch.save`` through a temp file; a full disk or a read-only folder raises ``WriteError`` naming ``path``."""
+    write_atomic(path, lambda temp: torch.save(obj, temp), io_errors=(RuntimeError,))
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) global RNG states as tensors and plain values (``weights_only``-loadable)."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`_rng_state`."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"]))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers, no code.
+
+    Raises :class:`FileFormatError` naming ``path`` for anything else (a pickle that needs other globals,
+    a checkpoint of an older format, a damaged file).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... from torch's reader
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileFormatError(
+            f"{path} is not a PH-Reg checkpoint this version can read safely ({type(error).__name__}: "
+            f"{first[:200]}); checkpoints are only read as tensors and plain containers. Delete it, or start "
+            "a new --out folder") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise FileFormatError(f"{path} is not a PH-Reg checkpoint; delete it or start a new --out folder")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise FileFormatError(f"{path} is a PH-Reg checkpoint of format version {state.get('version')!r}, this "
+                              f"version resumes only version {CHECKPOINT_VERSION}; start a new --out folder")
+    return state
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
     folder = out_dir / "checkpoints"
     return sorted(folder.glob("step-*.pt")) if folder.is_dir() else []
+
+
+def read_log(path: Path) -> tuple[list[tuple[dict[str, Any], bytes]], bytes]:
+    """The records of a ``log.jsonl`` with their raw lines, and the torn tail (``b""`` if none).
+
+    Every record is appended as one line ending in a newline, so text after the last newline is the torn
+    remainder of an interrupted append (a kill or a full disk). Any other malformed line raises
+    :class:`FileFormatError` naming the file and the line.
+    """
+    try:
+        *lines, torn = path.read_bytes().split(b"\n")
+    except OSError as error:
+        raise FileFormatError(f"cannot read the training log {path}: {error.strerror or error}") from error
+    records = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            raise FileFormatError(f"{path}, line {number}: not a JSON log record ({error}); delete the line or "
+                                  "the file (it is only a log)") from error
+        if not isinstance(record, dict) or type(record.get("step")) is not int:
+            raise FileFormatError(f"{path}, line {number}: a log record needs an integer 'step'; delete the line "
+                                  "or the file (it is only a log)")
+        records.append((record, raw))
+    return records, torn
 
 
 class _Trainer:
@@ -344,11 +430,11 @@ class _Trainer:
         self.denoiser = TTADenoiser(teacher, vision.patch_size, fill, config.views, config.shift_frac)
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         if config.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision {config.precision!r}: use auto, bf16 or fp32")
+            raise ConfigError(f"precision {config.precision!r}: use auto, bf16 or fp32")
 
         named = student.trainable_named_parameters()
         if not named:
-            raise ValueError("the student has no trainable parameters; check the unlock set")
+            raise ConfigError("the student has no trainable parameters; check the unlock set")
         self.optimizer = torch.optim.AdamW([p for _, p in named], lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
         self.scheduler = EpochExponentialLR(self.optimizer, config.lr, config.lr_end, config.epochs,
@@ -402,10 +488,10 @@ class _Trainer:
         elif hasattr(self.teacher, "describe"):
             described = self.teacher.describe()
             if config.base_weights_sha256 is None:
-                raise ValueError("caching targets needs the teacher's weights identity: set "
+                raise ConfigError("caching targets needs the teacher's weights identity: set "
                                  "config.base_weights_sha256 (or config.teacher_id)")
         else:
-            raise ValueError("caching targets of a custom teacher needs config.teacher_id (a dict naming the "
+            raise ConfigError("caching targets of a custom teacher needs config.teacher_id (a dict naming the "
                              "teacher and its weights) so that cache keys change when the teacher does")
         return {"teacher": described, "weights": config.base_weights_sha256, "views": config.views,
                 "shift_frac": config.shift_frac, "fill": list(self.denoiser.fill),
@@ -435,12 +521,10 @@ class _Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """Everything a resume needs, as tensors and plain containers only (see :func:`load_checkpoint`)."""
         return {
-            "format": "phreg-checkpoint",
-            "version": 1,
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
             "position": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
             "counters": {"skipped": self.skipped, "corrupt": self.corrupt, "images_seen": self.images_seen},
             "last_loss": self.last_loss,
@@ -448,7 +532,7 @@ class _Trainer:
             "trainable": {n: p.detach().cpu().clone() for n, p in self.student.trainable_named_parameters()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
+            "rng": _rng_state(),
             "fingerprint": self.config.fingerprint(),
             "world_size": self.env.world_size,
         }
@@ -468,74 +552,92 @@ class _Trainer:
         """Load the newest checkpoint of ``out_dir`` (resume) or refuse to overwrite one (no resume)."""
         if self.out_dir is None:
             if self.config.resume:
-                raise ValueError("resume needs config.out_dir (where the checkpoints are)")
+                raise ConfigError("resume needs config.out_dir (where the checkpoints are)")
             return None
         found = _checkpoints(self.out_dir)
-        if not self.config.resume:
-            if found:
-                raise FileExistsError(f"{self.out_dir} already holds checkpoints ({found[-1].name}); pass "
-                                      "--resume to continue that run or choose another --out folder")
-            return None
+        if not self.config.resume and found:
+            raise OutputExistsError(f"{self.out_dir} already holds checkpoints ({found[-1].name}); pass "
+                                    "--resume to continue that run or choose another --out folder")
         if not found:
+            if self.env.is_main:
+                self._truncate_log(0)  # a run killed before its first checkpoint starts over
             return None
         path = found[-1]
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("format") != "phreg-checkpoint":
-            raise ValueError(f"{path} is not a PH-Reg checkpoint")
+        state = load_checkpoint(path)
+        try:
+            self._restore_state(path, state)
+        except PhregError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
+            raise FileFormatError(f"{path} is a damaged PH-Reg checkpoint ({type(error).__name__}: {error}); "
+                                  "delete it to resume from the one before, or start a new --out folder") from error
+        if self.env.is_main:
+            self._truncate_log(self.step)
+        return path
+
+    def _restore_state(self, path: Path, state: dict[str, Any]) -> None:
+        """Copy a loaded checkpoint into the student, optimiser, scheduler, RNGs and counters."""
         mismatched = {k: (v, self.config.fingerprint().get(k)) for k, v in state["fingerprint"].items()
                       if self.config.fingerprint().get(k) != v}
         if mismatched:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(mismatched.items()))
-            raise ValueError(f"cannot resume from {path}: settings differ ({detail}); use the same settings "
+            raise ConfigError(f"cannot resume from {path}: settings differ ({detail}); use the same settings "
                              "or start a new --out folder")
         if state["world_size"] != self.env.world_size:
-            raise ValueError(f"{path} was written by {state['world_size']} processes, this run has "
+            raise ConfigError(f"{path} was written by {state['world_size']} processes, this run has "
                              f"{self.env.world_size}; an exact resume needs the same number")
         own = dict(self.student.trainable_named_parameters())
         if set(own) != set(state["trainable"]):
-            raise ValueError(f"{path} was saved for another unlock set or student")
+            raise ConfigError(f"{path} was saved for another unlock set or student")
         with torch.no_grad():
             for name, value in state["trainable"].items():
                 own[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        _set_rng_state(state["rng"])
         position = state["position"]
         self.step, self.epoch, self.batch_in_epoch = position["step"], position["epoch"], position["batch_in_epoch"]
         counters = state["counters"]
         self.skipped, self.corrupt, self.images_seen = counters["skipped"], counters["corrupt"], counters["images_seen"]
         self.last_loss, self.recent = state["last_loss"], list(state["recent"])
-        if self.env.is_main:
-            self._truncate_log(self.step)
-        return path
 
     # -- logging ------------------------------------------------------------------------------------
     def _log_path(self) -> Path | None:
         return self.out_dir / "log.jsonl" if self.out_dir is not None else None
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        """Drop log lines written after the checkpoint we resume from (they will be redone), and a torn tail.
+
+        Kept lines stay byte for byte; the file is replaced atomically and only when something is dropped.
+        """
         path = self._log_path()
         if path is None or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        records, torn = read_log(path)
+        kept = [raw for record, raw in records if record["step"] <= step]
+        if torn:
+            _LOGGER.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, len(torn))
+        if torn or len(kept) != len(records):
+            write_bytes_atomic(path, b"".join(raw + b"\n" for raw in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
         path = self._log_path()
         if path is None or not self.env.is_main:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
-            handle.write(json.dumps(record, allow_nan=False) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as handle:
+                handle.write(json.dumps(record, allow_nan=False) + "\n")
+        except OSError as error:
+            raise write_failure(path, error) from error
 
     def _progress(self):
+        """A rich bar on standard error in a terminal; elsewhere plain lines at a fixed interval (logs)."""
         if not (self.config.progress and self.env.is_main):
             return None
+        if not is_terminal(sys.stderr):
+            return PlainProgress(formats={"speed": "{} img/s"})
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -547,7 +649,7 @@ class _Trainer:
 
         return Progress(TextColumn("distil"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                         TextColumn("{task.fields[speed]} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn())
+                        TimeRemainingColumn(), console=Console(stderr=True))
 
     # -- the loop -----------------------------------------------------------------------------------
     def _epoch_batches(self):
@@ -692,5 +794,5 @@ def with_overrides(config: DistillConfig, **overrides: Any) -> DistillConfig:
     known = {f.name for f in fields(DistillConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown distillation settings {unknown}")
+        raise ConfigError(f"unknown distillation settings {unknown}")
     return replace(config, **overrides)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from phreg_core.errors import ConfigError
+
 __all__ = [
     "POOL_FACTOR",
     "TTADenoiser",
@@ -91,7 +93,7 @@ def plan_views(
 ) -> ViewPlan:
     """Draw the offsets and flips of one image (pool of ``10·N``, FPS, view 0 = identity, no flip)."""
     if num_views < 1:
-        raise ValueError(f"num_views must be >= 1, got {num_views}")
+        raise ConfigError(f"num_views must be >= 1, got {num_views}")
     shift_h, shift_w = max_shift(grid[0], shift_frac), max_shift(grid[1], shift_frac)
     pool_size = POOL_FACTOR * num_views
     pool_dy = rng.integers(-shift_h, shift_h, size=pool_size, endpoint=True)
@@ -168,7 +170,7 @@ def view_index(plans: Sequence[ViewPlan], patch_size: int, height: int, width: i
     """The gather indices of shift-then-flip views and their patch-coordinate maps (CPU tensors)."""
     grid = (height // patch_size, width // patch_size)
     if grid[0] * patch_size != height or grid[1] * patch_size != width:
-        raise ValueError(f"images {height}x{width} are not a multiple of the patch size {patch_size}")
+        raise ConfigError(f"images {height}x{width} are not a multiple of the patch size {patch_size}")
     offsets = torch.as_tensor(np.concatenate([p.offsets for p in plans]), dtype=torch.long)
     flips = torch.as_tensor(np.concatenate([p.flips for p in plans]), dtype=torch.bool)
     owner = torch.repeat_interleave(torch.arange(len(plans)), torch.as_tensor([p.num_views for p in plans]))

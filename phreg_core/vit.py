@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from phreg_core.errors import ConfigError
 from phreg_core.pos_embed import POLICIES, PosResample, get_policy
 
 __all__ = [
@@ -122,7 +123,7 @@ def insert_registers(
         cut = layout.num_prefix
         out = torch.cat([tokens[:, :cut], regs, tokens[:, cut:]], dim=1)
         return out, TokenLayout(cut + regs.shape[1], layout.grid, layout.num_appended)
-    raise ValueError(f"unknown register placement {placement!r}; use 'append' or 'prefix'")
+    raise ConfigError(f"unknown register placement {placement!r}; use 'append' or 'prefix'")
 
 
 LastBlockFn = Callable[[BlockParts, Tensor, TokenLayout], Tensor]
@@ -201,7 +202,7 @@ class ViTAdapter(nn.Module):
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"input {height}x{width} is not a multiple of the patch size {self.patch_size}; "
                 "resize or pad the image first"
             )

@@ -95,7 +95,7 @@ def test_damaged_adapter_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(AdapterMismatchError, match="sha256"):
         build_phreg(build_tiny_vit(seed=0), adapter=str(path))
-    with pytest.raises(ValueError, match="needs an adapter"):
+    with pytest.raises(ValueError, match="needs option 'adapter'"):
         build_phreg(build_tiny_vit(seed=0))
 
 

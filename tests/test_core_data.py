@@ -30,7 +30,7 @@ def test_list_images_is_recursive_and_case_insensitive(tmp_path):
     files = list_images(make_folder(tmp_path))
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
         "a/b/three.webp", "a/broken.jpg", "a/two.PNG", "one.jpg"]
-    with pytest.raises(NotADirectoryError, match="--data"):
+    with pytest.raises(FileNotFoundError, match="--data"):
         list_images(tmp_path / "missing")
 
 

@@ -30,7 +30,7 @@ def second_synthetic_task(monkeypatch):
 def measured(store: ResultStore, backbone: str, method: str, task: str, value: float, *, version: str = "1",
              protocol: str = "default", complete: bool = True, finished: str = "2026-01-01T00:00:00+00:00",
              overrides: dict | None = None, precision: str = "fp32", sha: str = "s", seed: int = 0,
-             method_config: dict | None = None, extra: dict | None = None) -> Path:
+             method_config: dict | None = None, extra: dict | None = None, spec_hash: str | None = None) -> Path:
     """A measured record as the runner writes it: the task's real spec hash and resolved settings."""
     from phreg_bench.registries import TASK_FAMILIES, TASKS
     from phreg_bench.tasks.base import RunContext
@@ -41,14 +41,15 @@ def measured(store: ResultStore, backbone: str, method: str, task: str, value: f
     settings = {**family.resolve_settings(spec, preset if preset in spec.protocols else None, RunContext(),
                                           overrides), "name": protocol}
     record = measured_record(
-        task={"name": task, "family": "synthetic", "version": version, "spec_hash": spec.spec_hash()},
+        task={"name": task, "family": "synthetic", "version": version, "spec_hash": spec_hash or spec.spec_hash()},
         backbone={"name": backbone, "architecture": "vit", "weights_id": "w", "weights_sha256": sha,
                   "extra": extra or {}},
         method={"name": method, "config": method_config or {}}, protocol={"name": protocol, "settings": settings},
         seed=seed, limit=None if complete else 2, precision=precision,
     )
     record.update(metrics={"main": "mIoU", "higher_is_better": True, "values": {"mIoU": value}, "per_class": {}},
-                  status={"complete": complete, "num_samples": 2, "expected_samples": 4, "limit": None},
+                  status={"complete": complete, "num_samples": 2, "expected_samples": 4,
+                          "limit": None if complete else 2},
                   timings={}, provenance={"finished_at": finished, "seed": seed})
     return store.write(record)
 
@@ -203,11 +204,7 @@ def test_phreg_prefixed_backbone_gets_its_delta_against_the_base_raw_row(tmp_pat
 
 
 def test_a_result_of_an_older_task_spec_is_excluded_with_the_reason(tmp_path):
-    from phreg_bench.results.store import read_result
-
-    path = measured(ResultStore(tmp_path), "vit", "raw", TASK_A, 1.0)
-    record = read_result(path)
-    record["task"]["spec_hash"] = "0" * 64  # the spec file has changed since the run
-    write_json_atomic(path, record)
+    # the spec file has changed since the run: the file records the spec hash of that time
+    path = measured(ResultStore(tmp_path), "vit", "raw", TASK_A, 1.0, spec_hash="0" * 64)
     board = build_table([path], "s", SUITE)
     assert board["rows"] == [] and "task spec changed" in board["excluded"][0]["reason"]

@@ -55,7 +55,7 @@ def measured(store: ResultStore, backbone: str, method: str, task: str, value: f
         precision="fp32")
     record.update(metrics={"main": metric, "higher_is_better": higher, "values": {metric: value}, "per_class": {}},
                   status={"complete": True, "num_samples": 4, "expected_samples": 4, "limit": None},
-                  timings={}, provenance={"finished_at": "2026-01-01T00:00:00+00:00"})
+                  timings={}, provenance={"finished_at": "2026-01-01T00:00:00+00:00", "seed": 0})
     return store.write(record)
 
 

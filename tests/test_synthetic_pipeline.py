@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from phreg_bench.synthetic import pipeline
 from phreg_bench.synthetic.pipeline import FULL, headline, run_default
 from phreg_bench.synthetic.proof import TTR, ProofConfig
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow  # two pipeline runs (distillation, probes, figure
 TINY = ProofConfig(num_distill=16, num_probe=16, num_eval=8, steps=6, variants=(FULL,))
 
 
-def test_run_default_writes_everything_and_resumes(tmp_path):
+def test_run_default_writes_everything_and_resumes(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     summary = run_default(tmp_path, config=TINY, log=lambda line: None, threads=1)
     assert torch.get_num_threads() == threads  # restored
@@ -33,11 +34,24 @@ def test_run_default_writes_everything_and_resumes(tmp_path):
             assert figure.format == "PNG" and figure.size[0] > 300
     numbers = headline(summary)
     assert numbers["outliers_raw_pct"] > 1.0 and 0.0 <= numbers["register_share_pct"] <= 100.0
-    # a second call finds the finished run: same adapter, same numbers, no new training
-    again = run_default(tmp_path, config=TINY, log=lambda line: None, figures=False)
+    assert summary["reused"] is False
+    # a second call finds the finished run with the same inputs: the table is read back, nothing recomputed
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "build_world", refuse)
+        again = run_default(tmp_path, config=TINY, log=lambda line: None, figures=False)
+    assert again["reused"] is True and again["rows"] == summary["rows"] and again["table"] == summary["table"]
+    # another adapter is another input: the table is recomputed (the finished distillation is not redone)
+    (tmp_path / "summary.json").write_text((tmp_path / "summary.json").read_text().replace(
+        summary["inputs"]["adapter_sha256"], "0" * 64))
+    lines = []
+    third = run_default(tmp_path, config=TINY, log=lines.append, figures=False)
+    assert third["reused"] is False and any("distillation already complete" in line for line in lines)
 
     def numbers_of(rows):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
-    assert numbers_of(again["rows"]) == numbers_of(summary["rows"])
-    assert again["rows"][2]["seconds"] < 0.5 * summary["rows"][2]["seconds"]
+    assert numbers_of(third["rows"]) == numbers_of(summary["rows"])
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("recomputed although the inputs did not change")

@@ -50,7 +50,7 @@ def test_figures_are_written(tmp_path):
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(RuntimeError, match=r"phreg-bench\[viz\]"):
+    with pytest.raises(ImportError, match=r"phreg-bench\[viz\]"):
         require_matplotlib()
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from phreg_core.errors import ConfigError
 from phreg_core.vit import TokenOutput, ViTAdapter
 
 
@@ -72,7 +73,7 @@ def merge_reduced(reduced: bool | dict[str, int] | None, defaults: dict[str, int
     if isinstance(reduced, dict):
         unknown = set(reduced) - set(defaults)
         if unknown:
-            raise ValueError(f"reduced= takes {sorted(defaults)}, got {sorted(unknown)}")
+            raise ConfigError(f"reduced= takes {sorted(defaults)}, got {sorted(unknown)}")
         config.update(reduced)
     return config
 
@@ -112,7 +113,7 @@ class Backbone(nn.Module):
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         if self.text is None:
-            raise ValueError(f"backbone {self.info.name!r} has no text tower; open-vocabulary tasks need one")
+            raise ConfigError(f"backbone {self.info.name!r} has no text tower; open-vocabulary tasks need one")
         return self.text.encode(texts)
 
     def normalize(self, images: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 from phreg_bench.backbones.base import Backbone, BackboneInfo
 from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_core.adapters import TimmViTAdapter
+from phreg_core.errors import ConfigError
 from phreg_core.pos_embed import get_policy
 
 # Built-in models have no reference codebase; they keep the resampling phreg-bench always used for them.
@@ -23,7 +24,7 @@ def build_tiny_vit(argument: str | None = None, *, weights: str | None = None, r
     from timm.models.vision_transformer import VisionTransformer
 
     if options:
-        raise ValueError(f"tiny-vit takes no options {sorted(options)}")
+        raise ConfigError(f"tiny-vit takes no options {sorted(options)}")
     policy = get_policy(pos_resample or BUILTIN_POLICY)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -31,9 +32,9 @@ def build_tiny_vit(argument: str | None = None, *, weights: str | None = None, r
                                   num_classes=0, dynamic_img_size=True)
     weights_id = f"random-init(seed={seed})"
     if weights:
-        from safetensors.torch import load_file
+        from phreg_bench.backbones.weights import load_into
 
-        model.load_state_dict(load_file(weights))
+        load_into(model, weights)
         weights_id = weights
     model.eval()
     vision = TimmViTAdapter(model, policy)

@@ -22,6 +22,7 @@ from typing import Any
 from phreg_bench.backbones.hub import OPEN_CLIP_FILES, TIMM_FILES
 from phreg_bench.registries import BACKBONES
 from phreg_bench.registry import import_target
+from phreg_core.errors import ConfigError
 from phreg_core.pos_embed import get_policy
 
 # Policies (phreg_core/pos_embed.py). OFFSET: the OVSS repos' / DINOv2-without-registers call;
@@ -53,7 +54,7 @@ class CatalogueFactory:
 
     def __call__(self, argument: str | None = None, **options: Any):
         if argument:
-            raise ValueError(f"backbone {self.name!r} takes no argument (got {argument!r})")
+            raise ConfigError(f"backbone {self.name!r} takes no argument (got {argument!r})")
         policy = options.get("pos_resample") or self.pos_resample
         if policy is not None:
             options["pos_resample"] = get_policy(policy).name  # an unknown name fails before any download

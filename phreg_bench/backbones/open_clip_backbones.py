@@ -41,6 +41,7 @@ from phreg_bench.backbones.hub import (
 from phreg_bench.backbones.open_clip_text import OpenClipTextTower
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
 from phreg_core.adapters import LIBRARY_POLICY, OpenClipViTAdapter
+from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.pos_embed import get_policy, resample_table
 
 # tiny test config: 2 blocks of width 48 (2 heads), 4x4 grid; text tower 2 blocks of width 32; joint dim 32
@@ -58,15 +59,15 @@ def reduced_config(reduced: bool | dict[str, int] | None) -> dict[str, int] | No
 def check_supported(model_cfg: dict[str, Any], label: str) -> None:
     vision = model_cfg.get("vision_cfg", {})
     if "timm_model_name" in vision:
-        raise TypeError(
+        raise UnsupportedModelError(
             f"open_clip model {label!r} has a timm image tower ({vision['timm_model_name']}, pool "
             f"{vision.get('timm_pool')!r}): not a plain CLIP ViT. Its joint space is reached through the pooling "
             "head, not a per-token projection, so no dense CLIP-space features exist; use "
             "timm:<name> for its patch features")
     if isinstance(vision.get("layers"), (list, tuple)):
-        raise TypeError(f"open_clip model {label!r} has a ResNet image tower, not a ViT")
+        raise UnsupportedModelError(f"open_clip model {label!r} has a ResNet image tower, not a ViT")
     if vision.get("attentional_pool"):
-        raise TypeError(f"open_clip model {label!r} pools with attention (CoCa-style): not supported")
+        raise UnsupportedModelError(f"open_clip model {label!r} pools with attention (CoCa-style): not supported")
 
 
 def _reduce(model_cfg: dict[str, Any], small: dict[str, int]) -> dict[str, Any]:
@@ -221,29 +222,29 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     import open_clip
 
     if not argument:
-        raise ValueError("open_clip backbones need '<arch>/<pretrained>', e.g. open_clip:ViT-B-16/openai")
+        raise ConfigError("open_clip backbones need '<arch>/<pretrained>', e.g. open_clip:ViT-B-16/openai")
     policy = get_policy(pos_resample or LIBRARY_POLICY)
     if argument.startswith("hf-hub:"):
         return build_hub(argument[len("hf-hub:"):], weights=weights, random_init=random_init, seed=seed,
                          reduced=reduced, img_size=img_size, name=name, pos_resample=policy.name)
     if random_init and weights:
-        raise ValueError("--random-init and --weights exclude each other")
+        raise ConfigError("--random-init and --weights exclude each other")
     arch, _, tag = argument.partition("/")
     model_cfg = open_clip.get_model_config(arch)
     if model_cfg is None:
-        raise ValueError(f"open_clip has no architecture {arch!r} (see open_clip.list_models())")
+        raise ConfigError(f"open_clip has no architecture {arch!r} (see open_clip.list_models())")
     check_supported(model_cfg, argument)
     pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
     if tag and not pretrained_cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-        raise ValueError(f"open_clip {arch!r} has no pretrained tag {tag!r} (known: {known})")
+        raise ConfigError(f"open_clip {arch!r} has no pretrained tag {tag!r} (known: {known})")
     if not tag and not (weights or random_init):
-        raise ValueError(f"open_clip:{arch} names no pretrained tag: add '/<tag>', --weights PATH or --random-init")
+        raise ConfigError(f"open_clip:{arch} names no pretrained tag: add '/<tag>', --weights PATH or --random-init")
     small = reduced_config(reduced)
     if quick_gelu is None:
         quick_gelu = bool(pretrained_cfg.get("quick_gelu", False) or model_cfg.get("quick_gelu", False))
     elif tag and quick_gelu != bool(pretrained_cfg.get("quick_gelu", False)):
-        raise ValueError(f"quick_gelu={quick_gelu} contradicts the pretrained tag {tag!r} of {arch!r}")
+        raise ConfigError(f"quick_gelu={quick_gelu} contradicts the pretrained tag {tag!r} of {arch!r}")
 
     hub_repo, weights_file, weights_id = None, None, f"random-init(seed={seed})"
     if weights:
@@ -271,10 +272,10 @@ def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool
               pos_resample: str | None = None) -> Backbone:
     """A :class:`Backbone` for an open_clip model on the Hugging Face hub (``org/repo``)."""
     if not repo:
-        raise ValueError("hf-hub backbones need a repo id, e.g. hf-hub:apple/DFN2B-CLIP-ViT-B-16")
+        raise ConfigError("hf-hub backbones need a repo id, e.g. hf-hub:apple/DFN2B-CLIP-ViT-B-16")
     policy = get_policy(pos_resample or LIBRARY_POLICY)
     if random_init and weights:
-        raise ValueError("--random-init and --weights exclude each other")
+        raise ConfigError("--random-init and --weights exclude each other")
     config_path = fetch(repo, (HUB_CONFIG,), what=f"the open_clip config of {repo!r}")
     model_cfg = json.loads(config_path.read_text())["model_cfg"]
     label = f"hf-hub:{repo}"
@@ -305,7 +306,7 @@ def build_hf_hub(argument: str | None, **options: Any) -> Backbone:
     from phreg_bench.backbones import timm_backbones
 
     if not argument:
-        raise ValueError("hf-hub backbones need a repo id, e.g. hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K")
+        raise ConfigError("hf-hub backbones need a repo id, e.g. hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K")
     is_timm = cached_file(argument, ("config.json",)) is not None and cached_file(argument, (HUB_CONFIG,)) is None
     if not is_timm:
         try:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from phreg_core.errors import ConfigError
+
 DEFAULT_BATCH_SIZE = 256  # prompts per forward pass
 
 
@@ -82,7 +84,7 @@ class OpenClipTextTower(nn.Module):
         """Embed prompts ``[N, D]`` (float32, unnormalised) in batches of ``batch_size``."""
         texts = list(texts)
         if not texts:
-            raise ValueError("encode() needs at least one prompt")
+            raise ConfigError("encode() needs at least one prompt")
         device, chunks = self.device, []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(texts[start : start + self.batch_size]).to(device)

@@ -13,6 +13,7 @@ from typing import Any
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.results.hashing import BASE_NAME_KEY
+from phreg_core.errors import ConfigError
 
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False,
@@ -20,7 +21,7 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     from phreg_bench.registries import BACKBONES
 
     if not argument:
-        raise ValueError("backbone 'phreg:' needs a base, e.g. phreg:tiny-vit or phreg:open_clip:ViT-B-16/openai")
+        raise ConfigError("backbone 'phreg:' needs a base, e.g. phreg:tiny-vit or phreg:open_clip:ViT-B-16/openai")
     factory, base_argument = BACKBONES.resolve(argument)
     backbone = factory(base_argument, weights=weights, random_init=random_init, **options)
     backbone.info.extra = {**backbone.info.extra, BASE_NAME_KEY: backbone.info.name}

@@ -68,6 +68,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_core.errors import ConfigError
 
 __all__ = ["PlantedBlock", "PlantedMlp", "PlantedSpec", "RegisterNeurons", "build_planted_model",
            "build_planted_twin", "build_planted_vit", "firing_maps", "register_neuron_indices", "set_artifacts"]
@@ -107,7 +108,7 @@ class PlantedSpec:
     def general_channels(self) -> int:
         general = self.embed_dim - self.texture_channels - self.num_neurons - self.massive_channels
         if general < 8:
-            raise ValueError(f"embed_dim {self.embed_dim} leaves {general} general channels; use a wider model")
+            raise ConfigError(f"embed_dim {self.embed_dim} leaves {general} general channels; use a wider model")
         return general
 
     def channels(self) -> dict[str, slice]:
@@ -343,7 +344,7 @@ def _plant_weights(model: nn.Module, spec: PlantedSpec, gen: torch.Generator) ->
 def build_planted_model(spec: PlantedSpec = PlantedSpec(), artifacts: bool = True) -> nn.Module:
     """The timm ``VisionTransformer`` with planted weights; ``artifacts=False`` gives the twin."""
     if not 0 <= spec.artifact_layer < spec.depth - 1:
-        raise ValueError(f"artifact_layer {spec.artifact_layer} must be a block before the last of {spec.depth}")
+        raise ConfigError(f"artifact_layer {spec.artifact_layer} must be a block before the last of {spec.depth}")
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
         model = VisionTransformer(img_size=spec.img_size, patch_size=spec.patch_size, embed_dim=spec.embed_dim,
@@ -396,19 +397,19 @@ def build_planted_vit(argument: str | None = None, *, weights: str | None = None
     from phreg_core.pos_embed import get_policy
 
     if argument:
-        raise ValueError(f"planted-vit takes no argument, got {argument!r}")
+        raise ConfigError(f"planted-vit takes no argument, got {argument!r}")
     known = set(PlantedSpec.__dataclass_fields__)
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"planted-vit has no option {unknown}; choose from {sorted(known)}")
+        raise ConfigError(f"planted-vit has no option {unknown}; choose from {sorted(known)}")
     spec = replace(PlantedSpec(), **options)
     policy = get_policy(pos_resample or BUILTIN_POLICY)
     model = build_planted_model(spec, artifacts)
     weights_id = f"planted(seed={spec.seed})"
     if weights:
-        from safetensors.torch import load_file
+        from phreg_bench.backbones.weights import load_into
 
-        model.load_state_dict(load_file(weights))
+        load_into(model, weights)
         weights_id = weights
     vision = TimmViTAdapter(model, policy)
     name = "planted-vit" if artifacts else "planted-vit-twin"

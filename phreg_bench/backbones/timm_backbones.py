@@ -27,6 +27,7 @@ from phreg_bench.backbones.hub import TIMM_FILES, fetch
 from phreg_bench.backbones.hub import cache_dir as hub_cache_dir
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
 from phreg_core.adapters import LIBRARY_POLICY, TimmViTAdapter
+from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.pos_embed import get_policy, resample_table
 
 # tiny test config: 2 blocks of width 48 (keeps DINOv2-g's SwiGLU hidden width even), 4x4 patch grid
@@ -73,17 +74,19 @@ def _create(timm, model_name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     except TypeError as error:  # non-ViT classes reject the ViT keyword arguments
         if "unexpected keyword argument" not in str(error):
             raise
-        raise TypeError(f"timm model {model_name!r} is not a plain VisionTransformer ({error})") from error
+        raise UnsupportedModelError(f"timm model {model_name!r} is not a plain VisionTransformer ({error})") from error
 
 
 def check_supported(model: torch.nn.Module, model_name: str) -> None:
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
-        raise TypeError(f"timm model {model_name!r} is a {type(model).__name__}, not a plain VisionTransformer; "
+        raise UnsupportedModelError(f"timm model {model_name!r} is a {type(model).__name__}, "
+                                    "not a plain VisionTransformer; "
                         "phreg-bench needs absolute positional embeddings and CLS/register prefix tokens")
     if getattr(model, "dist_token", None) is not None:
-        raise TypeError(f"timm model {model_name!r} has a distillation token (distilled DeiT): not supported; "
+        raise UnsupportedModelError(f"timm model {model_name!r} has a distillation token (distilled DeiT): "
+                                    "not supported; "
                         "use the non-distilled DeiT (e.g. deit_base_patch16_224.fb_in1k)")
 
 
@@ -151,11 +154,11 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     Other keyword arguments go to ``timm.create_model``.
     """
     if not argument:
-        raise ValueError("timm backbones need a model name, e.g. timm:vit_base_patch14_dinov2.lvd142m")
+        raise ConfigError("timm backbones need a model name, e.g. timm:vit_base_patch14_dinov2.lvd142m")
     policy = get_policy(pos_resample or LIBRARY_POLICY)
     small = reduced_config(reduced)
     if random_init and weights:
-        raise ValueError("--random-init and --weights exclude each other")
+        raise ConfigError("--random-init and --weights exclude each other")
     weights_file: Path | None = None
     weights_id = f"random-init(seed={seed})"
     hub_repo = None

@@ -28,7 +28,7 @@ from phreg_bench.backbones.torchscript_archive import (
     is_torchscript_archive,
     read_torchscript_tensors,
 )
-from phreg_core.errors import PhregError
+from phreg_core.errors import MissingFileError, PhregError
 
 NESTED_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")  # checkpoint wrappers
 CONVERT_HINT = (
@@ -100,7 +100,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a weights file (see the module docstring for the formats) into ``{name: tensor}`` on CPU."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise MissingFileError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -117,3 +117,21 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         except ArchiveError as error:
             raise WeightsError(str(error)) from error
     return _unwrap(_torch_load(path), path)
+
+
+def load_into(model: torch.nn.Module, path: str | Path) -> None:
+    """Read ``path`` with :func:`read_state_dict` (any supported format) and load it strictly into ``model``.
+
+    Raises :class:`WeightsError` naming the file when its tensors do not fit the model.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    problems = [f"{len(names)} {what} (e.g. {names[0]!r})" for names, what in
+                ((missing, "missing tensors"), (unexpected, "unexpected tensors"), (shapes, "tensors of another shape"))
+                if names]
+    if problems:
+        raise WeightsError(f"{path}: weights do not fit this {type(model).__name__}: {', '.join(problems)}; pass "
+                           "the weights this backbone was made with")
+    model.load_state_dict(state, strict=True)

@@ -9,8 +9,11 @@ Multi-GPU: ``torchrun --nproc_per_node G -m phreg_bench distill ...`` (``--batch
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
+from phreg_bench.cli import OptionError, say
+from phreg_bench.cli._options import device_name, fraction, non_negative_int, positive_float, positive_int
 from phreg_bench.cli.run import add_pos_resample_option, with_pos_resample
 
 
@@ -30,15 +33,16 @@ def register(subparsers) -> None:
     add_pos_resample_option(parser)
     parser.add_argument("--recipe", default="auto", choices=("auto", "clip", "dinov2"),
                         help="hyper-parameter preset; auto = clip for CLIP towers, dinov2 otherwise")
-    parser.add_argument("--registers", type=int, default=16, help="new register tokens (default 16)")
-    parser.add_argument("--views", type=int, default=10, help="TTA views per image (default 10)")
-    parser.add_argument("--shift-frac", type=float, default=0.15, help="max shift / grid (default 0.15)")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
-    parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
-    parser.add_argument("--batch-size", type=int, help="images per step and process (default: the recipe's)")
-    parser.add_argument("--lr", type=float, help="initial learning rate (default: the recipe's)")
-    parser.add_argument("--lr-end", type=float, help="final learning rate (default: the recipe's)")
-    parser.add_argument("--resolution", type=int,
+    parser.add_argument("--registers", type=non_negative_int, default=16, help="new register tokens (default 16)")
+    parser.add_argument("--views", type=positive_int, default=10, help="TTA views per image (default 10)")
+    parser.add_argument("--shift-frac", type=fraction, default=0.15, help="max shift / grid (default 0.15)")
+    parser.add_argument("--epochs", type=positive_int, default=100, help="epochs (default 100)")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="images per step and process (default: the recipe's)")
+    parser.add_argument("--lr", type=positive_float, help="initial learning rate (default: the recipe's)")
+    parser.add_argument("--lr-end", type=positive_float, help="final learning rate (default: the recipe's)")
+    parser.add_argument("--resolution", type=positive_int,
                         help="training crop (default: the recipe's 448/518 if a multiple of the patch size, "
                         "else the backbone's native resolution)")
     parser.add_argument("--unlock", default="official",
@@ -46,14 +50,15 @@ def register(subparsers) -> None:
                         "'registers,pos_embed,patch_embed,last_blocks=1'")
     parser.add_argument("--student-last-block", default="auto",
                         help="auto (CLIP: maskclip value path; others: unchanged), none, or a preset name")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--checkpoint-every", type=non_negative_int, default=1000,
+                        help="steps between checkpoints (0: only at the end)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--cache-targets", type=Path, help="cache denoised teacher targets here (fixes crops)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--num-workers", type=non_negative_int, default=4)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=handle)
 
@@ -61,22 +66,33 @@ def register(subparsers) -> None:
 def _resolution(requested: int | None, recipe_resolution: int, patch: int, native: int) -> int:
     if requested is not None:
         if requested % patch:
-            raise ValueError(f"--resolution {requested} is not a multiple of the patch size {patch}")
+            raise OptionError(f"--resolution {requested} is not a multiple of the patch size {patch}")
         return requested
     return recipe_resolution if recipe_resolution % patch == 0 else native
 
 
-def handle(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def check_distill(args: argparse.Namespace) -> None:
+    """The checks of `phreg-bench distill` that need more than one option or the file system (before any model)."""
+    if (args.data is None) == (args.hf_dataset is None):
+        raise OptionError("pass exactly one of --data DIR or --hf-dataset NAME")
+    if args.data is not None and not args.data.is_dir():
+        raise OptionError(f"--data {args.data} is not a folder; pass the folder of training images")
+    if args.hf_dataset is not None and importlib.util.find_spec("datasets") is None:
+        raise OptionError("--hf-dataset needs the Hugging Face `datasets` package: pip install 'phreg-bench[hf]'")
+    if args.out.exists() and not args.out.is_dir():
+        raise OptionError(f"--out {args.out} is a file; pass a folder")
+    if args.weights is not None and args.random_init:
+        raise OptionError("--weights and --random-init exclude each other")
 
+
+def handle(args: argparse.Namespace) -> int:
     from phreg_bench.registries import BACKBONES
     from phreg_core.data import HFImageDataset, ImageFolderDataset
     from phreg_core.student import Student
     from phreg_core.teacher import default_teacher, is_clip_family
     from phreg_core.trainer import RECIPES, DistillConfig, distill
 
-    if (args.data is None) == (args.hf_dataset is None):
-        raise ValueError("pass exactly one of --data DIR or --hf-dataset NAME")
+    check_distill(args)
     factory, argument = BACKBONES.resolve(args.backbone)
     backbone = factory(argument, weights=args.weights, random_init=args.random_init,
                        **with_pos_resample({}, args.pos_resample))
@@ -85,8 +101,9 @@ def handle(args: argparse.Namespace) -> int:
     preset = RECIPES[recipe]
     resolution = _resolution(args.resolution, preset.resolution, vision.patch_size, backbone.info.native_resolution[0])
     config = DistillConfig(
-        epochs=args.epochs, batch_size=args.batch_size or preset.batch_size, lr=args.lr or preset.lr,
-        lr_end=args.lr_end or preset.lr_end, resolution=resolution, views=args.views, shift_frac=args.shift_frac,
+        epochs=args.epochs, batch_size=preset.batch_size if args.batch_size is None else args.batch_size,
+        lr=preset.lr if args.lr is None else args.lr, lr_end=preset.lr_end if args.lr_end is None else args.lr_end,
+        resolution=resolution, views=args.views, shift_frac=args.shift_frac,
         seed=args.seed, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, out_dir=str(args.out),
         resume=args.resume, device=args.device, precision=args.precision, num_workers=args.num_workers,
         cache_targets=str(args.cache_targets) if args.cache_targets else None, progress=not args.no_progress,
@@ -107,7 +124,7 @@ def handle(args: argparse.Namespace) -> int:
                       seed=args.seed)
     teacher = default_teacher(vision)
     result = distill(teacher, student, dataset, config)
-    Console(stderr=True).print(
-        f"distilled {result.steps} steps ({result.images_seen} images, {result.skipped_batches} batches skipped, "
-        f"{result.corrupt_images} unreadable files); final loss {result.final_loss}; adapter {result.adapter_path}")
+    say(f"distilled {result.steps} steps ({result.images_seen} images, {result.skipped_batches} batches skipped, "
+        f"{result.corrupt_images} unreadable files); final loss {result.final_loss}")
+    say("adapter: ", result.adapter_path)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from phreg_bench.cli import console
+from phreg_bench.cli import say
 
 
 def register(subparsers) -> None:
@@ -32,5 +32,5 @@ def handle(args: argparse.Namespace) -> int:
             folders.append(shipped)
     written = build(folders, args.suite, args.out) if args.suite else build_all(folders[0], args.out, folders[1:])
     for path in written:
-        console.print(f"wrote {path}")
+        say("wrote ", path)
     return 0

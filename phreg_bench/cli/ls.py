@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-from rich.table import Table
+from phreg_bench.cli import add_row, make_table, print_table
 
 KINDS = ("backbones", "methods", "tasks", "suites", "datasets")
 
@@ -23,38 +22,32 @@ def _yes_no(value) -> str:
 def handle(args: argparse.Namespace) -> int:
     from phreg_bench.registries import BACKBONES, DATASETS, METHODS, SUITES, TASKS
 
-    table = Table(title=args.kind, show_lines=False)
-    table.add_column("name", no_wrap=True)
     if args.kind == "backbones":
-        for column in ("patch", "width", "depth", "text", "regs"):
-            table.add_column(column, justify="right", no_wrap=True)
-        table.add_column("aliases / summary", ratio=1)
+        table = make_table(args.kind, ("name", "patch", "width", "depth", "text", "regs", "aliases / summary"))
+        for column in table.columns[1:6]:
+            column.justify = "right"
         for entry in BACKBONES:
             meta = entry.metadata
             about = meta.get("summary", entry.source)
             if entry.aliases:
                 about = f"{about} (aka {', '.join(entry.aliases)})"
-            table.add_row(entry.name, str(meta.get("patch_size", "")), str(meta.get("width", "")),
-                          str(meta.get("depth", "")), _yes_no(meta.get("text")), str(meta.get("registers", "")),
-                          about)
+            add_row(table, entry.name, meta.get("patch_size", ""), meta.get("width", ""), meta.get("depth", ""),
+                    _yes_no(meta.get("text")), meta.get("registers", ""), about)
     elif args.kind in ("methods", "datasets"):
-        for column in ("aliases", "summary"):
-            table.add_column(column)
+        table = make_table(args.kind, ("name", "aliases", "summary"))
         for entry in METHODS if args.kind == "methods" else DATASETS:
-            table.add_row(entry.name, ", ".join(entry.aliases), entry.metadata.get("summary", entry.source))
+            add_row(table, entry.name, ", ".join(entry.aliases), entry.metadata.get("summary", entry.source))
     elif args.kind == "tasks":
-        for column in ("short", "version", "split", "samples", "metric", "protocols"):
-            table.add_column(column)
+        table = make_table(args.kind, ("name", "short", "version", "split", "samples", "metric", "protocols"))
         for entry in TASKS:
             spec = entry.resolve()
-            table.add_row(spec.name, spec.short_name or "", spec.version, spec.split,
-                          str(spec.num_samples or "generated"), spec.metric,
-                          ", ".join(f"{p}*" if p == spec.default_protocol else p for p in spec.protocols))
+            add_row(table, spec.name, spec.short_name or "", spec.version, spec.split,
+                    spec.num_samples or "generated", spec.metric,
+                    ", ".join(f"{p}*" if p == spec.default_protocol else p for p in spec.protocols))
     else:
-        for column in ("tasks", "description"):
-            table.add_column(column)
+        table = make_table(args.kind, ("name", "tasks", "description"))
         for entry in SUITES:
             suite = entry.resolve()
-            table.add_row(entry.name, ", ".join(suite.get("tasks", [])), suite.get("description", ""))
-    Console().print(table)
+            add_row(table, entry.name, ", ".join(suite.get("tasks", [])), suite.get("description", ""))
+    print_table(table)
     return 0

@@ -1,12 +1,15 @@
-"""`phreg-bench results {show,validate}`."""
+"""`phreg-bench results {show,validate}`.
+
+Both read every file they are given: an invalid file is reported (standard error for ``show``) and the
+others are still shown or checked; the exit status is 1 when any file is invalid or none was found.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from phreg_bench.cli import OptionError, add_row, make_table, note, print_table, say
 
 
 def register(subparsers) -> None:
@@ -15,7 +18,8 @@ def register(subparsers) -> None:
     show = sub.add_parser("show", help="tabulate result files (a file or a folder)")
     show.add_argument("path", type=Path, nargs="?", default=Path("phreg_results"))
     show.set_defaults(handler=handle_show)
-    check = sub.add_parser("validate", help="validate result files against the schema; non-zero exit if any fail")
+    check = sub.add_parser("validate", help="validate result files against the schema, their config hash and "
+                           "checksum; non-zero exit if any fail or none is found")
     check.add_argument("path", type=Path, nargs="?", default=Path("phreg_results"))
     check.set_defaults(handler=handle_validate)
 
@@ -26,37 +30,49 @@ def _files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist; pass a result file or a results folder")
+        raise OptionError(f"{path} does not exist; pass a result file or a results folder")
     return result_files(path)
 
 
-def handle_show(args: argparse.Namespace) -> int:
-    from phreg_bench.results.store import read_result
-
-    table = Table(title=str(args.path))
-    for column in ("task", "backbone", "method", "protocol", "kind", "main", "value", "complete"):
-        table.add_column(column)
-    for file in _files(args.path):
-        record = read_result(file)
-        metrics = record["metrics"]
-        table.add_row(record["task"]["name"], record["backbone"]["name"], record["method"]["name"],
-                      record["protocol"]["name"], record["kind"], metrics["main"],
-                      f"{metrics['values'][metrics['main']]:.4g}", "yes" if record["status"]["complete"] else "no")
-    Console().print(table)
-    return 0
-
-
-def handle_validate(args: argparse.Namespace) -> int:
+def _read_all(path: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """``([(file, record)], [error messages])`` for every result file under ``path``."""
     from phreg_bench.results.schema import ResultError
     from phreg_bench.results.store import read_result
 
-    files = _files(args.path)
-    bad = 0
-    for file in files:
+    records, errors = [], []
+    for file in _files(path):
         try:
-            read_result(file)
+            records.append((file, read_result(file)))
         except ResultError as error:
-            bad += 1
-            print(f"INVALID {error}")
-    print(f"{len(files) - bad} valid, {bad} invalid")
-    return 1 if bad else 0
+            errors.append(str(error))
+    return records, errors
+
+
+def handle_show(args: argparse.Namespace) -> int:
+    records, errors = _read_all(args.path)
+    if records:
+        table = make_table(str(args.path), ("task", "backbone", "method", "protocol", "kind", "main", "value",
+                                            "complete"))
+        for _, record in records:
+            metrics = record["metrics"]
+            add_row(table, record["task"]["name"], record["backbone"]["name"], record["method"]["name"],
+                    record["protocol"]["name"], record["kind"], metrics["main"],
+                    f"{metrics['values'][metrics['main']]:.4g}", "yes" if record["status"]["complete"] else "no")
+        print_table(table)
+    for error in errors:
+        note("INVALID ", error, style="red")
+    if not records and not errors:
+        note(f"no result files in {args.path}", style="yellow")
+    return 1 if errors or not records else 0
+
+
+def handle_validate(args: argparse.Namespace) -> int:
+    records, errors = _read_all(args.path)
+    for error in errors:
+        say("INVALID ", error)
+    say(f"{len(records)} valid, {len(errors)} invalid")
+    if not records and not errors:
+        note(f"no result files in {args.path} (expected <family>__<dataset>__<protocol>__<hash>.json files)",
+             style="yellow")
+        return 1
+    return 1 if errors else 0

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from phreg_bench.cli import CliError, console
+from phreg_bench.cli import CliError, OptionError, add_row, console, make_table, note, print_table, say
+from phreg_bench.cli._options import device_name, non_negative_int, positive_int, resolve_device
 from phreg_core.pos_embed import POLICY_NAMES
 
 
@@ -21,18 +21,22 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
-        parsed[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
+        try:
+            parsed[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as error:
+            raise CliError(f"{flag} {item}: the value is not a YAML scalar ({' '.join(str(error).split())})") \
+                from error
     return parsed
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by commands that run models (device, precision, batch size, ...)."""
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="autocast dtype of the backbone forward only; heads, losses and metrics stay fp32. "
                         "Part of the result identity (default: fp32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loading workers (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
 
 
@@ -51,15 +55,6 @@ def with_pos_resample(options: dict[str, Any], policy: str | None) -> dict[str, 
         raise CliError(f"--pos-resample {policy} contradicts --backbone-option pos_resample="
                        f"{options['pos_resample']}; give the policy once")
     return {**options, "pos_resample": policy}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def register(subparsers) -> None:
@@ -83,7 +78,8 @@ def register(subparsers) -> None:
                         "refused with the valid ones), repeatable")
     parser.add_argument("--data-root", type=Path, default=os.environ.get("PHREG_DATA"),
                         help="datasets folder (default: $PHREG_DATA)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N samples (result marked partial)")
+    parser.add_argument("--limit", type=positive_int,
+                        help="evaluate only the first N samples (result marked partial)")
     parser.add_argument("--weights", help="local weights file (safetensors, .pt/.bin state dict, CLIP checkpoint)")
     parser.add_argument("--random-init", action="store_true", help="random weights (smoke tests, no download)")
     parser.add_argument("--backbone-option", action="append", metavar="KEY=VALUE",
@@ -106,6 +102,49 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=handle)
 
 
+# Options the built-in default (no --backbone, --tasks or --suite) does not use: refused, not ignored.
+# dest -> (flag, parser default)
+DEFAULT_RUN_IGNORES: dict[str, tuple[str, Any]] = {
+    "method": ("--method", None), "method_option": ("--method-option", None), "adapter": ("--adapter", None),
+    "protocol": ("--protocol", None), "protocol_override": ("--protocol-override", None), "limit": ("--limit", None),
+    "weights": ("--weights", None), "random_init": ("--random-init", False),
+    "backbone_option": ("--backbone-option", None), "budget": ("--budget", "full"),
+}
+
+
+def check_default_run(args: argparse.Namespace) -> None:
+    """Refuse the options the built-in default would not use (it runs fixed models on the synthetic world)."""
+    given = [flag for dest, (flag, default) in DEFAULT_RUN_IGNORES.items() if getattr(args, dest) != default]
+    environment = os.environ.get("PHREG_DATA")
+    if args.data_root is not None and args.data_root != (Path(environment) if environment else None):
+        given.append("--data-root")
+    if given:
+        raise OptionError(f"the built-in default (no --backbone/--tasks/--suite) does not use {', '.join(given)}; "
+                          "pass --backbone and --tasks (or --suite) to run your own evaluation")
+
+
+def check_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Every check of `phreg-bench run` that needs more than one option; returns ``(method, method options)``.
+
+    Runs before any model is built; each error names the option.
+    """
+    from phreg_bench.methods.options import validate_method_options
+
+    if args.backbone is None:
+        raise OptionError("--backbone is required when --tasks or --suite is given (see `phreg-bench ls backbones`)")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        environment = os.environ.get("PHREG_DATA")
+        source = "$PHREG_DATA" if environment and Path(environment) == args.data_root else "--data-root"
+        raise OptionError(f"{source} {args.data_root} is not a folder; pass the folder holding the datasets")
+    method_options = parse_assignments(args.method_option, "--method-option")
+    method = args.method or "raw"
+    if args.adapter is not None:
+        method = args.method or "phreg"
+        method_options["adapter"] = str(args.adapter)
+    validate_method_options(method, method_options)
+    return method, method_options
+
+
 def handle(args: argparse.Namespace) -> int:
     from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, run
@@ -116,25 +155,16 @@ def handle(args: argparse.Namespace) -> int:
     if args.backbone is None and args.tasks is None and args.suite is None:
         from phreg_bench.default_run import run_default
 
+        check_default_run(args)
         return run_default(args)
-    if args.backbone is None:
-        raise CliError("--backbone is required when --tasks or --suite is given (see `phreg-bench ls backbones`)")
+    method, method_options = check_run(args)
     tasks = [name.strip() for name in (args.tasks or "").split(",") if name.strip()]
     if args.suite:
         from phreg_bench.registries import SUITES
 
         tasks += list(SUITES.get(args.suite)["tasks"])
     if not tasks:
-        raise CliError("no tasks: pass --tasks or --suite (see `phreg-bench ls tasks`)")
-    if args.limit is not None and args.limit < 1:
-        raise CliError("--limit must be a positive number of samples")
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise CliError(f"--data-root {args.data_root} is not a folder")
-    method_options = parse_assignments(args.method_option, "--method-option")
-    method = args.method or "raw"
-    if args.adapter is not None:
-        method = args.method or "phreg"
-        method_options["adapter"] = str(args.adapter)
+        raise OptionError("no tasks: pass --tasks or --suite (see `phreg-bench ls tasks`)")
     request = RunRequest(
         backbone=args.backbone, method=method, method_options=method_options, tasks=tasks,
         protocol=args.protocol, protocol_overrides=parse_assignments(args.protocol_override, "--protocol-override"),
@@ -151,12 +181,26 @@ def handle(args: argparse.Namespace) -> int:
             progress=progress, options={"skip_corrupt": True} if args.skip_corrupt else {},
         )
         runs = run(request, ctx, log=plain_logger(progress))
+    print_runs(runs)
     if args.leaderboard_dir is not None:
         from phreg_bench.leaderboard import build_all
 
         for path in build_all(args.results_dir, args.leaderboard_dir):
-            console.print(f"leaderboard: {path}")
+            say("leaderboard: ", path)
     failed = [r for r in runs if r.status == "failed"]
-    console.print(f"results in {args.results_dir}: {sum(r.status == 'done' for r in runs)} done, "
-                  f"{sum(r.status == 'skipped' for r in runs)} skipped, {len(failed)} failed")
+    say(f"results in {args.results_dir}: {sum(r.status == 'done' for r in runs)} done, "
+        f"{sum(r.status == 'skipped' for r in runs)} skipped, {len(failed)} failed")
+    if failed:
+        note("failed tasks are listed above; PHREG_DEBUG=1 shows their tracebacks", style="yellow")
     return 1 if failed else 0
+
+
+def print_runs(runs) -> None:
+    """One row per task run (standard output): task, status, main metric and value, result file or error."""
+    if not runs:
+        return
+    table = make_table(None, ("task", "status", "metric", "value", "result / error"))
+    for r in runs:
+        value = "" if r.value is None else f"{r.value:.4g}"
+        add_row(table, r.task, r.status, r.main_metric or "", value, r.path if r.path is not None else r.error or "")
+    print_table(table)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from phreg_bench.cli import CliError, console
+from phreg_bench.cli import CliError, OptionError, note, say
+from phreg_bench.cli._options import device_name, non_negative_int, positive_int
 from phreg_bench.cli.run import add_pos_resample_option, with_pos_resample
 
 DEFAULT_BACKBONE = "planted-vit"
@@ -31,20 +32,20 @@ def register(subparsers) -> None:
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (no download)")
     add_pos_resample_option(parser)
     parser.add_argument("--image", action="append", type=Path, help="an image file, repeatable")
-    parser.add_argument("--synthetic", action="append", type=int, metavar="INDEX",
+    parser.add_argument("--synthetic", action="append", type=non_negative_int, metavar="INDEX",
                         help="a scene of the built-in synthetic world, repeatable")
     parser.add_argument("--dataset", help="a dataset reader (see `phreg-bench ls datasets`), with --index")
     parser.add_argument("--split", default="val", help="dataset split (default: val)")
-    parser.add_argument("--index", action="append", type=int, help="dataset sample index, repeatable")
+    parser.add_argument("--index", action="append", type=non_negative_int, help="dataset sample index, repeatable")
     parser.add_argument("--data-root", type=Path, default=os.environ.get("PHREG_DATA"),
                         help="datasets folder (default: $PHREG_DATA)")
-    parser.add_argument("--size", type=int, help="short side of the model input in pixels; the long side keeps "
-                        "the aspect ratio, rounded to whole patches, so nothing is cropped (default: the first "
-                        "backbone's native resolution)")
+    parser.add_argument("--size", type=positive_int, help="short side of the model input in pixels; the long side "
+                        "keeps the aspect ratio, rounded to whole patches, so nothing is cropped (default: the "
+                        "first backbone's native resolution)")
     parser.add_argument("--query", help="text query for the similarity heatmap (text backbones)")
     parser.add_argument("--out", type=Path, default=Path("phreg_figures"), help="output folder (default: "
                         "./phreg_figures)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda or cuda:N (default: cpu)")
     parser.set_defaults(handler=handle)
 
 
@@ -56,7 +57,7 @@ def load_inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
     inputs: list[tuple[str, str, np.ndarray]] = []  # (name, source, image)
     for path in args.image or []:
         if not path.is_file():
-            raise CliError(f"--image {path} does not exist")
+            raise OptionError(f"--image {path} does not exist")
         inputs.append((path.stem, f"file:{path.resolve()}", read_rgb(path)))
     if args.synthetic:
         inputs += [(f"synthetic-{i}", f"synthetic:{i}", render(i, 256, 0).image) for i in args.synthetic]
@@ -107,7 +108,8 @@ def parse_method(spec: str) -> tuple[str, dict, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.cli.run import resolve_device
+    from phreg_bench.cli._options import resolve_device
+    from phreg_bench.methods.options import validate_method_options
     from phreg_bench.registries import METHODS
     from phreg_bench.runner import build_backbone
     from phreg_bench.viz import comparison_figure, model_panel, norm_histogram, require_matplotlib
@@ -117,6 +119,8 @@ def handle(args: argparse.Namespace) -> int:
     methods = [parse_method(spec) for spec in args.method or (["raw"] if args.adapter is None else [])]
     if args.adapter is not None:
         methods.append(("phreg", {"adapter": str(args.adapter)}, "phreg"))
+    for method, method_options, _ in methods:  # before any model is built
+        validate_method_options(method, method_options)
     inputs = load_inputs(args)  # missing files and bad indices fail before any model is built
     models = []
     for backbone_name in args.backbone or [DEFAULT_BACKBONE]:
@@ -131,11 +135,11 @@ def handle(args: argparse.Namespace) -> int:
     if any(size % p for p in patches):
         raise CliError(f"--size {size} is not a multiple of every patch size {sorted(patches)}")
     if args.query and not any(m.backbone.has_text for _, m in models):
-        console.print("[yellow]--query ignored: no compared backbone has a text tower[/yellow]")
+        note("--query ignored: no compared backbone has a text tower", style="yellow")
     # the output folder is made by the first figure written (a failed run leaves no empty folder behind)
     norms: dict[str, list[np.ndarray]] = {label: [] for label, _ in models}
     for sample_id, image in inputs:
-        pixels, note = model_geometry(image, size, math.lcm(*patches))
+        pixels, geometry = model_geometry(image, size, math.lcm(*patches))
         panels = []
         for label, model in models:
             normalised = model.backbone.normalize(pixels).to(device)
@@ -144,9 +148,9 @@ def handle(args: argparse.Namespace) -> int:
             panels.append(panel)
         shown = (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         path = comparison_figure(shown, panels, args.out / f"viz_{sample_id}.png", title=sample_id, query=args.query,
-                                 input_note=note)
-        console.print(f"figure: {path}")
+                                 input_note=geometry)
+        say("figure: ", path)
     path = norm_histogram({k: np.concatenate(v) for k, v in norms.items()}, args.out / "norm_histogram.png",
                           title="patch-token norms")
-    console.print(f"figure: {path}")
+    say("figure: ", path)
     return 0

@@ -120,6 +120,19 @@ def read_label(path: Path) -> np.ndarray:
         raise DatasetError(f"label file: {error} (a converted label: rerun its converter)") from error
 
 
+
+def read_list_lines(path: Path) -> list[str]:
+    """The stripped, non-empty lines of a split list; an unreadable list raises :class:`DatasetError` naming it."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"split list {path} cannot be read ({error}); re-download it") from error
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        if "\x00" in line:
+            raise DatasetError(f"split list {path}: line {number} contains a NUL byte; re-download it")
+    return lines
+
 class SegDataset:
     """Base reader. Subclasses set the class attributes and implement :meth:`list_pairs`.
 

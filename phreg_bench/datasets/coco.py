@@ -21,6 +21,7 @@ from PIL import Image
 from phreg_bench.datasets.base import DatasetError, read_label, resolve_data_root
 from phreg_bench.datasets.layouts import FolderDataset
 from phreg_core.atomic import write_atomic
+from phreg_core.errors import ConfigError
 
 # COCO category ids absent from COCO-Stuff164k's 182-id range (mmseg coco_stuff164k.py clsID_to_trID skips them).
 UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
@@ -109,7 +110,7 @@ def convert_coco(data_root: str | os.PathLike | None, kind: str, splits: tuple[s
     """Write ``_labelTrainIds.png`` (``kind="stuff"``) or ``_instanceTrainIds.png`` (``kind="object"``) next to
     every raw annotation. Existing outputs are kept (the conversion resumes) unless ``overwrite``."""
     if kind not in ("stuff", "object"):
-        raise ValueError(f"kind must be 'stuff' or 'object', got {kind!r}")
+        raise ConfigError(f"kind must be 'stuff' or 'object', got {kind!r}")
     reader = COCOStuff if kind == "stuff" else COCOObject
     root = reader.locate(resolve_data_root(data_root))
     jobs, kept = [], 0

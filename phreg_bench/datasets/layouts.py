@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phreg_bench.datasets.base import DatasetError, SegDataset, resolve_listed
+from phreg_bench.datasets.base import DatasetError, SegDataset, read_list_lines, resolve_listed
 
 
 class ListedDataset(SegDataset):
@@ -46,13 +46,10 @@ class ListedDataset(SegDataset):
                     f"(e.g. /{self.image_dir}/2007_000032{self.image_suffix} /{label_dir}/2007_000032"
                     f"{self.label_suffix})")
         pairs, columns = [], None
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(read_list_lines(path), 1):
             parts = line.split()
-            if not parts:
-                continue
             if len(parts) > 2 or (columns is not None and len(parts) != columns):
-                raise DatasetError(f"{path} line {number}: {line.strip()!r} does not match the file's format; "
-                                   f"{expected}")
+                raise DatasetError(f"{path} line {number}: {line!r} does not match the file's format; {expected}")
             columns = len(parts)
             if columns == 1:
                 sample_id = parts[0]

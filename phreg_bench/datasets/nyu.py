@@ -39,7 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from phreg_bench.datasets.base import CheckReport, DatasetError, read_image, resolve_data_root, resolve_listed
+from phreg_bench.datasets.base import (
+    CheckReport,
+    DatasetError,
+    read_image,
+    read_list_lines,
+    resolve_data_root,
+    resolve_listed,
+)
 from phreg_core.images import ImageReadError, open_image
 
 FOLDER = "nyu_depth_v2"
@@ -137,7 +144,7 @@ class NYUv2Depth:
     def _list_sync(self) -> list[tuple[str, Path, Path]]:
         items = []
         list_file = self.split_file()
-        for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        for number, line in enumerate(read_list_lines(list_file), 1):
             parts = line.strip().split()
             if not parts:
                 continue

@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from phreg_bench.backbones.base import Backbone
+from phreg_bench.methods.options import method_options
 from phreg_core.vit import TokenOutput
 
 
@@ -48,8 +49,7 @@ class DenseModel(nn.Module):
         return {"name": self.method_name, "config": self.method_config}
 
 
-def build_raw(backbone: Backbone, **options: Any) -> DenseModel:
-    """The backbone as it is: no method applied."""
-    if options:
-        raise ValueError(f"method 'raw' takes no options, got {sorted(options)}")
+@method_options("raw")
+def build_raw(backbone: Backbone) -> DenseModel:
+    """The backbone as it is: no method applied (no options)."""
     return DenseModel(backbone, "raw", {})

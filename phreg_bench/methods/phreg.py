@@ -17,6 +17,7 @@ from torch import Tensor
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.checkpoints.hub_spec import is_hub_spec
 from phreg_bench.methods.base import DenseModel
+from phreg_bench.methods.options import Option, method_options
 from phreg_core.adapter_io import adapter_paths, load_adapter
 from phreg_core.student import Student
 from phreg_core.vit import TokenOutput
@@ -41,13 +42,18 @@ class PHRegModel(DenseModel):
         return self.student.forward_tokens(images, project=project)[0]
 
 
-def build(backbone: Backbone, adapter: str | Path | None = None, **options: Any) -> DenseModel:
-    """Load a PH-Reg adapter (``adapter.safetensors`` + ``adapter.json``, or their folder) onto ``backbone``."""
-    if options:
-        raise ValueError(f"method 'phreg' takes only 'adapter', got {sorted(options)}")
-    if adapter is None:
-        raise ValueError("method 'phreg' needs an adapter: pass --adapter PATH (written by `phreg-bench distill` "
-                         "or `phreg-bench adapter import`) or --adapter hf-hub:<user>/<repo>")
+def _adapter_missing(value: str) -> str | None:
+    """A local adapter path must exist; ``hf-hub:<user>/<repo>`` is fetched (or refused) when the method is built."""
+    return None if is_hub_spec(value) or Path(value).exists() else "does not exist"
+
+
+# a string, not a Path option: ``hf-hub:<user>/<repo>`` names an adapter on the hub, not a local path
+@method_options("phreg", adapter=Option(str, "an adapter file or folder (written by `phreg-bench distill` or "
+                                             "`adapter import`), or hf-hub:<user>/<repo>",
+                                        check=_adapter_missing))
+def build(backbone: Backbone, adapter: str | Path) -> DenseModel:
+    """Load a PH-Reg adapter (``adapter.safetensors`` + ``adapter.json``, or their folder, or
+    ``hf-hub:<user>/<repo>``) onto ``backbone``."""
     if is_hub_spec(str(adapter)):
         from phreg_bench.checkpoints.sharing import fetch_adapter
 

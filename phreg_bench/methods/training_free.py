@@ -24,6 +24,7 @@ from torch import Tensor
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.methods.base import DenseModel
+from phreg_bench.methods.options import Option, method_options
 from phreg_core.last_block import PRESETS, LastBlockConfig
 from phreg_core.vit import TokenOutput
 
@@ -39,33 +40,34 @@ class LastBlockModel(DenseModel):
         return self.backbone.forward_tokens(images, last_block=self.last_block, project=project)[0]
 
 
-def _build(name: str, backbone: Backbone, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> LastBlockModel:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        hint = f"; it accepts {', '.join(allowed)}" if allowed else "; it takes no options"
-        raise ValueError(f"method {name!r} got unknown options {unknown}{hint}")
+def _build(name: str, backbone: Backbone, options: dict[str, Any]) -> LastBlockModel:
     config = PRESETS[name]
     if "gaussian_std" in options:
         config = replace(config, gaussian_std=float(options["gaussian_std"]))
     return LastBlockModel(backbone, name, config)
 
 
-def build_maskclip(backbone: Backbone, **options: Any) -> LastBlockModel:
-    return _build("maskclip", backbone, options)
+@method_options("maskclip")
+def build_maskclip(backbone: Backbone) -> LastBlockModel:
+    return _build("maskclip", backbone, {})
 
 
-def build_maskclip_official(backbone: Backbone, **options: Any) -> LastBlockModel:
-    return _build("maskclip-official", backbone, options)
+@method_options("maskclip-official")
+def build_maskclip_official(backbone: Backbone) -> LastBlockModel:
+    return _build("maskclip-official", backbone, {})
 
 
-def build_sclip(backbone: Backbone, **options: Any) -> LastBlockModel:
-    return _build("sclip", backbone, options)
+@method_options("sclip")
+def build_sclip(backbone: Backbone) -> LastBlockModel:
+    return _build("sclip", backbone, {})
 
 
-def build_clearclip(backbone: Backbone, **options: Any) -> LastBlockModel:
-    return _build("clearclip", backbone, options)
+@method_options("clearclip")
+def build_clearclip(backbone: Backbone) -> LastBlockModel:
+    return _build("clearclip", backbone, {})
 
 
-def build_naclip(backbone: Backbone, **options: Any) -> LastBlockModel:
+@method_options("naclip", gaussian_std=Option(float, "σ of the Gaussian neighbourhood bias, in patches", above=0))
+def build_naclip(backbone: Backbone, gaussian_std: float = PRESETS["naclip"].gaussian_std) -> LastBlockModel:
     """NACLIP; ``gaussian_std`` (default 5.0, NACLIP's ``--std``) may be changed for ablations."""
-    return _build("naclip", backbone, options, allowed=("gaussian_std",))
+    return _build("naclip", backbone, {"gaussian_std": gaussian_std})

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from phreg_core.errors import ConfigError
+
 METRIC_NAMES = ("RMSE", "AbsRel", "SqRel", "RMSE_log", "log10", "delta1", "delta2", "delta3", "SILog")
 LOWER_IS_BETTER = {"RMSE", "AbsRel", "SqRel", "RMSE_log", "log10", "SILog"}
 
@@ -84,12 +86,12 @@ def average(per_image: Iterable[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over images, skipping NaN (``np.nanmean`` as the reference does)."""
     rows = list(per_image)
     if not rows:
-        raise ValueError("no images to average")
+        raise ConfigError("no images to average")
     out = {}
     for name in METRIC_NAMES:
         values = np.array([row[name] for row in rows], dtype=np.float64)
         if np.isnan(values).all():
-            raise ValueError(f"no image has a valid ground-truth pixel; cannot compute {name}")
+            raise ConfigError(f"no image has a valid ground-truth pixel; cannot compute {name}")
         out[name] = float(np.nanmean(values))
     return out
 

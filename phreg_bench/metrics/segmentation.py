@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from phreg_core.errors import ConfigError
+
 
 def metrics_from_confusion(confusion: Tensor) -> dict[str, object]:
     """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc (``nan`` where mmseg has NaN).
@@ -74,7 +76,7 @@ class SegmentationMetric:
 
     def compute(self) -> dict[str, object]:
         if int(self.invalid):
-            raise ValueError(f"{int(self.invalid)} labelled pixels had a label or prediction outside "
+            raise ConfigError(f"{int(self.invalid)} labelled pixels had a label or prediction outside "
                              f"0..{self.num_classes - 1} (and not the ignore index {self.ignore_index})")
         return metrics_from_confusion(self.confusion[:-1].view(self.num_classes, self.num_classes))
 

@@ -92,7 +92,7 @@ class CacheEntry:
             try:
                 self._attach(json.loads(meta_path.read_text()))
                 return
-            except (OSError, ValueError, KeyError) as error:
+            except Exception as error:  # noqa: BLE001 - numpy's header parser raises EOFError, TokenError, ...
                 self.open_error = f"{type(error).__name__}: {error}"
                 shutil.rmtree(self.path, ignore_errors=True)
         self._create()
@@ -154,7 +154,7 @@ class CacheEntry:
 
     # -- use ------------------------------------------------------------------------------------------
     def missing_rows(self) -> np.ndarray:
-        return np.flatnonzero(self._state[:, 0] == 0)
+        return np.flatnonzero(self._state[:, 0] != 1)  # any other flag value is not "done"
 
     @property
     def complete(self) -> bool:

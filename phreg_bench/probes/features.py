@@ -19,6 +19,7 @@ from phreg_bench.precision import autocast
 from phreg_bench.probes.cache import CacheEntry, FeatureCache
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext
+from phreg_core.errors import ConfigError
 
 # Bump when the extraction code changes the cached bytes (enters every cache key).
 FEATURE_CODE_VERSION = "1"
@@ -86,7 +87,7 @@ def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch
     cls = None
     if with_cls:
         if not model.backbone.vision.has_class_token or out.prefix.shape[1] == 0:
-            raise ValueError(f"backbone {model.backbone.info.name!r} has no CLS token; the depth probe "
+            raise ConfigError(f"backbone {model.backbone.info.name!r} has no CLS token; the depth probe "
                              "concatenates patch tokens with the CLS token (DINOv2/DVT linear protocol)")
         cls = out.prefix[:, 0].float()
     return out.patches.float(), cls

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from phreg_core.errors import ConfigError
+
 
 class LinearSegHead(nn.Module):
     """BatchNorm + 1x1 conv over ``[B, C, h, w]`` features; logits stay at feature resolution."""
@@ -51,9 +53,9 @@ class BinsDepthHead(nn.Module):
                  batchnorm: bool = False, align_corners: bool = False):
         super().__init__()
         if bins_strategy != "UD":
-            raise ValueError(f"bins_strategy {bins_strategy!r} is not supported; the protocol uses 'UD'")
+            raise ConfigError(f"bins_strategy {bins_strategy!r} is not supported; the protocol uses 'UD'")
         if norm_strategy not in ("linear", "softmax", "sigmoid"):
-            raise ValueError(f"norm_strategy must be linear, softmax or sigmoid, got {norm_strategy!r}")
+            raise ConfigError(f"norm_strategy must be linear, softmax or sigmoid, got {norm_strategy!r}")
         self.channels = 2 * in_channels
         self.bn = nn.BatchNorm2d(self.channels) if batchnorm else None
         self.conv_depth = nn.Conv2d(self.channels, n_bins, kernel_size=1)  # PyTorch default init, as mmcv

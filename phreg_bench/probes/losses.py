@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_core.errors import ConfigError
+
 EPS = 1e-3  # "avoid grad explode" [reference sigloss.py / gradientloss.py]
 SIG_LAMBDA = 0.15  # variance-focus weight [reference sigloss.py]
 GRADIENT_LAYOUTS = ("published", "per-image")
@@ -78,4 +80,4 @@ def gradient_loss(pred: Tensor, gt: Tensor, *, max_depth: float | None = None, l
     if layout == "per-image":
         terms = [_gradient_term(p[0], t[0], max_depth) for p, t in zip(pred, gt, strict=True)]
         return torch.stack(terms).mean()
-    raise ValueError(f"gradient-loss layout must be one of {GRADIENT_LAYOUTS}, got {layout!r}")
+    raise ConfigError(f"gradient-loss layout must be one of {GRADIENT_LAYOUTS}, got {layout!r}")

@@ -33,7 +33,7 @@ def dumps_strict(record: dict[str, Any]) -> str:
         raise ResultError(f"record is not strict JSON: {error}") from error
 
 
-def loads_strict(text: str) -> Any:
+def loads_strict(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
@@ -90,6 +90,8 @@ def validate(record: Any) -> dict[str, Any]:
     for section, fields in _NESTED.items():
         if section not in record:
             continue
+        if not isinstance(record[section], dict):
+            raise ResultError(f"field {section!r} is not an object")
         for key, expected in fields.items():
             value = record[section].get(key)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

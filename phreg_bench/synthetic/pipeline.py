@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -53,6 +54,40 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False))
 
 
+# The sources whose code computes the proof table: a change to any of them recomputes it.
+_SOURCES = ("synthetic/pipeline.py", "synthetic/proof.py", "synthetic/scenes.py", "synthetic/probes.py",
+            "backbones/planted.py", "methods/tta.py", "methods/phreg.py")
+
+
+def _file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def proof_inputs(out: Path, config: ProofConfig) -> dict[str, Any]:
+    """Everything the proof table depends on: the config, the adapter's tensors and the code that computes it."""
+    from phreg_bench import __version__
+
+    package = Path(__file__).resolve().parents[1]
+    return {"config": json.loads(json.dumps(asdict(config))), "version": __version__,
+            "adapter_sha256": _file_sha256(out / "phreg-adapter" / "adapter.safetensors"),
+            "sources": {name: _file_sha256(package / name) for name in _SOURCES}}
+
+
+def finished_summary(out: Path, config: ProofConfig, figures: bool) -> dict[str, Any] | None:
+    """The summary of a finished run with the same inputs whose files are all there, else ``None``."""
+    path = out / "summary.json"
+    try:
+        summary = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("inputs") != proof_inputs(out, config):
+        return None
+    if summary["inputs"]["adapter_sha256"] is None or (figures and not summary.get("figures")):
+        return None
+    files = [summary.get("table_md"), summary.get("adapter"), *summary.get("figures", [])]
+    if not all(isinstance(f, str) and Path(f).is_file() for f in files):
+        return None
+    return summary
 
 
 
@@ -85,7 +120,8 @@ def run_default(out_dir: str | os.PathLike, progress=None, *, config: ProofConfi
     one line per stage. ``threads`` CPU threads are used meanwhile (default 1: this 64-wide ViT runs
     several times faster on one thread than on two busy cores; ``None`` keeps torch's setting). Summary
     keys: ``rows`` (list of dicts), ``table`` (Markdown), ``adapter``, ``figures``, ``summary_json``,
-    ``table_md``, ``seconds``, ``config``, ``classes``.
+    ``table_md``, ``seconds``, ``config``, ``classes``, ``inputs`` (what the table depends on) and
+    ``reused`` (True when a finished run with the same inputs was read back instead of recomputed).
     """
     previous = torch.get_num_threads()
     if threads:
@@ -102,6 +138,10 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
     from phreg_bench.registries import METHODS
     from phreg_bench.synthetic.scenes import CLASS_NAMES
 
+    finished = finished_summary(out, config, figures)
+    if finished is not None:
+        log(f"PH-Reg proof: inputs unchanged since the finished run; table read back from {finished['table_md']}")
+        return {**finished, "reused": True}
     start = time.perf_counter()
     world = build_world(config)
     rows: list[Row] = teacher_rows(world, config)
@@ -112,7 +152,10 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
     _, result = distill_variant(world.teacher, world.scenes["distill"].images, registers=config.registers,
                                 denoise=VARIANTS[FULL][1], config=config, out_dir=adapter_dir, progress=progress,
                                 description="PH-Reg distillation")
-    log(f"PH-Reg: {result.steps} steps of distillation ({result.seconds:.0f}s), adapter in {adapter_dir}")
+    if result.losses:
+        log(f"PH-Reg: {result.steps} steps of distillation ({result.seconds:.0f}s), adapter in {adapter_dir}")
+    else:
+        log(f"PH-Reg: distillation already complete ({result.steps} steps), adapter in {adapter_dir}")
     phreg = METHODS.get("phreg")(world.teacher, adapter=str(adapter_dir)).eval()  # the benchmark's loading path
     row = evaluate_in(world, FULL, lambda x: phreg.forward_tokens(x, project=False).patches, raw_rate)
     row.register_share = register_share(phreg.student, world.scenes["eval"].images)
@@ -154,6 +197,8 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
         "seconds": time.perf_counter() - start,
         "config": asdict(config),
         "classes": list(CLASS_NAMES),
+        "inputs": proof_inputs(out, config),
+        "reused": False,
     }
     _write_json(out / "summary.json", summary)
     write_text_atomic(out / "proof_table.md", table + "\n")

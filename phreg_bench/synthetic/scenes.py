@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from phreg_core.errors import ConfigError
+
 CLASS_NAMES = ("ground", "wall", "sky", "disc", "box", "triangle", "ring", "cross", "diamond")
 NUM_CLASSES = len(CLASS_NAMES)
 GROUND, WALL, SKY = 0, 1, 2
@@ -81,7 +83,7 @@ def _shape_mask(name: str, dy: np.ndarray, dx: np.ndarray, radius: float) -> np.
         return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
     if name == "diamond":
         return np.abs(u) + np.abs(v) <= 1.0
-    raise ValueError(f"unknown object class {name!r}")
+    raise ConfigError(f"unknown object class {name!r}")
 
 
 def _texture(kind: str, dy: np.ndarray, dx: np.ndarray, radius: float, phase: float,
@@ -140,7 +142,7 @@ def paint_objects(image: np.ndarray, labels: np.ndarray, depth: np.ndarray, ys: 
 def render(index: int, size: int = 64, seed: int = 0) -> Scene:
     """Render scene ``index`` of world ``seed`` as a ``size``×``size`` image with labels and depth."""
     if size < 8:
-        raise ValueError(f"scene size {size} is too small; use at least 8 pixels")
+        raise ConfigError(f"scene size {size} is too small; use at least 8 pixels")
     rng = np.random.default_rng([int(seed), int(index)])
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size
     ys, xs = np.meshgrid(coords, coords, indexing="ij")

@@ -45,6 +45,7 @@ from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskOutcome, TaskSpec
 from phreg_bench.tasks.linseg import ProbeFamily, ProbeSettings, _infinite_order, _train_limit
 from phreg_bench.tasks.settings import Settings, require
+from phreg_core.errors import ConfigError
 
 
 def padded_grid(height: int, width: int, patch: int) -> tuple[int, int]:
@@ -213,7 +214,7 @@ class LinearProbeDepth(ProbeFamily):
             for row in rows:
                 image = dataset[int(row) // 2].image
                 if image.shape[:2] != tuple(frame):
-                    raise ValueError(f"NYUv2 test frame {dataset.ids()[int(row) // 2]} is {image.shape[:2]}, "
+                    raise ConfigError(f"NYUv2 test frame {dataset.ids()[int(row) // 2]} is {image.shape[:2]}, "
                                      f"expected {tuple(frame)} like the first frame")
                 images.append(image[:, ::-1] if row % 2 else image)
             patches, cls = feats.extract(model, np.stack(images), ctx, pad_to_patch=True, with_cls=True)
@@ -307,7 +308,7 @@ def centre_view(image: np.ndarray, depth: np.ndarray, crop: tuple[int, int], nyu
     image, depth = image[top:bottom, left:right], depth[top:bottom, left:right]
     h, w = depth.shape
     if h < crop[0] or w < crop[1]:
-        raise ValueError(f"train crop {crop} is larger than the NYU-cropped frame {h}x{w}")
+        raise ConfigError(f"train crop {crop} is larger than the NYU-cropped frame {h}x{w}")
     y, x = (h - crop[0]) // 2, (w - crop[1]) // 2
     return image[y:y + crop[0], x:x + crop[1]], depth[y:y + crop[0], x:x + crop[1]]
 

@@ -42,6 +42,7 @@ from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import NamedSettings, ProtocolError, require
+from phreg_core.errors import ConfigError
 from phreg_core.images import open_image
 
 PAPER_STRIDE = 341  # slide stride with crop 518 [PH-Reg voc21_cfg.py test_cfg]
@@ -138,7 +139,7 @@ def resolve_input_size(setting: Any, patch_size: int) -> int:
     """
     size = (518 if patch_size == 14 else 448) if setting == "auto" else int(setting)
     if size % patch_size:
-        raise ValueError(f"input size {size} is not a multiple of the patch size {patch_size}; "
+        raise ConfigError(f"input size {size} is not a multiple of the patch size {patch_size}; "
                          "set it with --protocol-override input_size=N")
     return size
 
@@ -415,7 +416,7 @@ class _AugmentedSeg(torch.utils.data.Dataset):
 def _infinite_order(num_items: int, length: int, seed: int) -> np.ndarray:
     """Concatenated random permutations (mmengine ``InfiniteSampler(shuffle=True)``), ``length`` long."""
     if num_items == 0:
-        raise ValueError("no training samples")
+        raise ConfigError("no training samples")
     rng = np.random.default_rng(seed)
     epochs = -(-length // num_items)
     return np.concatenate([rng.permutation(num_items) for _ in range(epochs)])[:length]

@@ -27,6 +27,7 @@ from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import NamedSettings, require
 from phreg_bench.tasks.specs import class_file, spec_root
 from phreg_bench.text import class_queries, file_sha256, read_class_names, read_templates
+from phreg_core.errors import ConfigError, MissingFileError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +81,7 @@ def template_file(name: str) -> Path:
         return path
     if Path(name).expanduser().is_file():
         return Path(name).expanduser()
-    raise FileNotFoundError(f"template file {name!r} not found in {path.parent} nor as a path")
+    raise MissingFileError(f"template file {name!r} not found in {path.parent} nor as a path")
 
 
 class _Guarded(torch.utils.data.Dataset):
@@ -115,13 +116,13 @@ class OpenVocabSegmentation(TaskFamily):
         resolved = OVSegSettings.from_dict(settings, where=f"{spec.name} settings")
         harness = resolved.harness()
         if spec.classes is None:
-            raise ValueError(f"{spec.name}: the task spec names no class file")
+            raise ConfigError(f"{spec.name}: the task spec names no class file")
         classes_path = class_file(spec.classes)
         templates_path = template_file(resolved.templates)
         classes, templates = read_class_names(classes_path), read_templates(templates_path)
         reader = DATASETS.get(spec.dataset)
         if reader.num_classes != len(classes):
-            raise ValueError(f"{classes_path} lists {len(classes)} classes but {reader.name} has {reader.num_classes}")
+            raise ConfigError(f"{classes_path} lists {len(classes)} classes but {reader.name} has {reader.num_classes}")
         phases: dict[str, float] = {}
 
         start = time.perf_counter()
@@ -169,7 +170,7 @@ class OpenVocabSegmentation(TaskFamily):
         result = metric.compute()
         values = {key: float(result[key]) for key in ("mIoU", "mAcc", "aAcc")}
         if any(v != v for v in values.values()):
-            raise ValueError(f"{spec.name}: no labelled pixel in the evaluated samples; metrics are undefined")
+            raise ConfigError(f"{spec.name}: no labelled pixel in the evaluated samples; metrics are undefined")
         score = pearson.compute() if pearson is not None else None
         if score is not None:
             values["pearson"] = score

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from phreg_bench.tasks.base import TaskSpec
+from phreg_core.errors import FileFormatError, MissingFileError
 
 
 def spec_root() -> Path:
@@ -21,9 +22,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: invalid YAML ({error})") from error
+        raise FileFormatError(f"{path}: invalid YAML ({error})") from error
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a task spec must be a mapping")
+        raise FileFormatError(f"{path}: a task spec must be a mapping")
     include = data.pop("include", None)
     if include:
         base = _read_yaml(path.parent / include)
@@ -47,10 +48,10 @@ def load_spec(path: Path) -> TaskSpec:
     known = {f.name for f in fields(TaskSpec)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown task-spec keys {unknown}; allowed: {sorted(known)}")
+        raise FileFormatError(f"{path}: unknown task-spec keys {unknown}; allowed: {sorted(known)}")
     missing = [key for key in ("name", "family", "dataset", "version") if key not in data]
     if missing:
-        raise ValueError(f"{path}: missing required keys {missing}")
+        raise FileFormatError(f"{path}: missing required keys {missing}")
     data["version"] = str(data["version"])
     return TaskSpec(**data, source_file=str(path))
 
@@ -70,5 +71,5 @@ def load_suites(root: Path | None = None) -> dict[str, dict[str, Any]]:
 def class_file(name: str) -> Path:
     path = spec_root() / "classnames" / name
     if not path.exists():
-        raise FileNotFoundError(f"class-name file {path} not found")
+        raise MissingFileError(f"class-name file {path} not found")
     return path
