@@ -44,6 +44,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def join_process_group(device: str):
+    """:func:`phreg_core.distributed.setup` after checking ``--device``: under ``torchrun`` (``WORLD_SIZE`` > 1)
+    each rank takes ``cuda:LOCAL_RANK`` (NCCL) when CUDA is there, else the CPU (gloo)."""
+    from phreg_core.distributed import DistEnv, setup
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    resolved = resolve_device(device)
+    if world <= 1:
+        return DistEnv(device=resolved)
+    if resolved.type == "cuda" and resolved.index is not None:
+        raise CliError(f"--device {device}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda "
+                       "(or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
+    return setup(resolved.type)
+
+
+def progress_for(env):
+    """Bars in one process; under torchrun plain lines from rank 0 (phreg_bench.progress.PlainProgress)."""
+    from phreg_bench.progress import PlainProgress, make_progress
+
+    if not env.distributed:
+        return make_progress(console=console, transient=True)
+    return PlainProgress(console, prefix=f"[rank {env.rank}/{env.world_size}] ")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="evaluate a backbone × method on tasks (no arguments: the built-in offline default)",
@@ -85,13 +109,16 @@ def register(subparsers) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.progress import make_progress, plain_logger
+    from phreg_bench.progress import plain_logger
     from phreg_bench.runner import RunRequest, run
     from phreg_bench.tasks.base import RunContext
+    from phreg_core.distributed import teardown
 
     if args.backbone is None and args.tasks is None and args.suite is None:
         from phreg_bench.default_run import run_default
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CliError("the built-in default run is one process; start it without torchrun")
         return run_default(args)
     if args.backbone is None:
         raise CliError("--backbone is required when --tasks or --suite is given (see `phreg-bench ls backbones`)")
@@ -118,14 +145,20 @@ def handle(args: argparse.Namespace) -> int:
         backbone_options=parse_assignments(args.backbone_option, "--backbone-option"),
         results_dir=args.results_dir, overwrite=args.overwrite,
     )
-    with make_progress(console=console, transient=True) as progress:
-        ctx = RunContext(
-            data_root=Path(args.data_root) if args.data_root else None, cache_dir=args.cache_dir,
-            device=resolve_device(args.device), precision=args.precision, batch_size=args.batch_size,
-            num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
-            progress=progress,
-        )
-        runs = run(request, ctx, log=plain_logger(progress))
+    env = join_process_group(args.device)  # one process unless started by torchrun
+    try:
+        with progress_for(env) as progress:
+            ctx = RunContext(
+                data_root=Path(args.data_root) if args.data_root else None, cache_dir=args.cache_dir,
+                device=env.device, precision=args.precision, batch_size=args.batch_size,
+                num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
+                progress=progress if env.is_main else None, dist=env,
+            )
+            runs = run(request, ctx, log=plain_logger(progress))
+    finally:
+        teardown(env)
+    if not env.is_main:  # rank 0 alone reports and builds the leaderboard
+        return 0
     if args.leaderboard_dir is not None:
         from phreg_bench.leaderboard import build_all
 
