@@ -487,15 +487,19 @@ def sbatch_preview(sweep: Sweep, count: int) -> str:
     """
     from submitit.slurm.slurm import _make_sbatch_string
 
-    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(sweep.logs / 'submitit'))}"
-    return _make_sbatch_string(command=command, folder=sweep.logs / "submitit" / "%j", map_count=count,
-                               **slurm_parameters(sweep))
+    folder = _submitit_folder(sweep)
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    return _make_sbatch_string(command=command, folder=folder, map_count=count, **slurm_parameters(sweep))
+
+
+def _submitit_folder(sweep: Sweep) -> Path:
+    return Path(_absolute(sweep.logs)) / "submitit" / "%j"  # submitit puts each job's files in <id>/
 
 
 def _executor(sweep: Sweep):
     import submitit
 
-    folder = sweep.logs / "submitit" / "%j"
+    folder = _submitit_folder(sweep)
     if sweep.executor == "slurm":
         try:
             executor = submitit.SlurmExecutor(folder=folder)

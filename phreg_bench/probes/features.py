@@ -113,7 +113,13 @@ def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch
 
 def fill(entry: CacheEntry, produce: Callable[[np.ndarray], dict[str, np.ndarray]], batch_rows: int,
          ctx: RunContext, description: str) -> dict[str, Any]:
-    """Compute and store every missing row of ``entry``; returns counts and seconds."""
+    """Compute and store every missing row of ``entry``; returns counts and seconds.
+
+    Under ``torchrun`` the rows are cut into fixed blocks of ``batch_rows`` and rank ``r`` computes the missing
+    rows of blocks ``r, r + W, ...`` (the same split on every rank, whatever each saw as missing); after a
+    barrier every rank adopts the others' rows (:meth:`CacheEntry.refresh`) and must see the entry complete.
+    Raises :class:`CacheShareError` if it does not (``--cache-dir`` not shared between nodes).
+    """
     env = ctx.dist
     missing = entry.missing_rows()
     start = time.perf_counter()
