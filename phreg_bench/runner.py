@@ -23,7 +23,12 @@ from phreg_bench.results.records import measured_record
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskSpec
 from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
-from phreg_core.errors import ConfigError, UnsupportedModelError
+from phreg_core.distributed import broadcast_flag
+from phreg_core.errors import ConfigError, PhregError, UnsupportedModelError
+
+
+class RankFailure(PhregError, RuntimeError):
+    """Under ``torchrun``, a task failed on one rank: the whole group stops (the others cannot go on alone)."""
 
 
 @dataclass
@@ -135,6 +140,10 @@ def resolve_task_settings(specs: list[TaskSpec], request: RunRequest, ctx: RunCo
     return resolved
 
 
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -148,7 +157,33 @@ def run(
     log: Callable[[str], None] = print,
     backbone: Backbone | None = None,
 ) -> list[TaskRun]:
-    """Run every requested task; failures of one task are reported and the others still run."""
+    """Run every requested task; failures of one task are reported and the others still run.
+
+    Under ``torchrun`` (``ctx.dist``) every rank runs this with the same request: the families shard the
+    images and reduce the metrics; rank 0 alone logs, decides what is skipped and writes the result files. A
+    task that fails on any rank raises :class:`RankFailure` there, which ends the group (``torchrun`` stops
+    the other ranks); results written before stay, and a rerun resumes from the first missing one.
+    """
+    if not ctx.dist.is_main:
+        log = _silent
+    ctx, backbone, specs, resolved, model = _prepare(request, ctx, log, backbone)
+    model.to(ctx.device).eval()
+    store = ResultStore(request.results_dir)
+    if ctx.dist.is_main:
+        store.remove_stale_temp_files()
+    runs = []
+    for spec in specs:
+        family = family_for(spec)
+        if not family.applies_to(backbone):
+            log(f"skip {spec.name}: needs a text tower, {backbone.info.name!r} has none")
+            runs.append(TaskRun(spec.name, "skipped", None, error="not applicable"))
+            continue
+        runs.append(_run_task(spec, family, model, resolved[spec.name], ctx, store, request.overwrite, log))
+    return runs
+
+
+def _prepare(request: RunRequest, ctx: RunContext, log: Callable[[str], None], backbone: Backbone | None):
+    """Validate the request and build what it runs: ``(ctx, backbone, specs, resolved settings, model)``."""
     if request.overwrite not in OVERWRITE_MODES:
         raise ConfigError(f"--overwrite must be one of {OVERWRITE_MODES}, got {request.overwrite!r}")
     method_factory = METHODS.get(request.method)  # fail on bad names before any model is built
@@ -163,31 +198,53 @@ def run(
     log(f"tasks: {', '.join(spec.name for spec in specs)}")
     resolved = resolve_task_settings([s for s in specs if family_for(s).applies_to(backbone)], request, ctx, log)
     model = method_factory(backbone, **request.method_options)
-    model.to(ctx.device).eval()
+    return ctx, backbone, specs, resolved, model
+
+
+@dataclass
+class PlannedTask:
+    """Where a task's result goes and whether it is already there (what ``sweep`` skips on)."""
+
+    task: str
+    path: Path | None  # None: the task does not apply to the backbone (no text tower)
+    done: bool
+
+
+def plan(request: RunRequest, ctx: RunContext, *, backbone: Backbone | None = None) -> list[PlannedTask]:
+    """The result file of each task of ``request`` and whether a valid one exists, without running anything.
+
+    Builds the backbone and method (their identity enters the config hash) but not on ``ctx.device``, and
+    reads no data. ``ctx.device`` only chooses the precision that would run (pass the job's device type).
+    """
+    ctx, backbone, specs, resolved, model = _prepare(request, ctx, _silent, backbone)
     store = ResultStore(request.results_dir)
-    store.remove_stale_temp_files()
-    runs = []
+    planned = []
     for spec in specs:
-        family = family_for(spec)
-        if not family.applies_to(backbone):
-            log(f"skip {spec.name}: needs a text tower, {backbone.info.name!r} has none")
-            runs.append(TaskRun(spec.name, "skipped", None, error="not applicable"))
+        if not family_for(spec).applies_to(backbone):
+            planned.append(PlannedTask(spec.name, None, True))
             continue
-        runs.append(_run_task(spec, family, model, resolved[spec.name], ctx, store, request.overwrite, log))
-    return runs
+        path = store.path_for(_record(spec, model, resolved[spec.name], ctx))
+        planned.append(PlannedTask(spec.name, path, store.is_done(path)))
+    return planned
+
+
+def _record(spec: TaskSpec, model, settings: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """The identity part of the task's result record (its config hash names the file)."""
+    task_info = {"name": spec.name, "family": spec.family, "version": spec.version, "spec_hash": spec.spec_hash()}
+    return measured_record(
+        task=task_info, backbone=model.backbone.info.to_dict(), method=model.describe(),
+        protocol={"name": settings["name"], "settings": settings}, seed=ctx.seed, limit=ctx.limit,
+        precision=ctx.precision,
+    )
 
 
 def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any], ctx: RunContext,
               store: ResultStore, overwrite: str, log: Callable[[str], None]) -> TaskRun:
-    backbone_info = model.backbone.info.to_dict()
-    task_info = {"name": spec.name, "family": spec.family, "version": spec.version, "spec_hash": spec.spec_hash()}
-    record = measured_record(
-        task=task_info, backbone=backbone_info, method=model.describe(),
-        protocol={"name": settings["name"], "settings": settings}, seed=ctx.seed, limit=ctx.limit,
-        precision=ctx.precision,
-    )
+    record = _record(spec, model, settings, ctx)
     path = store.path_for(record)
-    if overwrite == "only-missing" and store.is_done(path):
+    env = ctx.dist
+    # rank 0 decides (all ranks must take the same branch, whatever each one's view of the folder)
+    if broadcast_flag(env, env.is_main and overwrite == "only-missing" and store.is_done(path)):
         log(f"skip {spec.name}: already done ({path})")
         return TaskRun(spec.name, "skipped", path)
     started_at, start = utc_now(), time.perf_counter()
@@ -197,6 +254,10 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     try:  # no autocast here: each family autocasts only its backbone forward (phreg_bench.precision)
         outcome = family.run(model, spec, settings, ctx)
     except Exception as error:  # one broken task must not lose the others' results
+        if env.distributed:  # the other ranks may be waiting in a collective for this one: stop the group
+            traceback.print_exc(file=sys.stderr)
+            raise RankFailure(f"rank {env.rank} of {env.world_size}: {spec.name} failed: "
+                              f"{type(error).__name__}: {error}") from error
         log(f"FAILED {spec.name}: {type(error).__name__}: {error}")
         if os.environ.get("PHREG_DEBUG", "") not in ("", "0"):
             log(traceback.format_exc().rstrip())
@@ -212,11 +273,12 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
         timings={"total_s": round(elapsed, 3), "phases": outcome.phases,
                  "images_per_s": round(outcome.num_samples / elapsed, 3) if elapsed > 0 else None,
                  "peak_memory_mb": round(_peak_memory_mb(ctx.device), 1), "device": str(ctx.device),
-                 "precision": ctx.precision},
+                 "precision": ctx.precision, "processes": env.world_size},
         provenance=provenance(sys.argv, ctx.seed, started_at, utc_now()),
         extra=outcome.extra,
     )
-    path = store.write(record)
+    if env.is_main:  # every rank holds the reduced metrics; one writes (atomically)
+        path = store.write(record)
     value = outcome.metrics[outcome.main_metric]
     log(f"done {spec.name}: {outcome.main_metric} = {value:.4g} -> {path}")
     return TaskRun(spec.name, "done", path, outcome.main_metric, value)

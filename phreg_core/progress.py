@@ -64,8 +64,9 @@ class PlainProgress:
 
     def __init__(self, stream: TextIO | None = None, interval_s: float | None = None,
                  formats: dict[str, str] | None = None, console: Any = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, prefix: str = ""):
         self.stream = stream
+        self.prefix = prefix  # e.g. "[rank 0/8] " under torchrun
         if interval_s is None:
             interval_s = float(os.environ.get("PHREG_PROGRESS_SECONDS", DEFAULT_INTERVAL_S))
         self.interval_s = interval_s
@@ -137,7 +138,7 @@ class PlainProgress:
         parts.append(f"elapsed {format_duration(elapsed)}")
         if task.total and 0 < task.completed < task.total and elapsed > 0:
             parts.append(f"ETA {format_duration(elapsed / task.completed * (task.total - task.completed))}")
-        return f"{task.description}: {', '.join(parts)}"
+        return f"{self.prefix}{task.description}: {', '.join(parts)}"
 
     def _print(self, task: _Task, now: float) -> None:
         task.printed = now

@@ -57,6 +57,32 @@ def with_pos_resample(options: dict[str, Any], policy: str | None) -> dict[str, 
     return {**options, "pos_resample": policy}
 
 
+def join_process_group(device: str):
+    """:func:`phreg_core.distributed.setup` after checking ``--device``: under ``torchrun`` (``WORLD_SIZE`` > 1)
+    each rank takes ``cuda:LOCAL_RANK`` (NCCL) when CUDA is there, else the CPU (gloo)."""
+    from phreg_core.distributed import DistEnv, setup
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    resolved = resolve_device(device)
+    if world <= 1:
+        return DistEnv(device=resolved)
+    if resolved.type == "cuda" and resolved.index is not None:
+        raise CliError(f"--device {device}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda "
+                       "(or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
+    return setup(resolved.type)
+
+
+def progress_for(env):
+    """Bars in one process (plain lines outside a terminal); under torchrun plain lines from rank 0
+    (:class:`phreg_core.progress.PlainProgress`), prefixed with the rank."""
+    from phreg_bench.progress import make_progress
+    from phreg_core.progress import PlainProgress
+
+    if not env.distributed:
+        return make_progress(console=console, transient=True)
+    return PlainProgress(stream=console.file, console=console, prefix=f"[rank {env.rank}/{env.world_size}] ")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="evaluate a backbone × method on tasks (no arguments: the built-in offline default)",
@@ -146,9 +172,10 @@ def check_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.progress import make_progress, plain_logger
+    from phreg_bench.progress import plain_logger
     from phreg_bench.runner import RunRequest, run
     from phreg_bench.tasks.base import RunContext
+    from phreg_core.distributed import teardown
 
     if args.pos_resample is not None and args.backbone is None:
         raise CliError("--pos-resample needs --backbone (the built-in default run keeps its models' own policy)")
@@ -156,6 +183,8 @@ def handle(args: argparse.Namespace) -> int:
         from phreg_bench.default_run import run_default
 
         check_default_run(args)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CliError("the built-in default run is one process; start it without torchrun")
         return run_default(args)
     method, method_options = check_run(args)
     tasks = [name.strip() for name in (args.tasks or "").split(",") if name.strip()]
@@ -173,14 +202,21 @@ def handle(args: argparse.Namespace) -> int:
                                            args.pos_resample),
         results_dir=args.results_dir, overwrite=args.overwrite,
     )
-    with make_progress(console=console, transient=True) as progress:
-        ctx = RunContext(
-            data_root=Path(args.data_root) if args.data_root else None, cache_dir=args.cache_dir,
-            device=resolve_device(args.device), precision=args.precision, batch_size=args.batch_size,
-            num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
-            progress=progress, options={"skip_corrupt": True} if args.skip_corrupt else {},
-        )
-        runs = run(request, ctx, log=plain_logger(progress))
+    env = join_process_group(args.device)  # one process unless started by torchrun
+    try:
+        with progress_for(env) as progress:
+            ctx = RunContext(
+                data_root=Path(args.data_root) if args.data_root else None, cache_dir=args.cache_dir,
+                device=env.device, precision=args.precision, batch_size=args.batch_size,
+                num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
+                progress=progress if env.is_main else None, dist=env,
+                options={"skip_corrupt": True} if args.skip_corrupt else {},
+            )
+            runs = run(request, ctx, log=plain_logger(progress))
+    finally:
+        teardown(env)
+    if not env.is_main:  # rank 0 alone reports and builds the leaderboard
+        return 0
     print_runs(runs)
     if args.leaderboard_dir is not None:
         from phreg_bench.leaderboard import build_all

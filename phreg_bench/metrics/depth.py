@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import torch
 
+from phreg_core.distributed import DistEnv
 from phreg_core.errors import ConfigError
 
 METRIC_NAMES = ("RMSE", "AbsRel", "SqRel", "RMSE_log", "log10", "delta1", "delta2", "delta3", "SILog")
@@ -107,6 +109,18 @@ class DepthMeter:
         row = image_metrics(pred, gt, **self.options)
         self.rows.append(row)
         return row
+
+    def all_gather(self, env: DistEnv, indices: list[int]) -> None:
+        """Replace this rank's per-image rows by every rank's, in global image order (``indices``: the global
+        index of each :meth:`update` call here). The average is not a sum of sums (NaN images are left out, a
+        mean of means): gathering the per-image values makes it equal the single-process one exactly."""
+        if not env.distributed:
+            return
+        from phreg_bench.metrics.segmentation import gather_in_order
+
+        local = torch.tensor([[row[name] for name in METRIC_NAMES] for row in self.rows], dtype=torch.float64)
+        merged = gather_in_order(env, indices, local.reshape(len(self.rows), len(METRIC_NAMES)))
+        self.rows = [dict(zip(METRIC_NAMES, (float(v) for v in row), strict=True)) for row in merged.tolist()]
 
     def compute(self) -> dict[str, float]:
         return average(self.rows)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from phreg_core.distributed import DistEnv, all_gather_rows, all_sum_
 from phreg_core.errors import ConfigError
 
 
@@ -74,6 +75,12 @@ class SegmentationMetric:
         index = torch.where(labelled & ~bad, target * classes + pred, dump)
         self.confusion += torch.bincount(index, minlength=dump + 1)
 
+    def all_reduce(self, env: DistEnv) -> None:
+        """Sum the int64 confusion matrix (and the invalid-pixel count) over ranks: exact, so every rank then
+        holds what one process would have counted over all images."""
+        all_sum_(env, self.confusion)
+        all_sum_(env, self.invalid)
+
     def compute(self) -> dict[str, object]:
         if int(self.invalid):
             raise ConfigError(f"{int(self.invalid)} labelled pixels had a label or prediction outside "
@@ -111,8 +118,27 @@ def pixel_pearson(scores: Tensor, target: Tensor, ignore_index: int = 255) -> fl
     return None if math.isnan(value) else value
 
 
+def gather_in_order(env: DistEnv, indices: list[int], values: Tensor) -> Tensor:
+    """Every rank's per-image ``values`` ``[n, *shape]`` (float64), ordered by the global image ``indices``.
+
+    A mean taken afterwards adds the same numbers in the same order as one process: bit-identical.
+    """
+    if len(indices) != values.shape[0]:
+        raise ValueError(f"{len(indices)} image indices for {values.shape[0]} per-image values")
+    width = math.prod(values.shape[1:])
+    rows = torch.cat([torch.as_tensor(indices, dtype=torch.float64).reshape(-1, 1),
+                      values.double().cpu().reshape(len(indices), width)], dim=1)
+    rows = all_gather_rows(env, rows).cpu()
+    rows = rows[torch.argsort(rows[:, 0], stable=True)]
+    return rows[:, 1:].reshape(-1, *values.shape[1:])
+
+
 class PearsonMetric:
-    """Averages the per-image Pearson value over the images that have one (no GPU sync per image)."""
+    """Averages the per-image Pearson value over the images that have one (no GPU sync per image).
+
+    Not a sum: under ``torchrun`` :meth:`all_gather` collects every rank's per-image values (the sufficient
+    statistics) in image order, so the mean equals the single-process one exactly.
+    """
 
     def __init__(self, ignore_index: int = 255):
         self.ignore_index = ignore_index
@@ -121,6 +147,17 @@ class PearsonMetric:
     def update(self, scores: Tensor, target: Tensor) -> None:
         if scores.shape[0] >= 2:
             self.values.append(pearson_tensor(scores, target.to(scores.device), self.ignore_index))
+
+    def all_gather(self, env: DistEnv, indices: list[int]) -> None:
+        """Replace this rank's values by all ranks' values in global image order (``indices``: the global index
+        of each :meth:`update` call of this rank, in call order)."""
+        if not env.distributed:
+            return
+        local = torch.stack(self.values).double().cpu() if self.values else torch.zeros(0, dtype=torch.float64)
+        if self.values and len(indices) != len(self.values):
+            raise ValueError(f"{len(indices)} image indices for {len(self.values)} Pearson values")
+        merged = gather_in_order(env, indices if self.values else [], local)
+        self.values = list(merged.unbind(0))
 
     def compute(self) -> float | None:
         if not self.values:

@@ -13,11 +13,19 @@ Integrity: a row counts as present only when its done flag is set *and* its byte
 CRC32 (checked for every row when the entry is opened); a corrupted or half-written row is recomputed, a
 broken layout (missing / truncated file, meta mismatch) wipes the entry. Row data is flushed before the
 state that marks it done is replaced atomically (temp file + ``os.replace``), so an interrupted extraction
-resumes where it stopped. One writer per entry at a time.
+resumes where it stopped.
+
+Concurrent writers (the ranks of a ``torchrun`` group, or two runs sharing ``--cache-dir``) are safe: an
+entry is created or attached under an exclusive lock on ``<key[:2]>/.<key>.lock`` (``flock``; on NFS Linux
+maps it to POSIX locks), rows are written with ``pwrite`` at their byte offset (no page of a neighbouring
+row is rewritten, which matters between nodes), and every state save merges, under the same lock, the rows
+the other writers marked done whose bytes match their CRC32. :meth:`CacheEntry.refresh` adopts the other
+writers' rows after a barrier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +33,7 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +62,10 @@ class ArraySpec:
     def to_json(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "dtype": np.dtype(self.dtype).str}
 
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
 
 def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({"cache_format": CACHE_FORMAT, **fields}).encode()).hexdigest()
@@ -60,6 +73,20 @@ def cache_key(fields: dict[str, Any]) -> str:
 
 def _crc(row: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(row).view(np.uint8).ravel())
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; never nest two in one process."""
+    import fcntl  # POSIX only, like the memory maps' r+ sharing this cache relies on
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 
@@ -79,7 +106,9 @@ class CacheEntry:
         self.open_error: str | None = None  # why an existing entry was wiped, if it was
         self._last_save = time.monotonic()
         self._dirty = False
-        self._open()
+        self._lock_path = path.parent / f".{path.name}.lock"
+        with _locked(self._lock_path):  # one process creates the entry; the others attach to it
+            self._open()
 
     # -- layout ---------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -107,11 +136,40 @@ class CacheEntry:
             if array.shape != (self.num_rows, *spec.shape) or array.dtype != np.dtype(spec.dtype):
                 raise ValueError(f"{self.path / name}.npy has shape {array.shape} / {array.dtype}")
             self._maps[name] = array
-        state = np.load(self.path / "state.npy")
-        if state.shape != (self.num_rows, 1 + len(self.arrays)) or state.dtype != np.int64:
-            raise ValueError(f"{self.path / 'state.npy'} has the wrong layout")
+        state = self._disk_state()
+        if state is None:
+            raise ValueError(f"{self.path / 'state.npy'} is missing or has the wrong layout")
         self._state = state.copy()
         self._verify()
+
+    def _disk_state(self) -> np.ndarray | None:
+        try:
+            state = np.load(self.path / "state.npy")
+        except (OSError, ValueError):
+            return None
+        if state.shape != (self.num_rows, 1 + len(self.arrays)) or state.dtype != np.int64:
+            return None
+        return state
+
+    def _adopt_disk_rows(self) -> int:
+        """Mark done the rows another writer committed whose bytes match their CRC32; returns how many."""
+        disk = self._disk_state()
+        if disk is None:
+            return 0
+        names = sorted(self.arrays)
+        adopted = 0
+        for row in np.flatnonzero((disk[:, 0] == 1) & (self._state[:, 0] == 0)):
+            if all(_crc(self._maps[name][row]) == disk[row, 1 + i] for i, name in enumerate(names)):
+                self._state[row] = disk[row]
+                adopted += 1
+        return adopted
+
+    def refresh(self) -> int:
+        """Re-map the arrays and adopt the rows other processes wrote since this entry was opened (after a
+        barrier, under ``torchrun``); returns how many rows were adopted."""
+        with _locked(self._lock_path):
+            self._maps = {name: np.load(self.path / f"{name}.npy", mmap_mode="r+") for name in self.arrays}
+            return self._adopt_disk_rows()
 
     def _create(self) -> None:
         self.created = True
@@ -130,7 +188,7 @@ class CacheEntry:
                 temp, mode="w+", dtype=np.dtype(spec.dtype), shape=(self.num_rows, *spec.shape)).flush())
             self._maps[name] = np.load(target, mmap_mode="r+")
         self._state = np.zeros((self.num_rows, 1 + len(self.arrays)), dtype=np.int64)
-        self._save_state()
+        self._save_state(lock=False)  # _create runs under the lock already
         write_atomic(self.path / "meta.json", lambda temp: Path(temp).write_text(
             json.dumps(self._meta(), indent=1, sort_keys=True)))
 
@@ -145,10 +203,13 @@ class CacheEntry:
         if bad:
             self.corrupted_rows = len(bad)
             self._state[bad, 0] = 0
-            self._save_state()
+            write_atomic(self.path / "state.npy", lambda temp: _save_npy(temp, self._state))  # under the lock
 
-    def _save_state(self) -> None:
-        write_atomic(self.path / "state.npy", lambda temp: _save_npy(temp, self._state))
+    def _save_state(self, *, lock: bool = True) -> None:
+        """Merge the other writers' committed rows, then replace ``state.npy`` atomically (under the lock)."""
+        with _locked(self._lock_path) if lock else contextlib.nullcontext():
+            self._adopt_disk_rows()
+            write_atomic(self.path / "state.npy", lambda temp: _save_npy(temp, self._state))
         self._dirty = False
         self._last_save = time.monotonic()
 
@@ -172,14 +233,26 @@ class CacheEntry:
             data = np.asarray(values[name]).astype(spec.dtype, copy=False)
             if data.shape != (len(rows), *spec.shape):
                 raise ValueError(f"array {name!r}: expected {(len(rows), *spec.shape)}, got {data.shape}")
-            self._maps[name][rows] = data
-            self._maps[name].flush()
+            self._write_rows(name, rows, data)
             crcs[:, column] = [_crc(item) for item in data]
         self._state[rows, 0] = 1
         self._state[rows, 1:] = crcs
         self._dirty = True
         if time.monotonic() - self._last_save > STATE_SAVE_INTERVAL_S:
             self._save_state()
+
+    def _write_rows(self, name: str, rows: np.ndarray, data: np.ndarray) -> None:
+        """``pwrite`` each row at its byte offset in ``<name>.npy``, then fsync: exactly the row's bytes reach
+        the file (a memory-map flush writes whole pages, which may hold another writer's rows)."""
+        array = self._maps[name]
+        row_bytes = self.arrays[name].row_bytes
+        fd = os.open(self.path / f"{name}.npy", os.O_WRONLY)
+        try:
+            for row, item in zip(rows, data, strict=True):
+                os.pwrite(fd, np.ascontiguousarray(item).tobytes(), array.offset + int(row) * row_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def flush(self) -> None:
         if self._dirty:
@@ -198,7 +271,7 @@ class CacheEntry:
 
     @property
     def bytes_per_row(self) -> int:
-        return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in self.arrays.values())
+        return sum(spec.row_bytes for spec in self.arrays.values())
 
     def status(self) -> dict[str, Any]:
         return {"key": self.key, "path": str(self.path), "rows": self.num_rows, "created": self.created,
@@ -214,15 +287,20 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 class FeatureCache:
-    """Entries under ``<root>/features``; ``root=None`` keeps them in a temporary folder for this run only."""
+    """Entries under ``<root>/features``; ``root=None`` keeps them in a temporary folder for this run only.
 
-    def __init__(self, root: Path | None):
+    ``temporary=True`` marks a given ``root`` as this run's only (the folder a ``torchrun`` group shares);
+    the ``owner`` removes it on :meth:`close`.
+    """
+
+    def __init__(self, root: Path | None, *, temporary: bool = False, owner: bool = True):
         self._temp = None
+        self._shared_temp = Path(root) if temporary and root is not None and owner else None
         if root is None:
             self._temp = tempfile.TemporaryDirectory(prefix="phreg-features-")
             root = Path(self._temp.name)
         self.root = Path(root) / "features"
-        self.persistent = self._temp is None
+        self.persistent = self._temp is None and not temporary
 
     def entry(self, fields: dict[str, Any], arrays: dict[str, ArraySpec], num_rows: int) -> CacheEntry:
         key = cache_key({"fields": fields, "arrays": {k: v.to_json() for k, v in arrays.items()},
@@ -233,3 +311,6 @@ class FeatureCache:
         if self._temp is not None:
             self._temp.cleanup()
             self._temp = None
+        if self._shared_temp is not None:
+            shutil.rmtree(self._shared_temp, ignore_errors=True)
+            self._shared_temp = None

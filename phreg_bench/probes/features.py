@@ -6,8 +6,10 @@ final norm (width ``embed_dim``), and the CLS token ``prefix[:, 0]`` where a tas
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,12 @@ from phreg_bench.precision import autocast
 from phreg_bench.probes.cache import CacheEntry, FeatureCache
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext
-from phreg_core.errors import ConfigError
+from phreg_core.distributed import all_sum_int, all_true, barrier, broadcast_bytes
+from phreg_core.errors import ConfigError, PhregError
+
+
+class CacheShareError(PhregError):
+    """Under ``torchrun``, a rank cannot see the feature rows the other ranks wrote (no shared filesystem)."""
 
 # Bump when the extraction code changes the cached bytes (enters every cache key).
 FEATURE_CODE_VERSION = "1"
@@ -45,10 +52,22 @@ def open_cache(ctx: RunContext, model) -> tuple[FeatureCache, str]:
     folder for this run only (fail-closed: never reused under a name that might not match the bytes).
     """
     if ctx.options.get("feature_cache") is False:
-        return FeatureCache(None), "disabled by RunContext.options['feature_cache']"
+        return _temporary(ctx), "disabled by RunContext.options['feature_cache']"
     if not model.backbone.info.weights_sha256:
-        return FeatureCache(None), "temporary: backbone has no weights sha256"
+        return _temporary(ctx), "temporary: backbone has no weights sha256"
     return FeatureCache(ctx.cache_dir), "persistent"
+
+
+def _temporary(ctx: RunContext) -> FeatureCache:
+    """A cache for this run only. Under ``torchrun`` every rank must see the same one: rank 0 makes a folder
+    in ``--cache-dir`` (a shared filesystem across nodes) and sends its path; rank 0 removes it on close."""
+    if not ctx.dist.distributed:
+        return FeatureCache(None)
+    path = None
+    if ctx.dist.is_main:
+        Path(ctx.cache_dir).mkdir(parents=True, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=".phreg-features-", dir=ctx.cache_dir).encode()
+    return FeatureCache(Path(broadcast_bytes(ctx.dist, path).decode()), temporary=True, owner=ctx.dist.is_main)
 
 
 def cache_fields(model, ctx: RunContext, **fields: Any) -> dict[str, Any]:
@@ -95,14 +114,32 @@ def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch
 
 def fill(entry: CacheEntry, produce: Callable[[np.ndarray], dict[str, np.ndarray]], batch_rows: int,
          ctx: RunContext, description: str) -> dict[str, Any]:
-    """Compute and store every missing row of ``entry``; returns counts and seconds."""
+    """Compute and store every missing row of ``entry``; returns counts and seconds.
+
+    Under ``torchrun`` the rows are cut into fixed blocks of ``batch_rows`` and rank ``r`` computes the missing
+    rows of blocks ``r, r + W, ...`` (the same split on every rank, whatever each saw as missing); after a
+    barrier every rank adopts the others' rows (:meth:`CacheEntry.refresh`) and must see the entry complete.
+    Raises :class:`CacheShareError` if it does not (``--cache-dir`` not shared between nodes).
+    """
+    env = ctx.dist
     missing = entry.missing_rows()
     start = time.perf_counter()
     chunks = [missing[i:i + batch_rows] for i in range(0, len(missing), batch_rows)]
+    if env.distributed:  # rank r computes the missing rows of blocks r, r + W, ... (fixed blocks of all rows)
+        block = (missing // batch_rows) % env.world_size == env.rank
+        mine = missing[block]
+        chunks = [mine[i:i + batch_rows] for i in range(0, len(mine), batch_rows)]
     for rows in track(chunks, description, progress=ctx.progress):
         entry.write(rows, produce(rows))
     entry.flush()
+    computed = all_sum_int(env, sum(len(rows) for rows in chunks))
+    if env.distributed:
+        barrier(env)  # every rank has committed its rows
+        entry.refresh()
+        if not all_true(env, entry.complete):
+            raise CacheShareError(
+                f"feature cache {entry.path}: rows computed by other ranks are not visible here; under torchrun "
+                "on several nodes --cache-dir (or $PHREG_CACHE) must be on a filesystem all nodes share")
     status = entry.status()
-    status.update(computed_rows=int(len(missing)), hit=len(missing) == 0,
-                  seconds=round(time.perf_counter() - start, 3))
+    status.update(computed_rows=int(computed), hit=computed == 0, seconds=round(time.perf_counter() - start, 3))
     return status

@@ -17,6 +17,7 @@ import torch
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError, Settings
+from phreg_core.distributed import DistEnv
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class RunContext:
     budget: str = "full"  # probe schedules: "full" (paper) or "quick"
     progress: Any = None  # a rich.progress.Progress (see phreg_bench.progress.track); None: silent
     options: dict[str, Any] = field(default_factory=dict)  # family-specific extras
+    # the torchrun process group (phreg_core.distributed.setup); the default is one process. Under torchrun,
+    # families shard their images over ranks and reduce metrics exactly; only rank 0 writes results.
+    dist: DistEnv = field(default_factory=DistEnv)
 
 
 @dataclass

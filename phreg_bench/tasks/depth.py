@@ -38,6 +38,7 @@ from phreg_bench.metrics.depth import DepthMeter, scaled_box
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.augment import depth_train_augment
 from phreg_bench.probes.cache import ArraySpec
+from phreg_bench.probes.ddp import check_batch_split, data_parallel, local_part, unwrap, zero_loss
 from phreg_bench.probes.heads import BinsDepthHead
 from phreg_bench.probes.losses import GRADIENT_LAYOUTS, gradient_loss, sig_loss
 from phreg_bench.probes.schedules import cosine_warmup_lr, one_cycle_beta1, set_lr
@@ -45,6 +46,7 @@ from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskOutcome, TaskSpec
 from phreg_bench.tasks.linseg import ProbeFamily, ProbeSettings, _infinite_order, _train_limit
 from phreg_bench.tasks.settings import Settings, require
+from phreg_core.distributed import DistEnv, all_sum_int, shard
 from phreg_core.errors import ConfigError
 
 
@@ -139,6 +141,7 @@ class LinearProbeDepth(ProbeFamily):
         settings = self.check_settings(settings, spec)
         info = model.backbone.info
         mode = settings["train_features"]
+        check_batch_split(int(settings["batch_size"]), ctx.dist, group=int(settings["loss_group_size"]), task=spec.name)
         try:
             train_set = NYUv2Depth(ctx.data_root, "train", source=settings["train_source"],
                                    limit=_train_limit(settings, ctx))
@@ -167,7 +170,7 @@ class LinearProbeDepth(ProbeFamily):
                                  min_depth=float(settings["min_depth"]), max_depth=float(settings["max_depth"]),
                                  bins_strategy=settings["bins_strategy"], norm_strategy=settings["norm_strategy"],
                                  upsample=int(settings["upsample"]), batchnorm=bool(settings["head_batchnorm"]))
-            head.to(ctx.device)
+            head = data_parallel(head.to(ctx.device), ctx.dist)  # DDP under torchrun (probes/ddp.py)
             start = time.perf_counter()
             train_status = None
             if mode == "cached":
@@ -181,7 +184,7 @@ class LinearProbeDepth(ProbeFamily):
             speed = {"train_iters_per_s": round(int(settings["iters"]) / max(phases["train_s"], 1e-9), 3)}
 
             start = time.perf_counter()
-            metrics = self._evaluate(head, test_entry, test_set, frame, settings, ctx, spec.name)
+            metrics = self._evaluate(unwrap(head), test_entry, test_set, frame, settings, ctx, spec.name)
             phases["evaluate_s"] = time.perf_counter() - start
         finally:
             cache.close()
@@ -259,7 +262,7 @@ class LinearProbeDepth(ProbeFamily):
                                     pct_start=float(momentum["pct_start"]))
             set_lr(optimizer, lr, beta1)
             pred = F.interpolate(head(patches, cls), size=gt.shape[-2:], mode="bilinear", align_corners=False)
-            loss = depth_loss(pred, gt, settings, warm_up=step < int(settings["sig_warmup_iters"]))
+            loss = depth_loss(pred, gt, settings, warm_up=step < int(settings["sig_warmup_iters"]), env=ctx.dist)
             if loss is None:
                 continue
             optimizer.zero_grad(set_to_none=True)
@@ -274,7 +277,8 @@ class LinearProbeDepth(ProbeFamily):
         meter = DepthMeter(min_depth=float(settings["min_depth"]), max_depth=float(settings["max_depth"]),
                            eigen_crop=bool(settings["eigen_crop"]))
         views = 2 if settings["flip_test"] else 1
-        for index in track(range(len(dataset)), f"{name}: evaluate", progress=ctx.progress):
+        mine = shard(len(dataset), ctx.dist)  # this rank's frames; per-frame metrics are gathered below
+        for index in track(mine, f"{name}: evaluate", progress=ctx.progress):
             rows = [2 * index, 2 * index + 1][:views]
             patches = torch.from_numpy(entry.read("patches", rows)).to(ctx.device).float()
             cls = torch.from_numpy(entry.read("cls", rows)).to(ctx.device).float()
@@ -282,11 +286,18 @@ class LinearProbeDepth(ProbeFamily):
             pred = F.interpolate(pred, size=tuple(frame), mode="bilinear", align_corners=False)[:, 0]
             pred = (pred[0] + pred[1].flip(-1)) / 2 if views == 2 else pred[0]
             meter.update(pred.cpu().numpy(), dataset[index].depth)
+        meter.all_gather(ctx.dist, list(mine))
         return meter.compute()
 
 
-def depth_loss(pred: torch.Tensor, gt: torch.Tensor, settings: dict[str, Any], *, warm_up: bool):
-    """Weighted SigLoss + GradientLoss, averaged over groups of ``loss_group_size`` images (None: no valid pixel)."""
+def depth_loss(pred: torch.Tensor, gt: torch.Tensor, settings: dict[str, Any], *, warm_up: bool,
+               env: DistEnv | None = None):
+    """Weighted SigLoss + GradientLoss, averaged over groups of ``loss_group_size`` images (None: no valid pixel).
+
+    Under ``torchrun`` (``env``) ``pred`` holds this rank's groups of the global batch; the mean runs over the
+    valid groups of *all* ranks (this rank's sum x W / the global count, which DDP's averaging turns back
+    into the single-process gradient; probes/ddp.py). ``None`` on every rank when no group is valid.
+    """
     max_depth = float(settings["max_depth"])
     group = int(settings["loss_group_size"])
     terms = []
@@ -299,6 +310,12 @@ def depth_loss(pred: torch.Tensor, gt: torch.Tensor, settings: dict[str, Any], *
             value = value + float(settings["grad_weight"]) * gradient_loss(
                 p, t, max_depth=max_depth, layout=settings["gradient_loss_layout"])
         terms.append(value)
+    if env is not None and env.distributed:
+        total = all_sum_int(env, len(terms))
+        if total == 0:
+            return None
+        local = torch.stack(terms).sum() if terms else zero_loss(pred)
+        return local * (env.world_size / total)
     return torch.stack(terms).mean() if terms else None
 
 
@@ -321,8 +338,9 @@ def _to_device(ctx, *arrays):
 def _cached_batches(entry, settings, ctx):
     batch, iters = int(settings["batch_size"]), int(settings["iters"])
     order = _infinite_order(entry.num_rows, batch * iters, ctx.seed)
+    group = int(settings["loss_group_size"])
     for step in range(iters):
-        rows = order[step * batch:(step + 1) * batch]
+        rows = local_part(order[step * batch:(step + 1) * batch], ctx.dist, group=group)  # this rank's groups
         patches, cls, depth = _to_device(ctx, entry.read("patches", rows), entry.read("cls", rows),
                                          entry.read("depth", rows))
         yield patches, cls, depth[:, None]
@@ -351,8 +369,11 @@ def _online_batches(model, dataset: NYUv2Depth, crop, settings, ctx):
     batch, iters = int(settings["batch_size"]), int(settings["iters"])
     order = _infinite_order(len(dataset), batch * iters, ctx.seed)
     dataset.close()  # an open HDF5 handle must not be shared with forked loader workers
+    group = int(settings["loss_group_size"])
+    steps = [local_part(np.arange(step * batch, (step + 1) * batch), ctx.dist, group=group).tolist()
+             for step in range(iters)]  # stream positions of this rank's groups of each global batch
     loader = torch.utils.data.DataLoader(_AugmentedDepth(dataset, order, crop, settings, ctx.seed),
-                                         batch_size=batch, num_workers=ctx.num_workers, shuffle=False)
+                                         batch_sampler=steps, num_workers=ctx.num_workers)
     for images, depth in loader:
         patches, cls = feats.extract(model, images, ctx, pad_to_patch=True, with_cls=True)
         yield patches.clone(), cls.clone(), depth.to(ctx.device)[:, None]

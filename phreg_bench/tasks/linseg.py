@@ -36,12 +36,14 @@ from phreg_bench.inference import check_window_settings
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.augment import rescale_size, resize_image, resize_label, seg_train_augment
 from phreg_bench.probes.cache import ArraySpec
+from phreg_bench.probes.ddp import check_batch_split, data_parallel, local_part, scale_to_global, unwrap
 from phreg_bench.probes.heads import LinearSegHead
 from phreg_bench.probes.losses import seg_cross_entropy
 from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import NamedSettings, ProtocolError, require
+from phreg_core.distributed import shard
 from phreg_core.errors import ConfigError
 from phreg_core.images import open_image
 
@@ -234,6 +236,7 @@ class LinearProbeSegmentation(ProbeFamily):
         check_window_settings(size, stride, WINDOW_OPTION_NAMES)  # before any data is read
         long_max = int(settings["resize_long_max"])
         mode = settings["train_features"]
+        check_batch_split(int(settings["batch_size"]), ctx.dist, task=spec.name)
         reader = DATASETS.get(spec.dataset)
         train_set = reader(ctx.data_root, split=settings["train_split"], limit=_train_limit(settings, ctx))
         val_set = reader(ctx.data_root, split=spec.split, limit=ctx.limit)
@@ -251,7 +254,7 @@ class LinearProbeSegmentation(ProbeFamily):
 
             torch.manual_seed(ctx.seed)
             head = LinearSegHead(info.embed_dim, num_classes, batchnorm=bool(settings["head_batchnorm"]))
-            head.to(ctx.device)
+            head = data_parallel(head.to(ctx.device), ctx.dist)  # DDP under torchrun (probes/ddp.py)
             start = time.perf_counter()
             if mode == "cached":
                 train_views = ViewTable.build(train_set, size, stride, long_max, settings["cache_windows"],
@@ -270,7 +273,7 @@ class LinearProbeSegmentation(ProbeFamily):
             speed = {"train_iters_per_s": round(iters / max(phases["train_s"], 1e-9), 3)}
 
             start = time.perf_counter()
-            metrics, per_class = self._evaluate(head, val_entry, val_views, val_set, num_classes, size, ctx,
+            metrics, per_class = self._evaluate(unwrap(head), val_entry, val_views, val_set, num_classes, size, ctx,
                                                 spec.name)
             phases["evaluate_s"] = time.perf_counter() - start
         finally:
@@ -334,10 +337,12 @@ class LinearProbeSegmentation(ProbeFamily):
         return torch.optim.AdamW(head.parameters(), lr=float(settings["lr"]),
                                  weight_decay=float(settings["weight_decay"]), betas=tuple(settings["betas"]))
 
-    def _step(self, head, optimizer, features, labels, step, settings):
+    def _step(self, head, optimizer, features, labels, step, settings, env):
         set_lr(optimizer, poly_lr(float(settings["lr"]), step, int(settings["iters"]),
                                   power=float(settings["poly_power"]), eta_min=float(settings["eta_min"])))
-        loss = seg_cross_entropy(head(features), labels)
+        # the cross-entropy averages over every pixel of the global batch (probes/ddp.py)
+        loss = scale_to_global(seg_cross_entropy(head(features), labels), len(labels), int(settings["batch_size"]),
+                               env)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -349,11 +354,11 @@ class LinearProbeSegmentation(ProbeFamily):
         batch, iters = int(settings["batch_size"]), int(settings["iters"])
         order = _infinite_order(entry.num_rows, batch * iters, ctx.seed)
         for step in track(range(iters), f"{name}: train head (cached)", progress=ctx.progress):
-            rows = order[step * batch:(step + 1) * batch]
+            rows = local_part(order[step * batch:(step + 1) * batch], ctx.dist)  # this rank's part
             # move the stored dtypes (fp16 / uint8), widen on the device: half the host-to-device traffic
             features = torch.from_numpy(entry.read("patches", rows)).to(ctx.device).float()
             labels = torch.from_numpy(entry.read("labels", rows)).to(ctx.device).long()
-            self._step(head, optimizer, features, labels, step, settings)
+            self._step(head, optimizer, features, labels, step, settings, ctx.dist)
 
     def _train_full(self, head, model, dataset, size, settings, ctx, name):
         head.train()
@@ -361,11 +366,13 @@ class LinearProbeSegmentation(ProbeFamily):
         batch, iters = int(settings["batch_size"]), int(settings["iters"])
         order = _infinite_order(len(dataset), batch * iters, ctx.seed)
         data = _AugmentedSeg(dataset, order, size, ctx.seed, settings)
-        loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=ctx.num_workers, shuffle=False)
+        # stream positions of each step's global batch; this rank loads and encodes its part only
+        steps = [local_part(np.arange(step * batch, (step + 1) * batch), ctx.dist).tolist() for step in range(iters)]
+        loader = torch.utils.data.DataLoader(data, batch_sampler=steps, num_workers=ctx.num_workers)
         for step, (images, labels) in enumerate(track(loader, f"{name}: train head (full)", total=iters,
                                                       progress=ctx.progress)):
             features, _ = feats.extract(model, images, ctx)
-            self._step(head, optimizer, features.clone(), labels.to(ctx.device).long(), step, settings)
+            self._step(head, optimizer, features.clone(), labels.to(ctx.device).long(), step, settings, ctx.dist)
 
     # -- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -374,7 +381,8 @@ class LinearProbeSegmentation(ProbeFamily):
 
         head.eval()
         meter = SegmentationMetric(num_classes)
-        for sample in track(range(len(dataset)), f"{name}: evaluate", progress=ctx.progress):
+        mine = shard(len(dataset), ctx.dist)  # this rank's images; the confusion matrices are summed below
+        for sample in track(mine, f"{name}: evaluate", progress=ctx.progress):
             rows = views.rows_of(sample)
             features = torch.from_numpy(entry.read("patches", rows)).to(ctx.device).float()
             logits = torch.nn.functional.interpolate(head(features), size=(size, size), mode="bilinear",
@@ -388,6 +396,7 @@ class LinearProbeSegmentation(ProbeFamily):
             total = torch.nn.functional.interpolate((total / count)[None], size=views.originals[sample],
                                                     mode="bilinear", align_corners=False)[0]
             meter.update(total.argmax(0).cpu(), torch.from_numpy(dataset[sample].label))
+        meter.all_reduce(ctx.dist)
         result = meter.compute()
         metrics = {key: float(result[key]) for key in ("mIoU", "mAcc", "aAcc")}
         per_class = [None if np.isnan(value) else float(value) for value in result["IoU"]]

@@ -25,8 +25,10 @@ from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import NamedSettings, require
+from phreg_bench.tasks.sharding import gather_messages, rank_zero_first
 from phreg_bench.tasks.specs import class_file, spec_root
 from phreg_bench.text import class_queries, file_sha256, read_class_names, read_templates
+from phreg_core.distributed import all_sum_int, shard
 from phreg_core.errors import ConfigError, MissingFileError
 
 
@@ -127,9 +129,12 @@ class OpenVocabSegmentation(TaskFamily):
 
         start = time.perf_counter()
         text = getattr(model.backbone, "text", None)
-        queries = class_queries(model.encode_text, classes, templates,
-                                tower_identity=getattr(text, "identity", None),
-                                cache_dir=Path(ctx.cache_dir) / "text", device=ctx.device)
+
+        def embed_classes():
+            return class_queries(model.encode_text, classes, templates, tower_identity=getattr(text, "identity", None),
+                                 cache_dir=Path(ctx.cache_dir) / "text", device=ctx.device)
+
+        queries = rank_zero_first(ctx.dist, embed_classes)  # others read rank 0's content-addressed cache
         phases["text_s"] = time.perf_counter() - start
 
         dataset = reader(ctx.data_root, split=spec.split, limit=ctx.limit)
@@ -138,22 +143,24 @@ class OpenVocabSegmentation(TaskFamily):
         metric = SegmentationMetric(reader.num_classes, device=ctx.device)
         pearson = PearsonMetric() if ctx.options.get("pearson", True) else None
         skip = bool(ctx.options.get("skip_corrupt", False))
-        loader = torch.utils.data.DataLoader(_Guarded(dataset), batch_size=None, shuffle=False,
+        mine = shard(len(dataset), ctx.dist)  # this rank's images (all of them in one process)
+        loader = torch.utils.data.DataLoader(_Guarded(dataset), batch_size=None, sampler=mine, shuffle=False,
                                              num_workers=ctx.num_workers, collate_fn=_identity)
-        skipped: list[str] = []
-        evaluated, waiting = 0, 0.0
+        skipped: list[tuple[int, str]] = []
+        done: list[int] = []  # global indices of the images evaluated here
+        waiting = 0.0
         start = time.perf_counter()
-        iterator = iter(track(loader, spec.name, total=len(dataset), progress=ctx.progress))
+        iterator = zip(mine, track(loader, spec.name, total=len(mine), progress=ctx.progress), strict=True)
         while True:
             tick = time.perf_counter()
-            sample = next(iterator, None)
+            index, sample = next(iterator, (None, None))
             waiting += time.perf_counter() - tick
             if sample is None:
                 break
             if isinstance(sample, str):
                 if not skip:
                     raise DatasetError(f"{sample} (or pass --skip-corrupt to skip such files and count them)")
-                skipped.append(sample)
+                skipped.append((index, sample))
                 continue
             label = torch.from_numpy(sample.label).to(ctx.device)
             pred, logits = predictor.predict(sample.image, out_size=tuple(label.shape))
@@ -161,9 +168,15 @@ class OpenVocabSegmentation(TaskFamily):
             if pearson is not None:
                 with torch.inference_mode():
                     pearson.update(queries.synonym_plan(logits), label)
-            evaluated += 1
+            done.append(index)
         phases["evaluate_s"] = time.perf_counter() - start
         phases["data_wait_s"] = waiting
+        # exact reductions over ranks: int64 confusion sums, per-image Pearson values gathered in image order
+        metric.all_reduce(ctx.dist)
+        if pearson is not None:
+            pearson.all_gather(ctx.dist, done)
+        evaluated = all_sum_int(ctx.dist, len(done))
+        skipped = gather_messages(ctx.dist, skipped)
         if evaluated == 0:
             raise DatasetError(f"{spec.name}: no sample was evaluated ({len(skipped)} skipped)")
 

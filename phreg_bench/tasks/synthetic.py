@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from phreg_bench.metrics.segmentation import gather_in_order
 from phreg_bench.precision import autocast
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import NamedSettings, require
+from phreg_core.distributed import all_sum_, shard
 
 
 def scene_batch(indices: list[int], size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,24 +89,38 @@ class SyntheticSegmentation(TaskFamily):
         phases: dict[str, float] = {}
 
         start = time.perf_counter()
-        sums, weights = None, torch.zeros(num_classes)
-        for batch in track(_chunks(train, ctx.batch_size), f"{spec.name}: prototypes", progress=ctx.progress):
-            feats, labels = self._features(model, batch, size, seed, ctx)
+        # under torchrun each rank encodes every W-th chunk; the per-chunk sums are gathered and added in chunk
+        # order, so the prototypes are bit-identical to one process's
+        chunks = _chunks(train, ctx.batch_size)
+        mine = shard(len(chunks), ctx.dist)
+        partial = []
+        for chunk in track([chunks[i] for i in mine], f"{spec.name}: prototypes", progress=ctx.progress):
+            feats, labels = self._features(model, chunk, size, seed, ctx)
             share = F.adaptive_avg_pool2d(F.one_hot(labels, num_classes).permute(0, 3, 1, 2).float(),
                                           feats.shape[-2:])  # [B, K, h, w]: class share of each patch
-            batch_sums = torch.einsum("bkhw,bchw->kc", share, feats)
+            partial.append((torch.einsum("bkhw,bchw->kc", share, feats), share.sum((0, 2, 3))))
+        if ctx.dist.distributed:
+            channels = model.backbone.info.embed_dim
+            local = torch.stack([torch.cat([s.flatten(), w]) for s, w in partial]) if partial else \
+                torch.zeros(0, num_classes * (channels + 1))
+            merged = gather_in_order(ctx.dist, list(mine), local).float()
+            partial = [(row[:-num_classes].view(num_classes, channels), row[-num_classes:]) for row in merged]
+        sums, weights = None, torch.zeros(num_classes)
+        for batch_sums, batch_weights in partial:
             sums = batch_sums if sums is None else sums + batch_sums
-            weights += share.sum((0, 2, 3))
+            weights += batch_weights
         prototypes = F.normalize(sums / weights.clamp(min=1e-6)[:, None], dim=1)
         phases["prototypes_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
         confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-        for batch in track(_chunks(val, ctx.batch_size), f"{spec.name}: evaluate", progress=ctx.progress):
-            feats, labels = self._features(model, batch, size, seed, ctx)
+        chunks = _chunks(val, ctx.batch_size)
+        for i in track(shard(len(chunks), ctx.dist), f"{spec.name}: evaluate", progress=ctx.progress):
+            feats, labels = self._features(model, chunks[i], size, seed, ctx)
             scores = torch.einsum("bchw,kc->bkhw", feats, prototypes)
             scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             confusion += confusion_matrix(scores.argmax(1), labels, num_classes)
+        all_sum_(ctx.dist, confusion)  # pixel counts held exactly in float64: any summation order is exact
         phases["evaluate_s"] = time.perf_counter() - start
         metrics, per_class = iou_metrics(confusion)
         return TaskOutcome(
