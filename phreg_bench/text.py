@@ -153,6 +153,29 @@ def fill(template: str, name: str) -> str:
     return template.replace(PLACEHOLDER, name)
 
 
+class SynonymPlan:
+    """How to reduce ``[Q, ...]`` query scores to ``[C, ...]`` class scores (max over each class's queries)."""
+
+    def __init__(self, query_class: Tensor, num_classes: int):
+        classes = query_class.detach().cpu().long()
+        counts = torch.bincount(classes, minlength=num_classes)
+        if classes.numel() == 0 or len(counts) > num_classes or (counts == 0).any():
+            raise ValueError(f"every one of the {num_classes} classes needs at least one query, and only those")
+        device = query_class.device
+        self.identity = torch.equal(classes, torch.arange(num_classes))
+        self.first = torch.tensor([int(torch.nonzero(classes == c)[0]) for c in range(num_classes)], device=device)
+        self.groups = [(c, torch.nonzero(classes == c).flatten().to(device))
+                       for c in torch.nonzero(counts > 1).flatten().tolist()]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        if self.identity:
+            return scores
+        out = scores.index_select(0, self.first.to(scores.device))
+        for c, members in self.groups:
+            out[c] = scores.index_select(0, members.to(scores.device)).amax(0)
+        return out
+
+
 @dataclass
 class ClassQueries:
     """Unit-norm query embeddings ``[Q, D]`` and the class each query belongs to (``[Q]``)."""
@@ -164,10 +187,8 @@ class ClassQueries:
     cache: str = "off"  # "hit", "miss" or "off"
 
     @functools.cached_property
-    def synonym_plan(self):
-        """The query → class max reduction (:class:`phreg_bench.inference.SynonymPlan`), built once."""
-        from phreg_bench.inference import SynonymPlan
-
+    def synonym_plan(self) -> SynonymPlan:
+        """The query → class max reduction (:class:`SynonymPlan`), built once."""
         return SynonymPlan(self.query_class, self.num_classes)
 
 

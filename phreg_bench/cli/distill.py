@@ -77,9 +77,8 @@ def handle(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.hf_dataset is None):
         raise ValueError("pass exactly one of --data DIR or --hf-dataset NAME")
-    factory, argument = BACKBONES.resolve(args.backbone)
-    backbone = factory(argument, weights=args.weights, random_init=args.random_init,
-                       **with_pos_resample({}, args.pos_resample))
+    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init,
+                                            **with_pos_resample({}, args.pos_resample))
     vision = backbone.vision
     recipe = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
     preset = RECIPES[recipe]

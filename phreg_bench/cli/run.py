@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from phreg_bench.cli import CliError, console
 from phreg_core.pos_embed import POLICY_NAMES
+
+if TYPE_CHECKING:  # torch is imported when a device is resolved, not when the CLI lists its commands
+    import torch
 
 
 def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -54,6 +56,8 @@ def with_pos_resample(options: dict[str, Any], policy: str | None) -> dict[str, 
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -116,7 +120,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.backbone is None and args.tasks is None and args.suite is None:
         from phreg_bench.default_run import run_default
 
-        return run_default(args)
+        return run_default(args, resolve_device(args.device))
     if args.backbone is None:
         raise CliError("--backbone is required when --tasks or --suite is given (see `phreg-bench ls backbones`)")
     tasks = [name.strip() for name in (args.tasks or "").split(",") if name.strip()]
