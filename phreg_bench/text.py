@@ -32,6 +32,8 @@ from torch import Tensor
 
 from phreg_core.atomic import write_bytes_atomic
 from phreg_core.errors import PhregError
+from phreg_core.hashing import canonical_json
+from phreg_core.hashing import file_sha256 as file_sha256  # re-exported for the ovseg family
 
 CACHE_FORMAT = 1  # bump when the stored layout or the averaging changes
 PLACEHOLDER = "{c}"
@@ -230,12 +232,10 @@ def _templates_json(templates: Templates):
 
 
 def cache_key(tower_identity: str, templates: Templates, classes: Sequence[Sequence[str]]) -> str:
+    """sha256 of the canonical JSON of the format, text tower identity, templates and classes."""
     payload = {"format": CACHE_FORMAT, "tower": tower_identity, "templates": _templates_json(templates),
                "classes": [list(c) for c in classes]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 class TextEmbeddingCache:
@@ -297,7 +297,3 @@ def class_queries(encode: Callable[[list[str]], Tensor], classes: Sequence[Seque
                                      "num_classes": len(classes), "num_queries": len(names)})
         status = "miss"
     return ClassQueries(embeddings.to(device), query_class, names, len(classes), cache=status)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

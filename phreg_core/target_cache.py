@@ -25,15 +25,14 @@ randomness is lost; the teacher pass is paid once instead of once per epoch.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from phreg_core.atomic import write_atomic
+from phreg_core.hashing import canonical_json
 from phreg_core.tta import ViewPlan
 
 __all__ = ["CACHE_DTYPES", "TargetCache", "image_digest"]
@@ -58,14 +57,14 @@ class TargetCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.dtype = dtype
-        self.prefix = json.dumps({"identity": identity, "dtype": dtype}, sort_keys=True).encode()
+        self.prefix = canonical_json({"identity": identity, "dtype": dtype}).encode()
         self.hits = 0
         self.misses = 0
 
     def key(self, image: Tensor | str, plan: ViewPlan) -> str:
         """Key of one target: ``image`` is the preprocessed image or its :func:`image_digest`."""
         digest = hashlib.sha256(self.prefix)
-        digest.update(json.dumps(plan.to_list()).encode())
+        digest.update(canonical_json(plan.to_list()).encode())
         digest.update((image if isinstance(image, str) else image_digest(image)).encode())
         return digest.hexdigest()
 
@@ -95,18 +94,11 @@ class TargetCache:
         return target.float()
 
     def put(self, key: str, target: Tensor) -> None:
+        """Store one target ``[C, h, w]`` in the cache dtype (atomically: a reader never sees half a file)."""
         from safetensors.torch import save_file
 
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(handle)
-        try:
-            save_file({"target": target.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        stored = {"target": target.detach().to("cpu", CACHE_DTYPES[self.dtype]).contiguous()}
+        write_atomic(self.path(key), lambda temp: save_file(stored, temp), suffix=".safetensors")
 
     def put_many(self, keys: list[str], targets: Tensor) -> None:
         """Store a batch of targets ``[B, C, h, w]`` (one device-to-host copy)."""

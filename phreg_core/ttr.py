@@ -38,7 +38,6 @@ notebook turns it on with 0.5 / 0.5).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -47,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from phreg_core.hashing import canonical_json
 from phreg_core.ttr_settings import FinderSettings, RegisterNeuronsError
 from phreg_core.vit import TokenOutput, ViTAdapter
 
@@ -166,7 +166,7 @@ def check_neurons(neurons: Mapping[int, Sequence[int]], adapter: ViTAdapter, sou
 
 def neurons_sha256(neurons: Mapping[int, Sequence[int]]) -> str:
     """A stable hash of a neuron list (block order and unit order as given)."""
-    text = json.dumps([[int(k), [int(u) for u in v]] for k, v in sorted(neurons.items())], separators=(",", ":"))
+    text = canonical_json([[int(k), [int(u) for u in v]] for k, v in sorted(neurons.items())])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

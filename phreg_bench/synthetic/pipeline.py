@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from phreg_bench.results.store import write_json_atomic  # one strict, atomic JSON writer
 from phreg_bench.synthetic.proof import (
     VARIANTS,
     ProofConfig,
@@ -47,13 +47,6 @@ from phreg_core.atomic import write_text_atomic
 FULL = "PH-Reg (full)"
 FIGURE_SCENES = 3  # evaluation scenes drawn side by side
 DISPLAY_SIZE = 160  # the input panel shows the same scene rendered sharper than the model's input
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False))
-
-
-
 
 
 def draw_figures(models: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]], images: torch.Tensor,
@@ -155,7 +148,7 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
         "config": asdict(config),
         "classes": list(CLASS_NAMES),
     }
-    _write_json(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "proof_table.md", table + "\n")
     return summary
 

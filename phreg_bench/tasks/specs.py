@@ -39,7 +39,12 @@ class TaskSpec:
         return self.name.split("/", 1)[1]
 
     def spec_hash(self) -> str:
-        """sha256 over the spec's content (not where it was read from)."""
+        """sha256 over the spec's content (not where it was read from).
+
+        Not :func:`phreg_core.hashing.canonical_json`: this exact serialisation (``json.dumps`` with sorted
+        keys and its default separators) is recorded in every result and enters its ``config_hash`` (the
+        file name), so changing it would orphan every result written so far.
+        """
         data = asdict(self)
         data.pop("source_file")
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
