@@ -24,8 +24,8 @@ TEACHER, TWIN = "planted-vit", "planted-vit-twin"
 DEFAULT_TASKS = ["synthetic/segmentation"]
 
 
-def run_default(args: argparse.Namespace) -> int:
-    from phreg_bench.cli._options import resolve_device
+def run_default(args: argparse.Namespace, device: torch.device) -> int:
+    """The built-in default on ``device`` (resolved from ``--device`` by the caller); exit status 0 or 1."""
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, build_backbone, run
@@ -35,7 +35,6 @@ def run_default(args: argparse.Namespace) -> int:
     results_dir: Path = args.results_dir
     leaderboard_dir: Path = args.leaderboard_dir or results_dir / "leaderboard"
     proof_dir = results_dir / "synthetic-proof"
-    device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # the models are tiny: a second thread costs more than it gives (measured ~5x)
     note(f"built-in default: PH-Reg on the planted-artifact ViT, synthetic world, device {device}")

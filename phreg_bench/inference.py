@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from phreg_bench.precision import autocast
-from phreg_bench.text import ClassQueries
+from phreg_bench.text import ClassQueries, SynonymPlan
 from phreg_core.errors import ConfigError, PhregError
 
 WINDOW_PADS = ("none", "center")
@@ -146,29 +146,6 @@ def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
         extra = patch - height % patch
         top, bottom = extra // 2, extra - extra // 2
     return left, right, top, bottom
-
-
-class SynonymPlan:
-    """How to reduce ``[Q, ...]`` query scores to ``[C, ...]`` class scores (max over each class's queries)."""
-
-    def __init__(self, query_class: Tensor, num_classes: int):
-        classes = query_class.detach().cpu().long()
-        counts = torch.bincount(classes, minlength=num_classes)
-        if classes.numel() == 0 or len(counts) > num_classes or (counts == 0).any():
-            raise ConfigError(f"every one of the {num_classes} classes needs at least one query, and only those")
-        device = query_class.device
-        self.identity = torch.equal(classes, torch.arange(num_classes))
-        self.first = torch.tensor([int(torch.nonzero(classes == c)[0]) for c in range(num_classes)], device=device)
-        self.groups = [(c, torch.nonzero(classes == c).flatten().to(device))
-                       for c in torch.nonzero(counts > 1).flatten().tolist()]
-
-    def __call__(self, scores: Tensor) -> Tensor:
-        if self.identity:
-            return scores
-        out = scores.index_select(0, self.first.to(scores.device))
-        for c, members in self.groups:
-            out[c] = scores.index_select(0, members.to(scores.device)).amax(0)
-        return out
 
 
 def synonym_max(scores: Tensor, query_class: Tensor, num_classes: int) -> Tensor:

@@ -1,19 +1,11 @@
-"""The project's registries. Built-in entries are declared (lazily, as ``module:attr`` strings) in each
-subsystem's ``catalogue`` module, imported at the bottom of this file."""
+"""All of the project's registries in one import. Each is owned (created and filled) by its subsystem's
+``catalogue`` module; this module only re-exports them and nothing imports it from below."""
 
 from __future__ import annotations
 
-from phreg_bench.registry import Registry
+from phreg_bench.backbones.catalogue import BACKBONES
+from phreg_bench.datasets.catalogue import DATASETS
+from phreg_bench.methods.catalogue import METHODS
+from phreg_bench.tasks.catalogue import SUITES, TASK_FAMILIES, TASKS
 
-BACKBONES = Registry("backbone", "phreg_bench.backbones")
-METHODS = Registry("method", "phreg_bench.methods")
-TASKS = Registry("task", "phreg_bench.tasks")
-TASK_FAMILIES = Registry("task family")
-SUITES = Registry("suite")
-DATASETS = Registry("dataset")
-
-# Declarations only: these modules add string targets and metadata, and import nothing heavy.
-from phreg_bench.backbones import catalogue as _backbones  # noqa: E402, F401
-from phreg_bench.datasets import catalogue as _datasets  # noqa: E402, F401
-from phreg_bench.methods import catalogue as _methods  # noqa: E402, F401
-from phreg_bench.tasks import catalogue as _tasks  # noqa: E402, F401
+__all__ = ["BACKBONES", "DATASETS", "METHODS", "SUITES", "TASKS", "TASK_FAMILIES"]

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from phreg_core.atomic import write_bytes_atomic
-from phreg_core.errors import FileFormatError, PhregError
+from phreg_core.errors import ConfigError, FileFormatError, PhregError
+from phreg_core.hashing import canonical_json
+from phreg_core.hashing import file_sha256 as file_sha256  # re-exported for the ovseg family
 
 CACHE_FORMAT = 1  # bump when the stored layout or the averaging changes
 PLACEHOLDER = "{c}"
@@ -153,6 +155,29 @@ def fill(template: str, name: str) -> str:
     return template.replace(PLACEHOLDER, name)
 
 
+class SynonymPlan:
+    """How to reduce ``[Q, ...]`` query scores to ``[C, ...]`` class scores (max over each class's queries)."""
+
+    def __init__(self, query_class: Tensor, num_classes: int):
+        classes = query_class.detach().cpu().long()
+        counts = torch.bincount(classes, minlength=num_classes)
+        if classes.numel() == 0 or len(counts) > num_classes or (counts == 0).any():
+            raise ConfigError(f"every one of the {num_classes} classes needs at least one query, and only those")
+        device = query_class.device
+        self.identity = torch.equal(classes, torch.arange(num_classes))
+        self.first = torch.tensor([int(torch.nonzero(classes == c)[0]) for c in range(num_classes)], device=device)
+        self.groups = [(c, torch.nonzero(classes == c).flatten().to(device))
+                       for c in torch.nonzero(counts > 1).flatten().tolist()]
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        if self.identity:
+            return scores
+        out = scores.index_select(0, self.first.to(scores.device))
+        for c, members in self.groups:
+            out[c] = scores.index_select(0, members.to(scores.device)).amax(0)
+        return out
+
+
 @dataclass
 class ClassQueries:
     """Unit-norm query embeddings ``[Q, D]`` and the class each query belongs to (``[Q]``)."""
@@ -164,10 +189,8 @@ class ClassQueries:
     cache: str = "off"  # "hit", "miss" or "off"
 
     @functools.cached_property
-    def synonym_plan(self):
-        """The query → class max reduction (:class:`phreg_bench.inference.SynonymPlan`), built once."""
-        from phreg_bench.inference import SynonymPlan
-
+    def synonym_plan(self) -> SynonymPlan:
+        """The query → class max reduction (:class:`SynonymPlan`), built once."""
         return SynonymPlan(self.query_class, self.num_classes)
 
 
@@ -209,12 +232,10 @@ def _templates_json(templates: Templates):
 
 
 def cache_key(tower_identity: str, templates: Templates, classes: Sequence[Sequence[str]]) -> str:
+    """sha256 of the canonical JSON of the format, text tower identity, templates and classes."""
     payload = {"format": CACHE_FORMAT, "tower": tower_identity, "templates": _templates_json(templates),
                "classes": [list(c) for c in classes]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 class TextEmbeddingCache:
@@ -276,7 +297,3 @@ def class_queries(encode: Callable[[list[str]], Tensor], classes: Sequence[Seque
                                      "num_classes": len(classes), "num_queries": len(names)})
         status = "miss"
     return ClassQueries(embeddings.to(device), query_class, names, len(classes), cache=status)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

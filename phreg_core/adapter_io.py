@@ -10,13 +10,13 @@ atomically (temp file + ``os.replace``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from phreg_core.atomic import write_atomic
 from phreg_core.errors import FileFormatError, MissingFileError, PhregError
+from phreg_core.hashing import file_sha256
 from phreg_core.student import LEGACY_POLICY, Student
 from phreg_core.vit import ViTAdapter
 
@@ -39,15 +39,6 @@ def adapter_paths(path: str | Path) -> tuple[Path, Path]:
     if path.suffix == ".json":
         return path.with_suffix(".safetensors"), path
     return path, path.with_suffix(".json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 
 def save_adapter(
@@ -83,7 +74,7 @@ def save_adapter(
         "final_loss": final_loss,
         "tensors": {name: list(t.shape) for name, t in sorted(state.items())},
         "tensors_file": tensors_path.name,
-        "tensors_sha256": _sha256(tensors_path),
+        "tensors_sha256": file_sha256(tensors_path),
         **(extra or {}),
     }
     text = json.dumps(sidecar, indent=2, sort_keys=False, allow_nan=False)
@@ -154,7 +145,7 @@ def load_adapter(base: ViTAdapter, path: str | Path, *, weights_sha256: str | No
     check_base(sidecar, weights_sha256, where=str(tensors_path))
     if not tensors_path.exists():
         raise MissingFileError(f"adapter tensors {tensors_path} not found next to {sidecar_path}")
-    actual = _sha256(tensors_path)
+    actual = file_sha256(tensors_path)
     if actual != sidecar.get("tensors_sha256"):
         raise AdapterMismatchError(f"{tensors_path} does not match the sha256 in {sidecar_path.name} (file "
                                    "changed or truncated); copy both files of the adapter together")

@@ -31,6 +31,9 @@ Notes on the references (all checked in their source):
   the same result when a scale factor is passed: the kernel maps coordinates with the given factor.
 * With the +0.1 offset the output size is ``floor(h · (H + 0.1) / h) = H``; the references assert it, and so
   does :meth:`PosResample.__call__`.
+
+torch is imported by the two resampling calls, not at import: the command line lists the policy names
+(``--pos-resample`` choices, ``phreg-bench --help``) without loading torch.
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from phreg_core.errors import PhregError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["POLICIES", "POLICY_NAMES", "PosResample", "PosResampleError", "get_policy", "resample_table"]
 
@@ -85,6 +88,9 @@ class PosResample:
         Raises :class:`PosResampleError` if the table does not hold ``h*w`` rows or the call does not give
         the ``H×W`` grid.
         """
+        import torch
+        import torch.nn.functional as F
+
         src = (int(src_grid[0]), int(src_grid[1]))
         dst = (int(dst_grid[0]), int(dst_grid[1]))
         if src == dst:
@@ -164,6 +170,8 @@ def resample_table(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, 
                    policy: str | PosResample) -> Tensor:
     """Resample a whole positional table ``[1, P + h*w, C]`` or ``[P + h*w, C]``; the first ``P`` rows
     (CLS / register positions, if any) are kept as they are."""
+    import torch
+
     resample = get_policy(policy)
     squeeze = pos.dim() == 2
     table = pos.unsqueeze(0) if squeeze else pos

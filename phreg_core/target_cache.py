@@ -25,7 +25,6 @@ randomness is lost; the teacher pass is paid once instead of once per epoch.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from phreg_core.atomic import write_atomic
 from phreg_core.errors import ConfigError
+from phreg_core.hashing import canonical_json
 from phreg_core.tta import ViewPlan
 
 __all__ = ["CACHE_DTYPES", "TargetCache", "image_digest"]
@@ -58,14 +58,14 @@ class TargetCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.dtype = dtype
-        self.prefix = json.dumps({"identity": identity, "dtype": dtype}, sort_keys=True).encode()
+        self.prefix = canonical_json({"identity": identity, "dtype": dtype}).encode()
         self.hits = 0
         self.misses = 0
 
     def key(self, image: Tensor | str, plan: ViewPlan) -> str:
         """Key of one target: ``image`` is the preprocessed image or its :func:`image_digest`."""
         digest = hashlib.sha256(self.prefix)
-        digest.update(json.dumps(plan.to_list()).encode())
+        digest.update(canonical_json(plan.to_list()).encode())
         digest.update((image if isinstance(image, str) else image_digest(image)).encode())
         return digest.hexdigest()
 
@@ -95,6 +95,7 @@ class TargetCache:
         return target.float()
 
     def put(self, key: str, target: Tensor) -> None:
+        """Store one target ``[C, h, w]`` in the cache dtype (atomically: a reader never sees half a file)."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 

@@ -38,17 +38,16 @@ notebook turns it on with 0.5 / 0.5).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from phreg_core.errors import PhregError
+from phreg_core.hashing import canonical_json
+from phreg_core.ttr_settings import FinderSettings, RegisterNeuronsError
 from phreg_core.vit import TokenOutput, ViTAdapter
 
 __all__ = [
@@ -69,10 +68,6 @@ __all__ = [
 
 DEFAULT_REGISTERS = 1  # the paper's default; more in its App. A.5 (reference: num_registers = 1)
 RULES = ("max", "sign_max")
-
-
-class RegisterNeuronsError(PhregError, ValueError):
-    """A bad register-neuron list, finder setting, or a model the intervention cannot hook."""
 
 
 # -- where the neurons live ---------------------------------------------------------------------------
@@ -171,7 +166,7 @@ def check_neurons(neurons: Mapping[int, Sequence[int]], adapter: ViTAdapter, sou
 
 def neurons_sha256(neurons: Mapping[int, Sequence[int]]) -> str:
     """A stable hash of a neuron list (block order and unit order as given)."""
-    text = json.dumps([[int(k), [int(u) for u in v]] for k, v in sorted(neurons.items())], separators=(",", ":"))
+    text = canonical_json([[int(k), [int(u) for u in v]] for k, v in sorted(neurons.items())])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -260,39 +255,6 @@ class TestTimeRegisters:
 
 
 # -- finding the neurons ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FinderSettings:
-    """How register neurons are scored and selected (defaults: the reference's, see the module notes)."""
-
-    threshold: float = 30.0  # residual-stream norm above which a token is an outlier position
-    detect_layer: int = -1  # block whose output norms define the outlier positions
-    highest_layer: int | None = None  # keep neurons of blocks ≤ this (None: every block)
-    lowest_layer: int = 0  # keep neurons of blocks ≥ this
-    top_k: int = 10  # neurons kept after the layer filter
-    sparsity_filter: bool = False
-    sparsity_fraction: float = 0.5
-    sparsity_activation: float = 0.5
-
-    def check(self, depth: int) -> None:
-        """Refuse settings that cannot work on a model with ``depth`` blocks."""
-        if not self.threshold > 0:
-            raise RegisterNeuronsError(f"threshold must be a positive norm, got {self.threshold}")
-        if not -depth <= self.detect_layer < depth:
-            raise RegisterNeuronsError(f"detect_layer {self.detect_layer} is not a block of this {depth}-block model")
-        if self.top_k < 1:
-            raise RegisterNeuronsError(f"top_k must be ≥ 1, got {self.top_k}")
-        if not 0 <= self.lowest_layer < depth:
-            raise RegisterNeuronsError(f"lowest_layer {self.lowest_layer} is not a block of this {depth}-block model")
-        if self.highest_layer is not None and not self.lowest_layer <= self.highest_layer < depth:
-            raise RegisterNeuronsError(f"highest_layer {self.highest_layer} must be a block in "
-                                       f"[lowest_layer={self.lowest_layer}, {depth - 1}]")
-        if not 0.0 <= self.sparsity_fraction <= 1.0:
-            raise RegisterNeuronsError(f"sparsity_fraction must be in [0, 1], got {self.sparsity_fraction}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class NeuronScorer:
     """Scores every MLP hidden unit of ``adapter`` over batches of images (``update``), then ranks them.
 

@@ -87,8 +87,7 @@ def _open_clip_reference(backbone: Backbone, images: torch.Tensor):
 def test_contract_on_reduced_config(name):
     entry = BACKBONES.entry(name)
     meta = entry.metadata
-    factory, argument = BACKBONES.resolve(name)
-    backbone = factory(argument, random_init=True, reduced=True)
+    backbone = BACKBONES.get(name)(random_init=True, reduced=True)
     info = backbone.info
     assert isinstance(backbone, Backbone)
     assert info.name == name and info.family == meta["family"]
@@ -138,7 +137,7 @@ def test_contract_on_reduced_config(name):
 
 
 def test_random_init_is_seeded():
-    factory, _ = BACKBONES.resolve("dinov2-vit-s14-reg4")
+    factory = BACKBONES.get("dinov2-vit-s14-reg4")
     first = factory(None, random_init=True, reduced=True)
     again = factory(None, random_init=True, reduced=True)
     other = factory(None, random_init=True, reduced=True, seed=1)
@@ -182,9 +181,9 @@ def test_quick_gelu_follows_the_pretrained_tag():
     ("timm:resnet50.a1_in1k", "not a plain VisionTransformer"),
 ])
 def test_unsupported_models_are_refused_with_a_reason(name, message):
-    factory, argument = BACKBONES.resolve(name)
+    factory = BACKBONES.get(name)
     with pytest.raises((TypeError, ValueError), match=message):
-        factory(argument, random_init="pretrained tag" not in message, reduced=True)
+        factory(random_init="pretrained tag" not in message, reduced=True)
 
 
 def test_full_size_openai_clip_b16_matches_open_clip():

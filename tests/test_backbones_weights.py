@@ -25,8 +25,7 @@ TOL = 1e-5
 
 
 def _build(name, **options):
-    factory, argument = BACKBONES.resolve(name)
-    return factory(argument, reduced=True, **options)
+    return BACKBONES.get(name)(reduced=True, **options)
 
 
 def _same_features(a, b, images):
@@ -245,8 +244,7 @@ def test_hf_hub_open_clip_repo_from_the_cache(empty_cache, monkeypatch):
     _fake_hub_cache(empty_cache, "test-org/tiny-clip", {
         "open_clip_config.json": lambda path: path.write_text(json.dumps(config)),
         "open_clip_model.safetensors": lambda path: save_file(model.state_dict(), path)})
-    factory, argument = BACKBONES.resolve("hf-hub:test-org/tiny-clip")
-    loaded = factory(argument)
+    loaded = BACKBONES.get("hf-hub:test-org/tiny-clip")()
     assert loaded.info.weights_id == "hf-hub:test-org/tiny-clip/open_clip_model.safetensors"
     assert loaded.info.mean == (0.5, 0.5, 0.5) and loaded.has_text and loaded.info.extra["quick_gelu"] is True
     native = torch.randn(1, 3, 64, 64)
@@ -276,10 +274,10 @@ def test_hf_hub_timm_repo_from_the_cache(empty_cache, monkeypatch):
 
 
 def _assert_fast_clear_failure(name, repo, filename, cache, *, reason):
-    factory, argument = BACKBONES.resolve(name)
+    factory = BACKBONES.get(name)
     start = time.perf_counter()
     with pytest.raises(hub.HubUnavailableError) as caught:
-        factory(argument)
+        factory()
     elapsed = time.perf_counter() - start
     message = str(caught.value)
     assert elapsed < 5.0, f"offline failure took {elapsed:.1f} s"

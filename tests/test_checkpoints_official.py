@@ -31,8 +31,7 @@ DINO_BASE = ["dinov2-vit-b14", "--backbone-option", "reduced=true", "--random-in
 
 
 def base_backbone(name: str, seed: int = 0):
-    factory, argument = BACKBONES.resolve(name)
-    return factory(argument, random_init=True, reduced=True, seed=seed)
+    return BACKBONES.get(name)(random_init=True, reduced=True, seed=seed)
 
 
 # -- OpenAI CLIP's image tower (openai/CLIP clip/model.py), transcribed: the authors' models/OpenaiMaskCLIP/model.py

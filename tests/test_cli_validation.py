@@ -34,7 +34,7 @@ def no_models(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the options were checked")
 
-    monkeypatch.setattr(BACKBONES, "resolve", refuse)
+    monkeypatch.setattr(BACKBONES, "get", refuse)
     monkeypatch.setattr(runner, "build_backbone", refuse)
 
 

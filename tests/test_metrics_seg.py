@@ -113,3 +113,76 @@ def test_pixel_pearson_matches_numpy_corrcoef():
     metric.update(scores, target)
     metric.update(scores, torch.full((3, 4), 255))  # no labelled pixel: not counted
     assert metric.compute() == pytest.approx(float(np.mean(expected)), abs=1e-6)
+
+
+def _random_maps(generator: torch.Generator, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true maps ``[2, 17, 23]`` over a random subset of classes, ~10 % ignored pixels."""
+    present = int(torch.randint(1, num_classes + 1, (1,), generator=generator))
+    target = torch.randint(0, present, (2, 17, 23), generator=generator)
+    target[torch.rand(target.shape, generator=generator) < 0.1] = 255
+    return torch.randint(0, present, (2, 17, 23), generator=generator), target
+
+
+def _mmseg_metrics(confusion: torch.Tensor) -> dict[str, object]:
+    # transcribed from open-mmlab/mmsegmentation mmseg/evaluation/metrics/iou_metric.py,
+    # IoUMetric.total_area_to_metrics (metrics=['mIoU']) and compute_metrics (summary without np.round)
+    total_area_intersect = confusion.diag()
+    total_area_label = confusion.sum(1)
+    total_area_pred_label = confusion.sum(0)
+    total_area_union = total_area_pred_label + total_area_label - total_area_intersect
+    all_acc = total_area_intersect.sum() / total_area_label.sum()
+    iou = total_area_intersect / total_area_union
+    acc = total_area_intersect / total_area_label
+    ret_metrics = {metric: value.numpy() for metric, value in {"aAcc": all_acc, "IoU": iou, "Acc": acc}.items()}
+    summary = {metric: np.nanmean(value) * 100 for metric, value in ret_metrics.items()}
+    return {"aAcc": summary["aAcc"], "mIoU": summary["IoU"], "mAcc": summary["Acc"],
+            "IoU": (ret_metrics["IoU"] * 100).tolist(), "Acc": (ret_metrics["Acc"] * 100).tolist()}
+
+
+def test_metrics_equal_mmseg_to_the_last_bit():
+    """Same values in the same operation order as mmseg's IoUMetric (counts held exactly as float64)."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        num_classes = int(torch.randint(2, 20, (1,), generator=generator))
+        metric = SegmentationMetric(num_classes)
+        metric.update(*_random_maps(generator, num_classes))
+        ours, theirs = metric.compute(), _mmseg_metrics(metric.confusion_matrix().double())
+        for key in ("aAcc", "mIoU", "mAcc"):
+            assert float(ours[key]) == float(theirs[key]), key
+        np.testing.assert_array_equal(ours["IoU"], theirs["IoU"])
+        np.testing.assert_array_equal(ours["Acc"], theirs["Acc"])
+
+
+def _previous_synthetic_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int):
+    # transcribed from phreg-bench 2cfcaf3 phreg_bench/tasks/synthetic.py confusion_matrix and iou_metrics (the
+    # built-in task's own mIoU code before it used metrics.segmentation)
+    valid = target != 255
+    index = target[valid] * num_classes + pred[valid]
+    confusion = torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes).double()
+    tp = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    gt = confusion.sum(1)
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
+    metrics = {
+        "mIoU": 100 * float(np.nanmean(iou.numpy())),
+        "mAcc": 100 * float(np.nanmean(acc.numpy())),
+        "aAcc": 100 * float(tp.sum() / confusion.sum().clamp(min=1)),
+    }
+    return confusion, metrics, [None if np.isnan(v) else 100 * float(v) for v in iou.tolist()]
+
+
+def test_built_in_task_numbers_are_unchanged_by_the_shared_metric_code():
+    """The synthetic task now counts and scores through metrics.segmentation (as the proof table does); every
+    number, absent classes included, is bit-identical to its former own implementation."""
+    from phreg_bench.tasks.synthetic import confusion_matrix, iou_metrics
+
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        num_classes = int(torch.randint(2, 20, (1,), generator=generator))
+        pred, target = _random_maps(generator, num_classes)
+        before_confusion, before, before_per_class = _previous_synthetic_metrics(pred, target, num_classes)
+        confusion = confusion_matrix(pred, target, num_classes)
+        metrics, per_class = iou_metrics(confusion)
+        assert torch.equal(confusion, before_confusion) and confusion.dtype == torch.float64
+        assert metrics == before and per_class == before_per_class

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import tomllib
@@ -20,6 +23,42 @@ def test_every_code_package_is_listed_in_pyproject():
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared_dependencies() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {_normalise(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in project["dependencies"]}
+
+
+def _imported_distributions() -> set[str]:
+    """Distributions of every top-level module the package code imports (module or function level)."""
+    modules: set[str] = set()
+    for top in ("phreg_core", "phreg_bench"):
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    modules.add(node.module.split(".")[0])
+    owners = metadata.packages_distributions()
+    return {_normalise(dist) for module in modules for dist in owners.get(module, [])}
+
+
+def test_every_declared_dependency_is_imported():
+    """pyproject.toml declares only what the code imports (a declared, unused package was torchmetrics)."""
+    unused = _declared_dependencies() - _imported_distributions()
+    assert not unused, f"declared in pyproject.toml but never imported: {sorted(unused)}"
+
+
+def test_provenance_records_only_declared_packages():
+    from phreg_bench.results.provenance import PACKAGES
+
+    undeclared = {_normalise(name) for name in PACKAGES} - {"phreg-bench"} - _declared_dependencies()
+    assert not undeclared, f"provenance records packages pyproject.toml does not declare: {sorted(undeclared)}"
 
 
 def test_wheel_contains_task_specs(tmp_path):

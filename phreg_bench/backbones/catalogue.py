@@ -1,4 +1,5 @@
-"""Built-in backbones (declared lazily; each target is ``factory(argument, **options) -> Backbone``).
+"""The backbone registry ``BACKBONES`` and its built-in entries (declared lazily; each target is
+``factory(argument=None, **options) -> Backbone``, checked by the registry).
 
 Named entries carry their metadata (patch size, width, depth, text tower, registers, hub repo) so that
 ``phreg-bench ls backbones`` prints them without building a model; ``tests/test_backbones_catalogue.py``
@@ -16,14 +17,20 @@ distillation token), EVA / ViTamin (rotary or hybrid towers).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phreg_bench.backbones.hub import OPEN_CLIP_FILES, TIMM_FILES
-from phreg_bench.registries import BACKBONES
-from phreg_bench.registry import import_target
+from phreg_bench.registry import Registry, import_target
 from phreg_core.errors import ConfigError
 from phreg_core.pos_embed import get_policy
+
+if TYPE_CHECKING:
+    from phreg_bench.backbones.base import Backbone
+
+BACKBONES: Registry[Callable[..., Backbone]] = Registry(
+    "backbone", "phreg_bench.backbones", makes="phreg_bench.backbones.base:Backbone")
 
 # Policies (phreg_core/pos_embed.py). OFFSET: the OVSS repos' / DINOv2-without-registers call;
 # ANTIALIAS: timm's and open_clip's own (and Meta's DINOv2 *_reg hub models); BUILTIN: built-ins as always.

@@ -22,8 +22,7 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
 
     if not argument:
         raise ConfigError("backbone 'phreg:' needs a base, e.g. phreg:tiny-vit or phreg:open_clip:ViT-B-16/openai")
-    factory, base_argument = BACKBONES.resolve(argument)
-    backbone = factory(base_argument, weights=weights, random_init=random_init, **options)
+    backbone = BACKBONES.get(argument)(weights=weights, random_init=random_init, **options)
     backbone.info.extra = {**backbone.info.extra, BASE_NAME_KEY: backbone.info.name}
     backbone.info.name = f"phreg:{backbone.info.name}"
     return backbone

@@ -29,6 +29,7 @@ from phreg_bench.backbones.torchscript_archive import (
     read_torchscript_tensors,
 )
 from phreg_core.errors import MissingFileError, PhregError
+from phreg_core.hashing import file_sha256 as file_sha256  # the one file fingerprint (re-exported here)
 
 NESTED_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")  # checkpoint wrappers
 CONVERT_HINT = (
@@ -40,15 +41,6 @@ CONVERT_HINT = (
 
 class WeightsError(PhregError, ValueError):
     """A weights file that cannot be read safely or does not fit the model."""
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

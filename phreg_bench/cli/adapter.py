@@ -63,9 +63,8 @@ def handle_import(args: argparse.Namespace) -> int:
         raise CliError("--registers must be at least 1 (the authors' students have 16)")
     if (args.out / "adapter.safetensors").exists() and not args.overwrite:
         raise CliError(f"{args.out} already holds an adapter; pass --overwrite to replace it")
-    factory, argument = BACKBONES.resolve(args.backbone)
-    backbone = factory(argument, weights=args.weights, random_init=args.random_init,
-                       **parse_assignments(args.backbone_option, "--backbone-option"))
+    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init,
+                                            **parse_assignments(args.backbone_option, "--backbone-option"))
     result = import_official(args.format, args.file, backbone, args.out, registers=args.registers,
                              resolution=args.resolution)
     console.print(f"imported {args.format} student {args.file.name} onto {backbone.info.name} "

@@ -93,9 +93,8 @@ def handle(args: argparse.Namespace) -> int:
     from phreg_core.trainer import RECIPES, DistillConfig, distill
 
     check_distill(args)
-    factory, argument = BACKBONES.resolve(args.backbone)
-    backbone = factory(argument, weights=args.weights, random_init=args.random_init,
-                       **with_pos_resample({}, args.pos_resample))
+    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init,
+                                            **with_pos_resample({}, args.pos_resample))
     vision = backbone.vision
     recipe = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
     preset = RECIPES[recipe]

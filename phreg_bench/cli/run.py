@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from phreg_bench.cli import CliError, OptionError, add_row, console, make_table, note, print_table, say
 from phreg_bench.cli._options import device_name, non_negative_int, positive_int, resolve_device
 from phreg_core.pos_embed import POLICY_NAMES
+
+if TYPE_CHECKING:  # torch is imported when a device is resolved, not when the CLI lists its commands
+    pass
 
 
 def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -185,7 +188,7 @@ def handle(args: argparse.Namespace) -> int:
         check_default_run(args)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise CliError("the built-in default run is one process; start it without torchrun")
-        return run_default(args)
+        return run_default(args, resolve_device(args.device))
     method, method_options = check_run(args)
     tasks = [name.strip() for name in (args.tasks or "").split(",") if name.strip()]
     if args.suite:

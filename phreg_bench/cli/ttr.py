@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from phreg_core.ttr import FinderSettings
+from phreg_core.ttr_settings import FinderSettings  # no torch: the defaults show in --help
 
 DEFAULTS = FinderSettings()
 
@@ -71,8 +71,7 @@ def handle_find(args: argparse.Namespace) -> int:
                               sparsity_filter=args.sparsity_filter)
     list_images(args.data)  # a missing or empty folder fails here, before a model is built
     device = resolve_device(args.device)
-    factory, argument = BACKBONES.resolve(args.backbone)
-    backbone = factory(argument, weights=args.weights, random_init=args.random_init)
+    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init)
     settings.check(backbone.vision.depth)
     backbone.to(device).eval()
     with make_progress(console=console, transient=True, disable=args.no_progress) as progress:

@@ -1,8 +1,12 @@
-"""Built-in dataset readers (declared lazily; each target is a class ``Reader(root, split, limit)``)."""
+"""The dataset registry ``DATASETS`` and its built-in readers (declared lazily; each target is a class
+``Reader(root, split, limit)``; the segmentation readers and the NYU depth reader share no base class, so
+the registry checks no type)."""
 
 from __future__ import annotations
 
-from phreg_bench.registries import DATASETS
+from phreg_bench.registry import Registry
+
+DATASETS: Registry[type] = Registry("dataset")
 
 for _name, _target, _aliases, _summary in (
     ("voc21", "pascal:VOC21", ("voc",), "PASCAL VOC 2012, background + 20 classes"),

@@ -1,8 +1,18 @@
-"""Built-in methods (declared lazily; each target is ``factory(backbone, **options) -> DenseModel``)."""
+"""The method registry ``METHODS`` and its built-in entries (declared lazily; each target is
+``factory(backbone, **options) -> DenseModel``, checked by the registry)."""
 
 from __future__ import annotations
 
-from phreg_bench.registries import METHODS
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from phreg_bench.registry import Registry
+
+if TYPE_CHECKING:
+    from phreg_bench.methods.base import DenseModel
+
+METHODS: Registry[Callable[..., DenseModel]] = Registry(
+    "method", "phreg_bench.methods", makes="phreg_bench.methods.base:DenseModel")
 
 METHODS.add("raw", "phreg_bench.methods.base:build_raw", aliases=("none", "clip", "vanilla"),
             summary="the backbone as it is (no method)")

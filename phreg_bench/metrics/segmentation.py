@@ -4,8 +4,9 @@ mmseg (``mmseg/evaluation/metrics/iou_metric.py``): pixels whose label is the ig
 over the whole dataset, per class, IoU = intersect / union and Acc = intersect / label area, so a class
 absent from both prediction and truth has IoU NaN (0/0) and a class absent from the truth has Acc NaN;
 ``mIoU`` / ``mAcc`` are ``nanmean`` (NaN classes excluded), ``aAcc`` = all intersect / all labelled pixels.
-Values are in percent; mmseg additionally rounds them to 2 decimals for display — here they are kept
-unrounded. The confusion matrix is one ``torch.bincount`` per image on the prediction's device
+Values are in percent, computed in mmseg's order (``IoUMetric.compute_metrics``: ``np.nanmean(value) * 100``,
+so ``aAcc`` is ``(intersect / labelled) * 100``); mmseg additionally rounds them to 2 decimals for display —
+here they are kept unrounded. The confusion matrix is one ``torch.bincount`` per image on the prediction's device
 (torchmetrics' ``MulticlassConfusionMatrix`` computes the same, but importing torchmetrics adds seconds to
 every command).
 """
@@ -38,15 +39,15 @@ def metrics_from_confusion(confusion: Tensor) -> dict[str, object]:
     return {
         "mIoU": _nanmean_percent(iou),
         "mAcc": _nanmean_percent(acc),
-        "aAcc": 100.0 * float(intersect.sum()) / total if total > 0 else math.nan,
-        "IoU": (100.0 * iou).tolist(),
-        "Acc": (100.0 * acc).tolist(),
+        "aAcc": float(intersect.sum()) / total * 100 if total > 0 else math.nan,
+        "IoU": (iou * 100).tolist(),
+        "Acc": (acc * 100).tolist(),
     }
 
 
 def _nanmean_percent(values: np.ndarray) -> float:
-    finite = values[~np.isnan(values)]
-    return 100.0 * float(finite.mean()) if finite.size else math.nan
+    """``np.nanmean(values) * 100`` as mmseg computes it; NaN (without a warning) when every value is NaN."""
+    return float(np.nanmean(values)) * 100 if not np.isnan(values).all() else math.nan
 
 
 class SegmentationMetric:
@@ -81,11 +82,18 @@ class SegmentationMetric:
         all_sum_(env, self.confusion)
         all_sum_(env, self.invalid)
 
-    def compute(self) -> dict[str, object]:
+    def confusion_matrix(self) -> Tensor:
+        """``[K, K]`` int64 counts, ``[t, p]``: pixels of true class ``t`` predicted as ``p``.
+
+        Raises :class:`ValueError` if a labelled pixel had a label or prediction outside ``0..K-1``.
+        """
         if int(self.invalid):
             raise ConfigError(f"{int(self.invalid)} labelled pixels had a label or prediction outside "
                              f"0..{self.num_classes - 1} (and not the ignore index {self.ignore_index})")
-        return metrics_from_confusion(self.confusion[:-1].view(self.num_classes, self.num_classes))
+        return self.confusion[:-1].view(self.num_classes, self.num_classes)
+
+    def compute(self) -> dict[str, object]:
+        return metrics_from_confusion(self.confusion_matrix())
 
 
 def pearson_tensor(scores: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:

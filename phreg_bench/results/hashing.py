@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
-
+from phreg_core.hashing import canonical_json as canonical_json  # the project's one canonical JSON
 
 BACKBONE_IDENTITY_KEYS = ("name", "architecture", "weights_sha256", "weights_id")
 BASE_NAME_KEY = "phreg_base"  # backbone.extra key: the backbone a pass-through ``phreg:<base>`` name stands for

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("phreg-bench", "torch", "torchvision", "timm", "open_clip_torch", "torchmetrics", "numpy", "safetensors")
+PACKAGES = ("phreg-bench", "torch", "torchvision", "timm", "open_clip_torch", "numpy", "safetensors")
 
 
 def utc_now() -> str:

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from phreg_bench.results.store import write_json_atomic  # one strict, atomic JSON writer
 from phreg_bench.synthetic.proof import (
     VARIANTS,
     ProofConfig,
@@ -44,14 +44,11 @@ from phreg_bench.synthetic.proof import (
     ttr_row,
 )
 from phreg_core.atomic import write_text_atomic
+from phreg_core.hashing import file_sha256
 
 FULL = "PH-Reg (full)"
 FIGURE_SCENES = 3  # evaluation scenes drawn side by side
 DISPLAY_SIZE = 160  # the input panel shows the same scene rendered sharper than the model's input
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False))
 
 
 # The sources whose code computes the proof table: a change to any of them recomputes it.
@@ -60,7 +57,7 @@ _SOURCES = ("synthetic/pipeline.py", "synthetic/proof.py", "synthetic/scenes.py"
 
 
 def _file_sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def proof_inputs(out: Path, config: ProofConfig) -> dict[str, Any]:
@@ -200,7 +197,7 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
         "inputs": proof_inputs(out, config),
         "reused": False,
     }
-    _write_json(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "proof_table.md", table + "\n")
     return summary
 

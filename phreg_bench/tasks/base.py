@@ -1,64 +1,23 @@
 """Task families are classes, tasks are data.
 
-A task spec (YAML under ``tasks/``) names its family, dataset reader, split, expected sample count, class
-file, main metric, protocol presets and a version. A :class:`TaskFamily` runs a spec on a
-:class:`~phreg_bench.methods.base.DenseModel` and returns a :class:`TaskOutcome`.
+A task spec (YAML under ``tasks/``; :class:`~phreg_bench.tasks.specs.TaskSpec`, re-exported here) names its
+family, dataset reader, split, expected sample count, class file, main metric, protocol presets and a
+version. A :class:`TaskFamily` runs a spec on a :class:`~phreg_bench.methods.base.DenseModel` and returns a
+:class:`TaskOutcome`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from phreg_bench.backbones.base import Backbone
-from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError, Settings
+from phreg_bench.tasks.settings import OVERRIDE_FLAG, ProtocolError, Settings
+from phreg_bench.tasks.specs import TaskSpec as TaskSpec  # declared beside its YAML reader (no torch there)
 from phreg_core.distributed import DistEnv
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task as declared in its YAML file."""
-
-    name: str  # full name "family/dataset", e.g. "ovseg/voc21"
-    family: str
-    dataset: str  # dataset reader name in the DATASETS registry
-    version: str
-    split: str = "val"
-    num_samples: int | None = None  # expected count of the full split (None: generated on the fly)
-    classes: str | None = None  # class-name file under tasks/classnames/
-    metric: str = "mIoU"
-    higher_is_better: bool = True
-    short_name: str | None = None  # e.g. "voc" (expands to every family that applies)
-    description: str = ""
-    default_protocol: str = "default"
-    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
-    source_file: str | None = None
-
-    @property
-    def dataset_name(self) -> str:
-        return self.name.split("/", 1)[1]
-
-    def spec_hash(self) -> str:
-        """sha256 over the spec's content (not where it was read from)."""
-        data = asdict(self)
-        data.pop("source_file")
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-    def protocol(self, name: str | None) -> tuple[str, dict[str, Any]]:
-        """Resolve a protocol preset name (``None``: the spec's default) to its settings.
-
-        Raises :class:`~phreg_bench.tasks.settings.ProtocolError` naming the known presets.
-        """
-        chosen = name or self.default_protocol
-        if chosen not in self.protocols:
-            known = ", ".join(sorted(self.protocols)) or "none"
-            raise ProtocolError(f"{PROTOCOL_FLAG} {chosen}: task {self.name!r} has no such protocol (known: {known})")
-        return chosen, dict(self.protocols[chosen])
 
 
 @dataclass

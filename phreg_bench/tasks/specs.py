@@ -1,16 +1,65 @@
-"""Reading task specs and suites from YAML (with lm-evaluation-harness style ``include:``)."""
+"""Task specs (:class:`TaskSpec`) and reading them and the suites from YAML (with lm-evaluation-harness
+style ``include:``). Imports neither torch nor a task family: listing tasks stays light."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from phreg_bench.tasks.base import TaskSpec
+from phreg_bench.tasks.settings import PROTOCOL_FLAG, ProtocolError
 from phreg_core.errors import FileFormatError, MissingFileError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task as declared in its YAML file."""
+
+    name: str  # full name "family/dataset", e.g. "ovseg/voc21"
+    family: str
+    dataset: str  # dataset reader name in the DATASETS registry
+    version: str
+    split: str = "val"
+    num_samples: int | None = None  # expected count of the full split (None: generated on the fly)
+    classes: str | None = None  # class-name file under tasks/classnames/
+    metric: str = "mIoU"
+    higher_is_better: bool = True
+    short_name: str | None = None  # e.g. "voc" (expands to every family that applies)
+    description: str = ""
+    default_protocol: str = "default"
+    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source_file: str | None = None
+
+    @property
+    def dataset_name(self) -> str:
+        return self.name.split("/", 1)[1]
+
+    def spec_hash(self) -> str:
+        """sha256 over the spec's content (not where it was read from).
+
+        Not :func:`phreg_core.hashing.canonical_json`: this exact serialisation (``json.dumps`` with sorted
+        keys and its default separators) is recorded in every result and enters its ``config_hash`` (the
+        file name), so changing it would orphan every result written so far.
+        """
+        data = asdict(self)
+        data.pop("source_file")
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+    def protocol(self, name: str | None) -> tuple[str, dict[str, Any]]:
+        """Resolve a protocol preset name (``None``: the spec's default) to its settings.
+
+        Raises :class:`~phreg_bench.tasks.settings.ProtocolError` naming the known presets.
+        """
+        chosen = name or self.default_protocol
+        if chosen not in self.protocols:
+            known = ", ".join(sorted(self.protocols)) or "none"
+            raise ProtocolError(f"{PROTOCOL_FLAG} {chosen}: task {self.name!r} has no such protocol (known: {known})")
+        return chosen, dict(self.protocols[chosen])
 
 
 def spec_root() -> Path:

@@ -9,6 +9,7 @@ features with artifacts make prototypes noisier, so the probe's mIoU tracks feat
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phreg_bench.metrics.segmentation import gather_in_order
+from phreg_bench.metrics.segmentation import SegmentationMetric, gather_in_order, metrics_from_confusion
 from phreg_bench.precision import autocast
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
@@ -35,25 +36,23 @@ def scene_batch(indices: list[int], size: int, seed: int) -> tuple[torch.Tensor,
     return images, labels
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255):
-    valid = target != ignore_index
-    index = target[valid] * num_classes + pred[valid]
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes).double()
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """``[K, K]`` float64 pixel counts (true class × predicted class) of predicted and true label maps of one
+    shape (``[B, H, W]``), counted by :class:`~phreg_bench.metrics.segmentation.SegmentationMetric`: the
+    benchmark's one segmentation-metric code, also behind the proof table. Float64 holds counts exactly up
+    to 2**53 pixels, so the matrices of batches add exactly."""
+    metric = SegmentationMetric(num_classes, ignore_index)
+    metric.update(pred, target)
+    return metric.confusion_matrix().double()
 
 
 def iou_metrics(confusion: torch.Tensor) -> tuple[dict[str, float], list[float | None]]:
-    """mIoU / mAcc / aAcc in percent; a class absent from prediction and truth is None and left out."""
-    tp = confusion.diag()
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    gt = confusion.sum(1)
-    acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
-    metrics = {
-        "mIoU": 100 * float(np.nanmean(iou.numpy())),
-        "mAcc": 100 * float(np.nanmean(acc.numpy())),
-        "aAcc": 100 * float(tp.sum() / confusion.sum().clamp(min=1)),
-    }
-    return metrics, [None if np.isnan(v) else 100 * float(v) for v in iou.tolist()]
+    """mIoU / mAcc / aAcc in percent and the per-class IoU (``None`` for a class absent from prediction and
+    truth), by :func:`~phreg_bench.metrics.segmentation.metrics_from_confusion`."""
+    result = metrics_from_confusion(confusion)
+    metrics = {key: float(result[key]) for key in ("mIoU", "mAcc", "aAcc")}
+    return metrics, [None if math.isnan(value) else float(value) for value in result["IoU"]]
 
 
 @dataclass(frozen=True, kw_only=True)

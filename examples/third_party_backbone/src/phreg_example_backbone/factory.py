@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_example_backbone.adapter import ExampleViTAdapter
 from phreg_example_backbone.model import ExampleViT
 
@@ -29,14 +29,11 @@ def build(argument: str | None = None, *, weights: str | None = None, random_ini
 
         model.load_state_dict(load_file(weights))
         weights_id = str(Path(weights).resolve())
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + tensor.contiguous().numpy().tobytes())
     vision = ExampleViTAdapter(model, pos_resample or "bicubic")
     size = model.grid * model.patch
     info = BackboneInfo(
         name="example-vit", family="custom", architecture=f"ExampleViT({options})", weights_id=weights_id,
-        weights_sha256=digest.hexdigest(), patch_size=vision.patch_size, embed_dim=vision.embed_dim,
+        weights_sha256=state_dict_sha256(model), patch_size=vision.patch_size, embed_dim=vision.embed_dim,
         output_dim=vision.output_dim, depth=vision.depth, num_heads=vision.num_heads, num_registers=0,
         has_text=False, native_resolution=(size, size), mean=vision.mean, std=vision.std,
     )
