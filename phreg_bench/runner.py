@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from phreg_bench.backbones.base import Backbone
+from phreg_bench.datasets.base import resolve_data_root
 from phreg_bench.precision import resolve_precision
-from phreg_bench.registries import BACKBONES, METHODS, TASK_FAMILIES, TASKS
+from phreg_bench.registries import BACKBONES, DATASETS, METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.results.provenance import provenance, utc_now
 from phreg_bench.results.records import measured_record
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
@@ -165,6 +166,8 @@ def run(
     if not ctx.dist.is_main:
         log = _silent
     ctx, backbone, specs, resolved, model = _prepare(request, ctx, log, backbone)
+    if any(spec.dataset in DATASETS and family_for(spec).applies_to(backbone) for spec in specs):
+        resolve_data_root(ctx.data_root)  # a dataset on disk: its folder must exist before any task starts
     model.to(ctx.device).eval()
     store = ResultStore(request.results_dir)
     if ctx.dist.is_main:

@@ -91,3 +91,20 @@ def test_sigkill_midway_then_rerun_completes_without_partial_files(tmp_path):
     assert not [p for p in results.rglob("*") if p.is_file() and p.suffix != ".json"]
     output = done.stdout + done.stderr
     assert output.count("already done") == len(first) and f"{4 - len(first)} done" in output
+
+
+def test_a_missing_data_folder_is_refused_before_any_task(tmp_path, monkeypatch, capsys):
+    # before: every task started, failed on its own ("FAILED linseg/voc21: DatasetError ...") and the run exited 1
+    monkeypatch.delenv("PHREG_DATA", raising=False)
+    code = main(["run", "-b", "tiny-vit", "-t", "voc", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no data folder" in err and "FAILED" not in err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.json"))
+
+
+def test_argument_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "-b", "tiny-vit", "-t", "synthetic", "--batch-size", "0"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert "--batch-size" in err and "usage:" not in err

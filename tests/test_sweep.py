@@ -118,7 +118,9 @@ def test_slurm_job_array_script(tmp_path, monkeypatch):
 
 
 def _statuses(capsys) -> str:
-    return " ".join(capsys.readouterr().err.split())
+    """The summary and failures (stdout) with the progress lines (stderr), whitespace-normalised."""
+    captured = capsys.readouterr()
+    return " ".join((captured.out + captured.err).split())
 
 
 @pytest.mark.slow  # 8 + 1 fresh interpreters (the jobs): ~40-70 s on 2 shared cores

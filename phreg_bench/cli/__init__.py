@@ -121,13 +121,20 @@ def print_table(table: Table, to: Console | None = None) -> None:
             target.print(Text(f"  {name.ljust(label)}  {cells[row]}"), soft_wrap=True)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit status 2) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="phreg-bench",
         description="PH-Reg (post-hoc self-distilled registers) and a dense-prediction benchmark for ViTs.",
     )
     parser.add_argument("--version", action="version", version=f"phreg-bench {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")  # subcommands are OneLineParsers too
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if module_info.name.startswith("_"):
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 from pathlib import Path
 
 from phreg_bench.cli import OptionError, say
@@ -58,7 +59,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--num-workers", type=non_negative_int, default=4)
+    workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    parser.add_argument("--num-workers", type=non_negative_int, default=workers,
+                        help=f"data-loading processes (default: 4, at most the usable CPU cores; here {workers})")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=handle)
 

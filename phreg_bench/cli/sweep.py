@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from phreg_bench.cli import CliError, console
+from phreg_bench.cli import CliError, note, say
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -86,17 +86,17 @@ def handle(args: argparse.Namespace) -> int:
     if args.no_wait and sweep.executor != "slurm":
         raise CliError("--no-wait applies to --executor slurm only")
 
-    def log(message: str) -> None:
-        console.print(message, markup=False, highlight=False, soft_wrap=True)
+    def log(message: str) -> None:  # the planned jobs of a dry run are its output (stdout); else progress (stderr)
+        (say if args.dry_run else note)(message)
 
     states = run_sweep(sweep, dry_run=args.dry_run, wait=not args.no_wait, log=log)
     if args.dry_run:
         return 0
     counts = {status: sum(s.status == status for s in states) for status in ("done", "skipped", "failed", "submitted")}
-    console.print(f"sweep: {counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed"
-                  + (f", {counts['submitted']} submitted" if counts["submitted"] else ""))
+    say(f"sweep: {counts['done']} done, {counts['skipped']} skipped (already done), {counts['failed']} failed"
+        + (f", {counts['submitted']} submitted" if counts["submitted"] else ""))
     for state in states:
         if state.status == "failed":
-            console.print(f"FAILED {state.job.name}: {state.error}; log: {state.log}", markup=False, soft_wrap=True)
+            say(f"FAILED {state.job.name}: {state.error}; log: ", state.log)
     return 1 if counts["failed"] else 0
 

@@ -48,7 +48,7 @@ from phreg_bench.backbones.base import Backbone, BackboneInfo
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict
 from phreg_bench.checkpoints.hub_spec import HubSpec, is_hub_spec
 from phreg_bench.methods.base import DenseModel
-from phreg_core.errors import PhregError
+from phreg_core.errors import ConfigError, MissingFileError, PhregError
 from phreg_core.vit import TokenOutput
 
 __all__ = ["DVTDenoiser", "DVTMismatchError", "DVTModel", "build", "load_denoiser_file"]
@@ -122,7 +122,7 @@ class DenoiserFile:
 def _read_checkpoint(path: Path) -> dict[str, Tensor]:
     """DVT's ``{"denoiser": state_dict, ...}`` or a bare state dict; no pickled code is ever run."""
     if not path.is_file():
-        raise FileNotFoundError(f"DVT denoiser file {path} does not exist (option `denoiser`)")
+        raise MissingFileError(f"DVT denoiser file {path} does not exist (option `denoiser`)")
     if path.suffix == ".safetensors":
         return read_state_dict(path)
     try:
@@ -285,10 +285,10 @@ def build(backbone: Backbone, denoiser: str | None = None, base: str | None = No
     from phreg_bench.registries import METHODS
 
     if denoiser is None:
-        raise ValueError("method 'dvt' needs its denoiser weights: -o denoiser=PATH (DVT's released .pth, e.g. "
+        raise ConfigError("method 'dvt' needs its denoiser weights: -o denoiser=PATH (DVT's released .pth, e.g. "
                          "voc_denoised/vit_base_patch14_dinov2.lvd142m.pth) or -o denoiser=hf-hub:<org>/<repo>/<file>")
     if inner == "dvt":
-        raise ValueError("method 'dvt' cannot wrap itself; choose another inner method (raw, maskclip, ...)")
+        raise ConfigError("method 'dvt' cannot wrap itself; choose another inner method (raw, maskclip, ...)")
     loaded = load_denoiser_file(denoiser)
     base = base or base_from_name(loaded.path)  # a hub file keeps its name in the cache
     check_fit(loaded.module, base, backbone.info, loaded.source)

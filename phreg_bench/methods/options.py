@@ -103,8 +103,8 @@ def _convert(method: str, name: str, option: Option, value: Any) -> Any:
     if option.below is not None and value >= option.below:
         raise refuse("is too large")
     reason = option.check(value) if option.check is not None else None
-    if reason:
-        raise refuse(reason)
+    if reason:  # the check's reason says what is wanted; the type is already right
+        raise MethodOptionError(f"method {method!r}: option {name}={given!r} {reason}")
     return value
 
 

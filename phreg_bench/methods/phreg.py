@@ -44,7 +44,8 @@ class PHRegModel(DenseModel):
 
 def _adapter_missing(value: str) -> str | None:
     """A local adapter path must exist; ``hf-hub:<user>/<repo>`` is fetched (or refused) when the method is built."""
-    return None if is_hub_spec(value) or Path(value).exists() else "does not exist"
+    return None if is_hub_spec(value) or Path(value).exists() else \
+        "is neither an existing adapter file or folder nor hf-hub:<user>/<repo>"
 
 
 # a string, not a Path option: ``hf-hub:<user>/<repo>`` names an adapter on the hub, not a local path
