@@ -5,9 +5,9 @@ over the whole dataset, per class, IoU = intersect / union and Acc = intersect /
 absent from both prediction and truth has IoU NaN (0/0) and a class absent from the truth has Acc NaN;
 ``mIoU`` / ``mAcc`` are ``nanmean`` (NaN classes excluded), ``aAcc`` = all intersect / all labelled pixels.
 Values are in percent; mmseg additionally rounds them to 2 decimals for display — here they are kept
-unrounded. The confusion matrix is one ``torch.bincount`` per image on the prediction's device
-(torchmetrics' ``MulticlassConfusionMatrix`` computes the same, but importing torchmetrics adds seconds to
-every command).
+unrounded. The confusion matrix is one ``torch.bincount`` per image on the prediction's device (on CUDA an
+``index_add_``: CUDA's ``bincount`` syncs with the host). torchmetrics' ``MulticlassConfusionMatrix``
+computes the same, but importing torchmetrics adds seconds to every command.
 """
 
 from __future__ import annotations
@@ -17,6 +17,19 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def count_values(values: Tensor, size: int) -> Tensor:
+    """``torch.bincount(values, minlength=size)`` for values in ``[0, size)``, without a GPU host sync.
+
+    (CUDA's ``bincount`` reads the maximum back to size its output; ``index_add_`` into a fixed-size
+    tensor does not.)
+    """
+    values = values.flatten().long()
+    if values.device.type == "cpu":
+        return torch.bincount(values, minlength=size)
+    counts = torch.zeros(size, dtype=torch.int64, device=values.device)
+    return counts.index_add_(0, values, torch.ones_like(values))
 
 
 def metrics_from_confusion(confusion: Tensor) -> dict[str, object]:
@@ -70,7 +83,7 @@ class SegmentationMetric:
         self.invalid += bad.sum()
         dump = classes * classes  # ignored and invalid pixels land in this extra bin
         index = torch.where(labelled & ~bad, target * classes + pred, dump)
-        self.confusion += torch.bincount(index, minlength=dump + 1)
+        self.confusion += count_values(index, dump + 1)
 
     def compute(self) -> dict[str, object]:
         if int(self.invalid):
@@ -83,8 +96,10 @@ def pearson_tensor(scores: Tensor, target: Tensor, ignore_index: int = 255) -> T
     """:func:`pixel_pearson` as a 0-d tensor on the scores' device (NaN when undefined), without a sync."""
     num_classes = scores.shape[0]
     scores = scores.float()
-    mean = scores.mean(0)  # computed on the full map, masked after: no [C, N] copy
-    std = scores.std(0, unbiased=False)
+    mean = scores.mean(0)  # computed on the full map, masked after
+    # population std, two-pass: sqrt(mean((s - mean)^2)); 8x faster on the CPU than torch.std's reduction
+    # over dim 0 and equal to it to float32 rounding (relative 1e-6)
+    std = (scores - mean).square_().mean(0).sqrt_()
     picked = scores.gather(0, target.clamp(0, num_classes - 1).long()[None])[0]
     usable = (target != ignore_index) & (std > 0)
     r = (picked - mean) / (std * math.sqrt(max(num_classes - 1, 1)))
