@@ -25,7 +25,7 @@ DEFAULT_TASKS = ["synthetic/segmentation"]
 
 
 def run_default(args: argparse.Namespace) -> int:
-    from phreg_bench.cli.run import resolve_device
+    from phreg_bench.cli.run import resolve_batch_size, resolve_device
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, build_backbone, run
@@ -46,7 +46,8 @@ def run_default(args: argparse.Namespace) -> int:
         summary = run_synthetic_proof(proof_dir, progress, log=log)
         adapter = str(Path(summary["adapter"]).parent)
         ctx = RunContext(cache_dir=args.cache_dir, device=device, precision=args.precision,
-                         batch_size=args.batch_size, seed=args.seed, progress=progress)
+                         batch_size=resolve_batch_size(args.batch_size, device), seed=args.seed,
+                         progress=progress)
         teacher, twin = build_backbone(TEACHER), build_backbone(TWIN)
         jobs = [(teacher, "raw", {}), (teacher, "tta", {}), (teacher, "phreg", {"adapter": adapter}), (twin, "raw", {})]
         for backbone, method, options in jobs:

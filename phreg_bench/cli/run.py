@@ -30,9 +30,24 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="autocast dtype of the backbone forward only; heads, losses and metrics stay fp32. "
                         "Part of the result identity (default: fp32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images (ovseg: sliding windows) per forward pass (default: 1 on CPU, 8 on CUDA; on "
+                        "2 CPU cores 8 windows at a time took 1.16-1.26x as long as one at a time for ViT-B/16, "
+                        "measured by benchmarks/window_batch.py)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
+
+
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 8}  # per device type, from benchmarks/window_batch.py (see --batch-size)
+
+
+def resolve_batch_size(value: int | None, device: torch.device) -> int:
+    """``--batch-size``, or the default for ``device``'s type (8 for types not measured)."""
+    if value is not None:
+        if value < 1:
+            raise CliError(f"--batch-size must be >= 1, got {value}")
+        return value
+    return DEFAULT_BATCH_SIZE.get(device.type, 8)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,9 +134,10 @@ def handle(args: argparse.Namespace) -> int:
         results_dir=args.results_dir, overwrite=args.overwrite,
     )
     with make_progress(console=console, transient=True) as progress:
+        device = resolve_device(args.device)
         ctx = RunContext(
             data_root=Path(args.data_root) if args.data_root else None, cache_dir=args.cache_dir,
-            device=resolve_device(args.device), precision=args.precision, batch_size=args.batch_size,
+            device=device, precision=args.precision, batch_size=resolve_batch_size(args.batch_size, device),
             num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
             progress=progress,
         )
