@@ -112,7 +112,7 @@ def test_quick_budget_is_resolved_and_recorded():
     # quick is a smoke test: 100 iterations on smaller inputs / crops; full keeps the paper's values
     smaller = {"linseg/voc21": ("input_size", 224, "auto"), "linseg/ade20k": ("input_size", 224, "auto"),
                "depth/nyu": ("train_crop", [208, 272], [416, 544])}
-    for name, iters in (("linseg/voc21", 100), ("linseg/ade20k", 100), ("depth/nyu", 100)):
+    for name, iters in (("linseg/voc21", 100), ("linseg/ade20k", 100), ("depth/nyu", 50)):
         spec = TASKS.get(name)
         family = TASK_FAMILIES.get(spec.family)()
         full = family.resolve_settings(spec, None, RunContext())
