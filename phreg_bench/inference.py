@@ -11,7 +11,13 @@ Per image (reference notes §2.1; ``sinahmr/NACLIP:naclip.py``, ``0raiser0/PH-Re
    map; the result is bilinearly resized to the original label size (whole-image mode upsamples the grid
    straight to the original size, as ``forward_feature(img, ori_shape)`` does);
 5. ``softmax(logit_scale · logits)`` over queries, max over each class's queries, optional SCLIP area
-   rule, ``argmax``, then pixels whose max probability is below ``prob_thd`` become class 0.
+   rule, ``argmax``, then pixels whose max probability is below ``prob_thd`` become class 0 — decided
+   without the ``[Q, H, W]`` softmax: an ``argmax`` of the class-max logits and one log-sum-exp pass
+   (:func:`classify`).
+
+Cost on the CPU: the per-image ``[Q, H, W]`` tensors are written into reused buffers (a fresh allocation
+that size is new pages each time, whose faults cost as much as the interpolation), and the log-sum-exp runs
+over cache-sized bands of rows; ``benchmarks/ovseg_harness.py`` measures the harness against a bare forward.
 
 Resize semantics (documented choice): mmcv's ``imrescale`` size rule exactly (scale factor
 ``min(max_long / long side, resize / short side)``, new size ``int(x · f + 0.5)``); the interpolation is
