@@ -26,6 +26,7 @@ DEFAULT_TASKS = ["synthetic/segmentation"]
 
 def run_default(args: argparse.Namespace, device: torch.device) -> int:
     """The built-in default on ``device`` (resolved from ``--device`` by the caller); exit status 0 or 1."""
+    from phreg_bench.cli._options import resolve_batch_size
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, build_backbone, run
@@ -44,7 +45,8 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
         summary = run_synthetic_proof(proof_dir, progress, log=log)
         adapter = str(Path(summary["adapter"]).parent)
         ctx = RunContext(cache_dir=args.cache_dir, device=device, precision=args.precision,
-                         batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed, progress=progress)
+                         batch_size=resolve_batch_size(args.batch_size, device), num_workers=args.num_workers,
+                         seed=args.seed, progress=progress)
         teacher, twin = build_backbone(TEACHER), build_backbone(TWIN)
         jobs = [(teacher, "raw", {}), (teacher, "tta", {}), (teacher, "phreg", {"adapter": adapter}),
                 (teacher, "ttr", {"neurons": summary["ttr_neurons"]}), (twin, "raw", {})]

@@ -13,7 +13,13 @@ Per image (reference notes §2.1; ``sinahmr/NACLIP:naclip.py``, ``0raiser0/PH-Re
    map; the result is bilinearly resized to the original label size (whole-image mode upsamples the grid
    straight to the original size, as ``forward_feature(img, ori_shape)`` does);
 5. ``softmax(logit_scale · logits)`` over queries, max over each class's queries, optional SCLIP area
-   rule, ``argmax``, then pixels whose max probability is below ``prob_thd`` become class 0.
+   rule, ``argmax``, then pixels whose max probability is below ``prob_thd`` become class 0 — decided
+   without the ``[Q, H, W]`` softmax: an ``argmax`` of the class-max logits and one log-sum-exp pass
+   (:func:`classify`).
+
+Cost on the CPU: the per-image ``[Q, H, W]`` tensors are written into reused buffers (a fresh allocation
+that size is new pages each time, whose faults cost as much as the interpolation), and the log-sum-exp runs
+over cache-sized bands of rows; ``benchmarks/ovseg_harness.py`` measures the harness against a bare forward.
 
 Resize semantics (documented choice): mmcv's ``imrescale`` size rule exactly (scale factor
 ``min(max_long / long side, resize / short side)``, new size ``int(x · f + 0.5)``); the interpolation is
@@ -30,6 +36,7 @@ always uses ``"none"``, as every reference ``forward_feature`` does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -38,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.metrics.segmentation import count_values
 from phreg_bench.precision import autocast
 from phreg_bench.text import ClassQueries, SynonymPlan
 from phreg_core.errors import ConfigError, PhregError
@@ -153,20 +161,99 @@ def synonym_max(scores: Tensor, query_class: Tensor, num_classes: int) -> Tensor
     return SynonymPlan(query_class, num_classes)(scores)
 
 
-def classify(logits: Tensor, queries: ClassQueries, settings: HarnessSettings) -> Tensor:
-    """Class map ``[H, W]`` (int64) from cosine logits ``[Q, H, W]`` (reference §2.1 post-processing)."""
-    probs = torch.softmax(logits.float() * settings.logit_scale, dim=0)
-    probs = queries.synonym_plan(probs)
-    if settings.area_thd is not None:
+# Rows of the [Q, rows, W] temporary per step of the log-sum-exp (CPU): about 1 MiB, so it stays in cache.
+_LSE_BAND_BYTES = 1 << 20
+
+
+def _sum_exp(logits: Tensor, top: Tensor, scale: float) -> Tensor:
+    """``[H, W]``: ``Σ_q exp(scale · (logits[q] − top))``, the softmax denominator relative to the max.
+
+    On the CPU the sum runs over bands of rows, so the ``[Q, rows, W]`` temporary stays in cache and no
+    ``[Q, H, W]`` tensor is allocated (allocations that size are fresh pages each time: page faults).
+    """
+    num_queries, height, width = logits.shape
+    if logits.device.type != "cpu":
+        return torch.exp((logits - top).mul_(scale)).sum(0)
+    rows = max(1, _LSE_BAND_BYTES // max(1, 4 * num_queries * width))
+    out = torch.empty_like(top)
+    for start in range(0, height, rows):
+        band = logits[:, start : start + rows] - top[start : start + rows]
+        torch.sum(band.mul_(scale).exp_(), 0, out=out[start : start + rows])
+    return out
+
+
+def classify(logits: Tensor, queries: ClassQueries, settings: HarnessSettings,
+             class_logits: Tensor | None = None) -> Tensor:
+    """Class map ``[H, W]`` (int64) from cosine logits ``[Q, H, W]`` (reference §2.1 post-processing).
+
+    The reference (NACLIP / PH-Reg ``postprocess_result``, SCLIP ``clip_segmentor.py``) takes
+    ``p = softmax(logit_scale · logits)`` over queries, the max of ``p`` over each class's queries, the
+    SCLIP area rule, ``argmax``, and sets pixels whose top probability is below ``prob_thd`` to class 0.
+    Softmax is monotone, so the same decisions follow from the logits directly:
+
+    * the winning class is the ``argmax`` of the class-max logits ``class_logits`` (first index on ties);
+    * the winner's probability is ``exp(s·(top_c − top)) / Σ_q exp(s·(x_q − top))`` with ``top`` the max
+      over all queries: one log-sum-exp pass, only when ``prob_thd > 0`` or the area rule is on;
+    * the area rule zeroes the probabilities of small classes; their pixels go to the best remaining
+      class, and to class 0 when every remaining probability underflows to 0 (the reference's ``argmax``
+      of an all-zero column).
+
+    Decisions equal the reference's except where they hinge on float32 rounding (two classes' probabilities
+    within an ulp, or the top probability within an ulp of ``prob_thd``), where the reference itself is not
+    reproducible: torch's softmax rounds differently with other thread counts or tensor layouts.
+    ``class_logits`` (``queries.synonym_plan(logits)``) may be passed when the caller already has it.
+    """
+    logits = logits.float()
+    if class_logits is None:
+        class_logits = queries.synonym_plan(logits)
+    top_class, pred = class_logits.max(0)
+    area_rule = settings.area_thd is not None
+    if not area_rule and settings.prob_thd <= 0:
+        return pred
+    top = top_class  # the max over all queries
+    if area_rule:
         # SCLIP clip_segmentor.py: non-background classes predicted on <= area_thd of the non-background
-        # predicted area get their probabilities zeroed.
-        area = torch.bincount(probs.argmax(0).flatten(), minlength=queries.num_classes)[1:].float()
-        keep = (area > settings.area_thd * area.sum()).to(probs.dtype)
-        probs[1:] *= keep.view(-1, *([1] * (probs.ndim - 1)))
-    pred = probs.argmax(0)
+        # predicted area get their probabilities zeroed (the area counts the argmax before the threshold).
+        area = count_values(pred, queries.num_classes)[1:].float()
+        keep = torch.cat([area.new_ones(1, dtype=torch.bool), area > settings.area_thd * area.sum()])
+        masked = class_logits.masked_fill(~keep.view(-1, *([1] * (class_logits.ndim - 1))), float("-inf"))
+        top_class, pred = masked.max(0)
+    denominator = _sum_exp(logits, top, settings.logit_scale)
+    prob = torch.exp((top_class - top) * settings.logit_scale) / denominator
+    zero = torch.zeros_like(pred)
+    if area_rule:
+        pred = torch.where(prob == 0, zero, pred)  # an all-zero column: argmax is class 0
     if settings.prob_thd > 0:  # torch.where, not a boolean-mask assignment: no GPU sync
-        pred = torch.where(probs.amax(0) < settings.prob_thd, torch.zeros_like(pred), pred)
+        pred = torch.where(prob < settings.prob_thd, zero, pred)
     return pred
+
+
+def upsample(grid: Tensor, size: tuple[int, int], out: Tensor | None = None) -> Tensor:
+    """Bilinear resize (half-pixel centres, no antialiasing) of ``[N, C, h, w]`` to ``size``.
+
+    ``F.interpolate``'s kernel; with ``out`` (``[N, C, *size]``) it writes there instead of allocating:
+    on the CPU a fresh ``[Q, H, W]`` allocation is new pages every time (page faults cost as much as the
+    interpolation itself).
+    """
+    if out is None:
+        return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+    return torch.ops.aten.upsample_bilinear2d.out(grid, list(size), False, None, None, out=out)
+
+
+class ScratchBuffers:
+    """Named float32 buffers reused from image to image (one flat allocation per name, grown as needed)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._flat: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """An uninitialised ``shape`` view of buffer ``name``; overwritten by the next ``get`` of that name."""
+        numel = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel:
+            flat = self._flat[name] = torch.empty(numel, device=self.device)
+        return flat[:numel].view(shape)
 
 
 class OVSegPredictor:
@@ -182,6 +269,7 @@ class OVSegPredictor:
         self.device = torch.device(device)
         self.patch = int(model.backbone.info.patch_size)
         self.text = queries.embeddings.to(self.device, torch.float32)
+        self._scratch = ScratchBuffers(self.device)
 
     def prepare(self, image: np.ndarray | Tensor) -> Tensor:
         """``uint8 [H, W, 3]`` → resized, normalised ``[1, 3, h, w]`` float on the device."""
@@ -212,20 +300,30 @@ class OVSegPredictor:
     @torch.inference_mode()
     def dense_logits(self, image: np.ndarray | Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
         """Cosine logits ``[Q, H0, W0]`` at ``out_size`` (default: the input image's size)."""
+        return self._dense_logits(image, out_size, scratch=False)
+
+    def _dense_logits(self, image: np.ndarray | Tensor, out_size: tuple[int, int] | None, *,
+                      scratch: bool) -> Tensor:
+        """:meth:`dense_logits`; with ``scratch`` the result lives in a reused buffer (valid until the next call)."""
         out_size = tuple(out_size or image.shape[:2])
         inputs = self.prepare(image)
         if self.settings.crop <= 0:
             grid = self.grid_logits(self._trim(inputs))
-            return F.interpolate(grid, size=out_size, mode="bilinear", align_corners=False)[0]
-        return self._slide(inputs, out_size)
+            out = self._scratch.get("logits", (1, grid.shape[1], *out_size)) if scratch else None
+            return upsample(grid, out_size, out)[0]
+        return self._slide(inputs, out_size, scratch)
 
-    def _slide(self, inputs: Tensor, out_size: tuple[int, int]) -> Tensor:
+    def _slide(self, inputs: Tensor, out_size: tuple[int, int], scratch: bool) -> Tensor:
         crop, stride = self.settings.crop, self.settings.stride
         height, width = inputs.shape[-2:]
         boxes = window_boxes(height, width, crop, stride)
         num_queries = self.text.shape[0]
-        summed = torch.zeros(num_queries, height, width, device=self.device)
-        count = torch.zeros(1, height, width, device=self.device)
+        same_size = tuple(out_size) == (height, width)  # bilinear resizing to the same size is the identity
+        if scratch or not same_size:
+            summed = self._scratch.get("summed", (num_queries, height, width)).zero_()
+        else:
+            summed = torch.zeros(num_queries, height, width, device=self.device)
+        count = self._scratch.get("count", (1, height, width)).zero_()
         win_h, win_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
         pad = pad_size(win_h, win_w, self.patch) if self.settings.window_pad == "center" else (0, 0, 0, 0)
         for start in range(0, len(boxes), self.batch_size):
@@ -233,25 +331,40 @@ class OVSegPredictor:
             windows = torch.cat([inputs[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
             if any(pad):
                 windows = self._trim(F.pad(windows, pad))
-                size = windows.shape[-2:]
+                size = tuple(windows.shape[-2:])
             else:
                 windows, size = self._trim(windows), (win_h, win_w)
             grids = self.grid_logits(windows)
             for (y1, y2, x1, x2), grid in zip(chunk, grids, strict=True):
                 with torch.autocast(self.device.type, enabled=False):
-                    up = F.interpolate(grid[None], size=size, mode="bilinear", align_corners=False)[0]
+                    up = upsample(grid[None], size, self._scratch.get("window", (1, num_queries, *size)))[0]
                     if any(pad):
                         up = up[:, pad[2] : pad[2] + win_h, pad[0] : pad[0] + win_w]
                     summed[:, y1:y2, x1:x2] += up
                 count[:, y1:y2, x1:x2] += 1
         with torch.autocast(self.device.type, enabled=False):
             logits = summed.div_(count)
-            if tuple(out_size) == (height, width):  # bilinear resizing to the same size is the identity
+            if same_size:
                 return logits
-            return F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+            out = self._scratch.get("logits", (1, num_queries, *out_size)) if scratch else None
+            return upsample(logits[None], out_size, out)[0]
 
     def predict(self, image: np.ndarray | Tensor, out_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """``(class map [H0, W0], cosine logits [Q, H0, W0])``."""
         logits = self.dense_logits(image, out_size)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             return classify(logits, self.queries, self.settings), logits
+
+    def predict_classes(self, image: np.ndarray | Tensor,
+                        out_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """``(class map [H0, W0], class logits [C, H0, W0])``.
+
+        The class logits are the max over each class's queries of the cosine logits: what
+        :func:`classify` decides from and what the Pearson metric reads, computed once for both. The
+        ``[Q, H0, W0]`` logits live in a buffer reused from call to call, and so do the class logits when
+        every class has one query: read them before the next call.
+        """
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            logits = self._dense_logits(image, out_size, scratch=True)
+            class_logits = self.queries.synonym_plan(logits)
+            return classify(logits, self.queries, self.settings, class_logits), class_logits

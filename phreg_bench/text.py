@@ -156,25 +156,37 @@ def fill(template: str, name: str) -> str:
 
 
 class SynonymPlan:
-    """How to reduce ``[Q, ...]`` query scores to ``[C, ...]`` class scores (max over each class's queries)."""
+    """How to reduce ``[Q, ...]`` query scores to ``[C, ...]`` class scores (max over each class's queries).
+
+    Class files list a class's synonyms on one line, so each class's queries are one contiguous run of
+    query indices: the reduction is one ``amax`` (or copy) per class over a slice, with no gather of the
+    ``[Q, H, W]`` scores. Queries in any other order are first put in class order (one gather).
+    """
 
     def __init__(self, query_class: Tensor, num_classes: int):
         classes = query_class.detach().cpu().long()
         counts = torch.bincount(classes, minlength=num_classes)
         if classes.numel() == 0 or len(counts) > num_classes or (counts == 0).any():
             raise ConfigError(f"every one of the {num_classes} classes needs at least one query, and only those")
-        device = query_class.device
+        self.num_classes = num_classes
         self.identity = torch.equal(classes, torch.arange(num_classes))
-        self.first = torch.tensor([int(torch.nonzero(classes == c)[0]) for c in range(num_classes)], device=device)
-        self.groups = [(c, torch.nonzero(classes == c).flatten().to(device))
-                       for c in torch.nonzero(counts > 1).flatten().tolist()]
+        order = torch.argsort(classes, stable=True)
+        self.order = None if torch.equal(order, torch.arange(len(classes))) else order
+        bounds = [0, *torch.cumsum(counts, 0).tolist()]
+        self.runs = [(bounds[c], bounds[c + 1]) for c in range(num_classes)]
 
     def __call__(self, scores: Tensor) -> Tensor:
+        """``[C, ...]`` class scores of ``[Q, ...]`` query scores (``scores`` itself when queries are classes)."""
         if self.identity:
             return scores
-        out = scores.index_select(0, self.first.to(scores.device))
-        for c, members in self.groups:
-            out[c] = scores.index_select(0, members.to(scores.device)).amax(0)
+        if self.order is not None:
+            scores = scores.index_select(0, self.order.to(scores.device))
+        out = scores.new_empty((self.num_classes, *scores.shape[1:]))
+        for c, (start, stop) in enumerate(self.runs):
+            if stop - start == 1:
+                out[c].copy_(scores[start])
+            else:
+                torch.amax(scores[start:stop], 0, out=out[c])
         return out
 
 

@@ -1,4 +1,7 @@
-"""The PH-Reg student: a copy of the teacher's ViT plus ``m`` new register tokens and a few unlocked weights.
+"""The PH-Reg student: the teacher's ViT, ``m`` new register tokens and its own copies of the unlocked weights.
+
+The frozen weights are the base's own tensors (shared, not copied): a student costs one tower plus the
+unlocked blocks.
 
 Reference notes §1.4–§1.5:
 
@@ -126,8 +129,59 @@ def resample_pos_parameter(pos: Tensor, src_grid: tuple[int, int], dst_grid: tup
     return resample_table(pos, src_grid, dst_grid, policy)
 
 
+def _share_frozen(base: nn.Module, copied_modules: list[nn.Module],
+                  copied_parameters: list[nn.Parameter]) -> nn.Module:
+    """A structural copy of ``base`` that shares every module and tensor the student leaves frozen.
+
+    ``copied_modules`` (the unlocked patch embedding and last blocks) are deep-copied and widened to
+    float32, ``copied_parameters`` (the positional embedding) are cloned to float32; every module on the path
+    from ``base`` to one of them is a shallow copy (its own child / parameter / buffer / hook dictionaries);
+    everything else is the base's own object. Aliased modules (an adapter's ``blocks`` is also
+    ``model.blocks``) stay aliased. ``base`` itself is never modified.
+    """
+    module_ids = {id(m) for m in copied_modules}
+    parameter_ids = {id(p) for p in copied_parameters}
+    on_path: dict[int, bool] = {}
+
+    def needs_copy(module: nn.Module) -> bool:
+        key = id(module)
+        if key not in on_path:
+            on_path[key] = key in module_ids or any(id(p) in parameter_ids for p in module._parameters.values()) \
+                or any(needs_copy(child) for child in module._modules.values() if child is not None)
+        return on_path[key]
+
+    memo: dict[int, Any] = {}
+
+    def structural_copy(module: nn.Module) -> nn.Module:
+        key = id(module)
+        if key in memo:
+            return memo[key]
+        if key in module_ids:
+            memo[key] = copy.deepcopy(module).float()
+            return memo[key]
+        if not needs_copy(module):
+            memo[key] = module
+            return module
+        new = copy.copy(module)
+        for name, value in module.__dict__.items():  # _modules, _parameters, _buffers, hooks: own dictionaries
+            if name.startswith("_") and isinstance(value, (dict, set)):
+                setattr(new, name, copy.copy(value))
+        memo[key] = new
+        for name, child in module._modules.items():
+            if child is not None:
+                new._modules[name] = structural_copy(child)
+        for name, param in module._parameters.items():
+            if param is not None and id(param) in parameter_ids:
+                new._parameters[name] = memo.setdefault(
+                    id(param), nn.Parameter(param.detach().clone().float(), requires_grad=param.requires_grad))
+        return new
+
+    on_path[id(base)] = True  # the root is always the student's own (placement and grid are set on it)
+    return structural_copy(base)
+
+
 class Student(nn.Module):
-    """A deep copy of ``base`` with new registers and the PH-Reg unlock set.
+    """``base`` with new registers and the PH-Reg unlock set; frozen weights are shared with ``base``.
 
     ``last_block="auto"`` picks MaskCLIP's value path for CLIP towers and keeps the last block otherwise;
     ``project="auto"`` returns projected (512-d) tokens for CLIP; ``train_grid`` with
@@ -147,13 +201,17 @@ class Student(nn.Module):
         project: bool | str = "auto",
         seed: int = 0,
         pos_resample: str | PosResample | None = None,
+        share_frozen: bool = True,
     ):
         super().__init__()
         if pos_resample is None and base.pos_resample is None:
             raise TypeError(f"{type(base).__name__} declares no positional-embedding resampling policy "
                             "(`pos_resample`); the student resamples its position table with the base's policy")
         clip = is_clip_family(base)
-        self.vision = copy.deepcopy(base).float()
+        self.unlock = UnlockSet.parse(unlock, clip)
+        self.train_grid = tuple(int(v) for v in train_grid) if train_grid is not None else None
+        self.resample_pos_embed = (clip if resample_pos_embed == "auto" else bool(resample_pos_embed))
+        self.vision = self._vision_from(base, share_frozen)  # never ``base`` itself
         if pos_resample is not None:  # the student's own table policy (e.g. an imported official student's)
             self.vision.pos_resample = get_policy(pos_resample)
         self.num_registers = int(num_registers)
@@ -166,10 +224,7 @@ class Student(nn.Module):
         elif isinstance(last_block, dict):
             last_block = LastBlockConfig(**last_block)
         self.last_block: LastBlockConfig | None = last_block
-        self.unlock = UnlockSet.parse(unlock, clip)
         self.project = clip if project == "auto" else bool(project)
-        self.train_grid = tuple(int(v) for v in train_grid) if train_grid is not None else None
-        self.resample_pos_embed = (clip if resample_pos_embed == "auto" else bool(resample_pos_embed))
         self.seed = seed
         if self.resample_pos_embed and self.train_grid is not None:
             self._store_pos_embed_at(self.train_grid)
@@ -180,6 +235,46 @@ class Student(nn.Module):
         self.initial_trainable = {name: p.detach().cpu().clone() for name, p in self.trainable_named_parameters()}
 
     # -- construction -------------------------------------------------------------------------------
+    def _vision_from(self, base: ViTAdapter, share_frozen: bool) -> ViTAdapter:
+        """The student's tower: the frozen parts shared with ``base``, the unlocked ones its own float32 copies.
+
+        Only the unlocked modules (patch embedding, last blocks) and the positional embedding (unlocked, or
+        resampled to the training grid) are new: the student costs one tower plus those, not two towers.
+        A base with non-float32 weights, or ``share_frozen=False``, gets the previous full float32 deep copy
+        (frozen float16 blocks could not take the float32 tokens of the unlocked ones without autocast).
+        """
+        floating = [t for t in [*base.parameters(), *base.buffers()] if t.is_floating_point()]
+        self._shared_ids: frozenset[int] = frozenset()  # modules of the base the student runs
+        self._shared_parameter_ids: frozenset[int] = frozenset()  # parameters of the base in the student
+        if not share_frozen or any(t.dtype != torch.float32 for t in floating):
+            return copy.deepcopy(base).float()
+        pos_path, patch_path = embedding_paths(base)
+        parameters = []
+        if self.unlock.pos_embed or (self.resample_pos_embed and self.train_grid is not None):
+            parent, leaf = _resolve(base, pos_path)
+            parameters.append(getattr(parent, leaf))
+        modules = list(base.blocks[-self.unlock.last_blocks:]) if self.unlock.last_blocks else []
+        if self.unlock.patch_embed:
+            parent, leaf = _resolve(base, patch_path)
+            modules.append(getattr(parent, leaf))
+        vision = _share_frozen(base, modules, parameters)
+        base_modules, base_parameters = {id(m) for m in base.modules()}, {id(p) for p in base.parameters()}
+        self._shared_ids = frozenset(id(m) for m in vision.modules() if id(m) in base_modules)
+        self._shared_parameter_ids = frozenset(id(p) for p in vision.parameters() if id(p) in base_parameters)
+        return vision
+
+    def shared_modules(self) -> list[nn.Module]:
+        """The base's own modules the student runs (frozen; their parameters are the base's)."""
+        return [m for m in self.vision.modules() if id(m) in self._shared_ids]
+
+    def train(self, mode: bool = True) -> Student:
+        """Set the student's own modules to ``mode``; shared frozen modules keep the base's mode (eval for a
+        teacher), so training the student never switches the frozen teacher into training mode."""
+        for module in self.modules():
+            if id(module) not in self._shared_ids:
+                module.training = mode
+        return self
+
     def _store_pos_embed_at(self, grid: tuple[int, int]) -> None:
         pos_path, _ = embedding_paths(self.vision)
         parent, leaf = _resolve(self.vision, pos_path)
@@ -225,6 +320,10 @@ class Student(nn.Module):
     def load_changed_state(self, state: dict[str, Tensor]) -> None:
         """Load tensors saved by :meth:`changed_state`; unknown names or shapes are an error."""
         own = dict(self.named_parameters())
+        frozen = sorted(name for name in state if name in own and id(own[name]) in self._shared_parameter_ids)
+        if frozen:
+            raise KeyError(f"adapter tensors {frozen[:5]} are frozen weights this student shares with its base "
+                           "(made with another unlock set?); they cannot be loaded without changing the base")
         unknown = sorted(set(state) - set(own))
         if unknown:
             raise KeyError(f"adapter tensors {unknown[:5]} do not exist in this student; was it made for "

@@ -161,3 +161,32 @@ def test_same_size_bilinear_resize_is_the_identity():
     """The harness skips the final resize when the label size equals the resized size; that is exact."""
     x = torch.randn(1, 7, 13, 17)
     assert torch.equal(F.interpolate(x, size=(13, 17), mode="bilinear", align_corners=False), x)
+
+
+@pytest.mark.parametrize("crop", [0, 24])
+@torch.no_grad()
+def test_predict_classes_reuses_buffers_without_changing_results(setup, crop):
+    """``predict_classes`` writes the logits into reused buffers; ``predict`` results are never aliased."""
+    model, queries, image = setup
+    settings = HarnessSettings(resize=40, crop=crop, stride=16, logit_scale=40, prob_thd=0.2)
+    predictor = OVSegPredictor(model, queries, settings, batch_size=2)
+    other = np.random.default_rng(5).integers(0, 256, size=(52, 38, 3), dtype=np.uint8)
+    first_pred, first_logits = predictor.predict(image, out_size=(20, 30))
+    kept = first_logits.clone()
+    for img, size in ((image, (20, 30)), (other, (52, 38)), (image, (45, 61)), (other, (11, 13))):
+        pred, class_logits = predictor.predict_classes(img, out_size=size)
+        expected_pred, logits = predictor.predict(img, out_size=size)
+        assert torch.equal(pred, expected_pred)
+        assert torch.equal(class_logits, queries.synonym_plan(logits))
+    assert torch.equal(first_logits, kept)  # later calls did not write into an earlier result
+    assert torch.equal(first_pred, predictor.predict(image, out_size=(20, 30))[0])
+
+
+def test_upsample_into_a_buffer_equals_interpolate():
+    from phreg_bench.inference import upsample
+
+    grid = torch.randn(2, 5, 7, 9)
+    for size in ((7, 9), (30, 41), (5, 4)):
+        out = torch.full((2, 5, *size), float("nan"))
+        assert torch.equal(upsample(grid, size, out), F.interpolate(grid, size=size, mode="bilinear",
+                                                                    align_corners=False))

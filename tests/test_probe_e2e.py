@@ -109,11 +109,17 @@ def test_full_mode_runs_the_online_pipeline_and_records_it(data_root, tmp_path):
 
 
 def test_quick_budget_is_resolved_and_recorded():
-    for name, iters in (("linseg/voc21", 500), ("linseg/ade20k", 500), ("depth/nyu", 500)):
+    # quick is a smoke test: 100 iterations on smaller inputs / crops; full keeps the paper's values
+    smaller = {"linseg/voc21": ("input_size", 224, "auto"), "linseg/ade20k": ("input_size", 224, "auto"),
+               "depth/nyu": ("train_crop", [208, 272], [416, 544])}
+    for name, iters in (("linseg/voc21", 100), ("linseg/ade20k", 100), ("depth/nyu", 50)):
         spec = TASKS.get(name)
         family = TASK_FAMILIES.get(spec.family)()
         full = family.resolve_settings(spec, None, RunContext())
         quick = family.resolve_settings(spec, None, RunContext(budget="quick"))
         assert (quick["budget"], quick["iters"]) == ("quick", iters) and full["budget"] == "full"
         assert full["iters"] == {"linseg/voc21": 20000, "linseg/ade20k": 40000, "depth/nyu": 30000}[name]
+        key, quick_value, full_value = smaller[name]
+        assert (list(quick[key]) if isinstance(quick[key], tuple) else quick[key]) == quick_value
+        assert (list(full[key]) if isinstance(full[key], tuple) else full[key]) == full_value
         assert "budgets" not in quick

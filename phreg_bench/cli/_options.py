@@ -94,3 +94,12 @@ def resolve_device(name: str):
     except argparse.ArgumentTypeError as error:
         raise OptionError(f"--device {error}") from None
     return torch.device(name)
+
+
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 8}  # per device type, from benchmarks/window_batch.py (see --batch-size)
+
+
+def resolve_batch_size(value: int | None, device) -> int:
+    """``--batch-size`` (already checked >= 1 by the parser), or the default for ``device``'s type (a
+    ``torch.device``; 8 for types not measured)."""
+    return value if value is not None else DEFAULT_BATCH_SIZE.get(device.type, 8)

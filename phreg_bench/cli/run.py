@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from phreg_bench.cli import CliError, OptionError, add_row, console, make_table, note, print_table, say
-from phreg_bench.cli._options import device_name, non_negative_int, positive_int, resolve_device
+from phreg_bench.cli._options import (
+    device_name,
+    non_negative_int,
+    positive_int,
+    resolve_batch_size,
+    resolve_device,
+)
 from phreg_core.pos_embed import POLICY_NAMES
-
-if TYPE_CHECKING:  # torch is imported when a device is resolved, not when the CLI lists its commands
-    pass
 
 
 def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -38,7 +41,10 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="autocast dtype of the backbone forward only; heads, losses and metrics stay fp32. "
                         "Part of the result identity (default: fp32)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="images (ovseg: sliding windows) per forward pass (default: 1 on CPU, 8 on CUDA; on "
+                        "2 CPU cores 8 windows at a time took 1.16-1.26x as long as one at a time for ViT-B/16, "
+                        "measured by benchmarks/window_batch.py)")
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loading workers (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
 
@@ -210,7 +216,8 @@ def handle(args: argparse.Namespace) -> int:
         with progress_for(env) as progress:
             ctx = RunContext(
                 data_root=Path(args.data_root) if args.data_root else None, cache_dir=args.cache_dir,
-                device=env.device, precision=args.precision, batch_size=args.batch_size,
+                device=env.device, precision=args.precision,
+                batch_size=resolve_batch_size(args.batch_size, env.device),
                 num_workers=args.num_workers, limit=args.limit, seed=args.seed, budget=args.budget,
                 progress=progress if env.is_main else None, dist=env,
                 options={"skip_corrupt": True} if args.skip_corrupt else {},

@@ -6,9 +6,8 @@ absent from both prediction and truth has IoU NaN (0/0) and a class absent from 
 ``mIoU`` / ``mAcc`` are ``nanmean`` (NaN classes excluded), ``aAcc`` = all intersect / all labelled pixels.
 Values are in percent, computed in mmseg's order (``IoUMetric.compute_metrics``: ``np.nanmean(value) * 100``,
 so ``aAcc`` is ``(intersect / labelled) * 100``); mmseg additionally rounds them to 2 decimals for display —
-here they are kept unrounded. The confusion matrix is one ``torch.bincount`` per image on the prediction's device
-(torchmetrics' ``MulticlassConfusionMatrix`` computes the same, but importing torchmetrics adds seconds to
-every command).
+here they are kept unrounded. The confusion matrix is one ``torch.bincount`` per image on the prediction's
+device (on CUDA an ``index_add_``: CUDA's ``bincount`` syncs with the host).
 """
 
 from __future__ import annotations
@@ -21,6 +20,19 @@ from torch import Tensor
 
 from phreg_core.distributed import DistEnv, all_gather_rows, all_sum_
 from phreg_core.errors import ConfigError
+
+
+def count_values(values: Tensor, size: int) -> Tensor:
+    """``torch.bincount(values, minlength=size)`` for values in ``[0, size)``, without a GPU host sync.
+
+    (CUDA's ``bincount`` reads the maximum back to size its output; ``index_add_`` into a fixed-size
+    tensor does not.)
+    """
+    values = values.flatten().long()
+    if values.device.type == "cpu":
+        return torch.bincount(values, minlength=size)
+    counts = torch.zeros(size, dtype=torch.int64, device=values.device)
+    return counts.index_add_(0, values, torch.ones_like(values))
 
 
 def metrics_from_confusion(confusion: Tensor) -> dict[str, object]:
@@ -74,7 +86,7 @@ class SegmentationMetric:
         self.invalid += bad.sum()
         dump = classes * classes  # ignored and invalid pixels land in this extra bin
         index = torch.where(labelled & ~bad, target * classes + pred, dump)
-        self.confusion += torch.bincount(index, minlength=dump + 1)
+        self.confusion += count_values(index, dump + 1)
 
     def all_reduce(self, env: DistEnv) -> None:
         """Sum the int64 confusion matrix (and the invalid-pixel count) over ranks: exact, so every rank then
@@ -100,8 +112,10 @@ def pearson_tensor(scores: Tensor, target: Tensor, ignore_index: int = 255) -> T
     """:func:`pixel_pearson` as a 0-d tensor on the scores' device (NaN when undefined), without a sync."""
     num_classes = scores.shape[0]
     scores = scores.float()
-    mean = scores.mean(0)  # computed on the full map, masked after: no [C, N] copy
-    std = scores.std(0, unbiased=False)
+    mean = scores.mean(0)  # computed on the full map, masked after
+    # population std, two-pass: sqrt(mean((s - mean)^2)); 8x faster on the CPU than torch.std's reduction
+    # over dim 0 and equal to it to float32 rounding (relative 1e-6)
+    std = (scores - mean).square_().mean(0).sqrt_()
     picked = scores.gather(0, target.clamp(0, num_classes - 1).long()[None])[0]
     usable = (target != ignore_index) & (std > 0)
     r = (picked - mean) / (std * math.sqrt(max(num_classes - 1, 1)))

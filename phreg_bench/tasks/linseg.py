@@ -346,7 +346,7 @@ class LinearProbeSegmentation(ProbeFamily):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return loss.detach()  # a tensor: reading it would sync with the GPU at every step
 
     def _train_cached(self, head, entry, settings, ctx, name):
         head.train()
