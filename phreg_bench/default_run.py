@@ -39,7 +39,7 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)  # the models are tiny: a second thread costs more than it gives (measured ~5x)
     note(f"built-in default: PH-Reg on the planted-artifact ViT, synthetic world, device {device}")
-    failed = 0
+    runs = []
     with make_progress(console=console, transient=True) as progress:
         log = plain_logger(progress)
         summary = run_synthetic_proof(proof_dir, progress, log=log)
@@ -53,8 +53,9 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
         for backbone, method, options in jobs:
             request = RunRequest(backbone=backbone.info.name, method=method, method_options=options,
                                  tasks=DEFAULT_TASKS, results_dir=results_dir, overwrite=args.overwrite)
-            failed += sum(r.status == "failed" for r in run(request, ctx, log=log, backbone=backbone))
+            runs += [(backbone.info.name, method, r) for r in run(request, ctx, log=log, backbone=backbone)]
     written = build_all(results_dir, leaderboard_dir)
+    failed = sum(r.status == "failed" for _, _, r in runs)
 
     table = make_table("PH-Reg on the planted-artifact ViT (synthetic world)",
                        ("model", "outliers %", "probe mIoU", "depth RMSE"))
@@ -63,6 +64,10 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
     for row in summary["rows"]:
         add_row(table, row["name"], f"{row['outlier_rate']:.2f}", f"{row['miou']:.1f}", f"{row['depth_rmse']:.3f}")
     print_table(table)
+    for backbone_name, method, r in runs:  # every result file, on standard output with the summary
+        value = "" if r.value is None else f" {r.main_metric} = {r.value:.4g}"
+        status = "already done" if r.status == "skipped" and r.path else r.status
+        say(f"result:      {backbone_name} × {method} {r.task} {status}{value} ", r.path or r.error or "")
     say("results:     ", results_dir)
     say("proof table: ", summary["table_md"])
     say("adapter:     ", summary["adapter"])
