@@ -25,9 +25,13 @@ for _name, _summary in {
 }.items():
     METHODS.add(_name, f"phreg_bench.methods.training_free:build_{_name.replace('-', '_')}", summary=_summary)
 METHODS.add("tta", "phreg_bench.methods.tta:build",
-            summary="test-time shift/flip denoising with N views around an inner method")
+            summary="test-time shift/flip denoising with N views around an inner method (PH-Reg's denoised "
+                    "teacher target, arXiv:2505.21501)",
+            citation="arXiv:2505.21501")
 METHODS.add("phreg", "phreg_bench.methods.phreg:build", aliases=("ph-reg",),
-            summary="PH-Reg student: distilled registers loaded from an adapter file")
+            summary="PH-Reg student: distilled registers loaded from an adapter file (Vision Transformers with "
+                    "Self-Distilled Registers, arXiv:2505.21501)",
+            citation="arXiv:2505.21501")
 METHODS.add("dvt", "phreg_bench.methods.dvt:build", aliases=("denoising-vit",),
             summary="DVT stage-2 denoiser: one transformer block + learned positional table on the final features, "
                     "from released weights (-o denoiser=FILE); Yang et al., Denoising Vision Transformers, ECCV 2024",
