@@ -96,6 +96,7 @@ def test_two_column_deeplab_train_aug_list_is_read_as_pairs_inside_the_root(tmp_
     ("../../secret/2007_000032\n", "is not an id"),
     ("2007_000032\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n", "line 2"),
     ("a b c\n", "line 1"),
+    ("2007_000032\n\n\na b c\n", "line 4"),  # blank lines count: the number is the file's own line
 ])
 def test_bad_split_lists_are_refused_naming_file_and_line(tmp_path, content, message):
     folder = make_voc(tmp_path)

@@ -121,14 +121,15 @@ def read_label(path: Path) -> np.ndarray:
 
 
 
-def read_list_lines(path: Path) -> list[str]:
-    """The stripped, non-empty lines of a split list; an unreadable list raises :class:`DatasetError` naming it."""
+def read_list_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number in the file, stripped line)`` of the non-empty lines of a split list; an unreadable
+    list raises :class:`DatasetError` naming it."""
     try:
         text = path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"split list {path} cannot be read ({error}); re-download it") from error
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for number, line in enumerate(lines, 1):
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for number, line in lines:
         if "\x00" in line:
             raise DatasetError(f"split list {path}: line {number} contains a NUL byte; re-download it")
     return lines

@@ -46,7 +46,7 @@ class ListedDataset(SegDataset):
                     f"(e.g. /{self.image_dir}/2007_000032{self.image_suffix} /{label_dir}/2007_000032"
                     f"{self.label_suffix})")
         pairs, columns = [], None
-        for number, line in enumerate(read_list_lines(path), 1):
+        for number, line in read_list_lines(path):
             parts = line.split()
             if len(parts) > 2 or (columns is not None and len(parts) != columns):
                 raise DatasetError(f"{path} line {number}: {line!r} does not match the file's format; {expected}")

@@ -144,7 +144,7 @@ class NYUv2Depth:
     def _list_sync(self) -> list[tuple[str, Path, Path]]:
         items = []
         list_file = self.split_file()
-        for number, line in enumerate(read_list_lines(list_file), 1):
+        for number, line in read_list_lines(list_file):
             parts = line.strip().split()
             if not parts:
                 continue
