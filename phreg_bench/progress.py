@@ -28,9 +28,10 @@ T = TypeVar("T")
 def make_progress(console: Console | None = None, **kwargs) -> Progress | PlainProgress:
     """The project's standard bar (description, bar, done/total, elapsed, ETA) on ``console``.
 
-    When ``console`` does not write to a terminal: a :class:`PlainProgress` writing to the same stream.
+    When ``console`` does not write to a terminal: a :class:`PlainProgress` writing to the same stream (unless
+    ``disable=True``: then nothing is shown anywhere).
     """
-    if console is not None and not console.is_terminal:
+    if console is not None and not console.is_terminal and not kwargs.get("disable"):
         return PlainProgress(stream=console.file, console=console)
     if console is not None:
         kwargs["console"] = console

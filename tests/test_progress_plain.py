@@ -29,3 +29,12 @@ def test_one_closing_line_for_short_loops_and_none_on_a_terminal(monkeypatch):
     lines = [line for line in _run(monkeypatch, terminal=False, interval=3600.0).splitlines() if "train head" in line]
     assert len(lines) == 1 and lines[0].startswith("linseg/voc21: train head: 5/5")
     assert "train head: 1/5" not in _run(monkeypatch, terminal=True, interval=0.0)
+
+
+def test_disabled_progress_prints_nothing_outside_a_terminal(monkeypatch):
+    monkeypatch.setenv("PHREG_PROGRESS_SECONDS", "0")
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=False, width=200)
+    with make_progress(console=console, transient=True, disable=True) as progress:
+        assert list(track(range(3), "ttr find", progress=progress)) == [0, 1, 2]
+    assert "ttr find" not in stream.getvalue()
