@@ -1,0 +1,129 @@
+"""Distillation settings, split by what they change: a hashed :class:`Recipe` and runtime :class:`RunOptions`.
+
+* :class:`Recipe`: everything that changes the trained adapter (optimiser, schedule, TTA views, loss scale,
+  seed, batching, precision). It is recorded in the adapter sidecar (``"config"``) and in every checkpoint,
+  and a resume refuses a different one. Its defaults are the DINOv2 recipe and exist only here; the named
+  presets (:data:`RECIPES`, paper Tables S.2/S.3) override some of them.
+* :class:`RunOptions`: where and how a run executes (output folder, resume, checkpoints, device, data
+  workers, progress, the target-cache folder). They do not change the numbers of a step.
+
+The identity of what is distilled (base name, base weights sha256, teacher) is not a setting: it is passed to
+:func:`phreg_core.trainer.distill` and :func:`phreg_core.adapter_io.save_adapter` explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from phreg_core.errors import PhregError
+from phreg_core.losses import MSE_SCALE
+from phreg_core.tta import DEFAULT_SHIFT_FRAC, DEFAULT_VIEWS
+
+__all__ = ["LR_UPDATES", "PRECISIONS", "RECIPES", "Recipe", "RecipeError", "RunOptions"]
+
+LR_UPDATES = ("after-step", "per-epoch")  # when the per-epoch rate is set (see phreg_core.trainer)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+class RecipeError(PhregError, ValueError):
+    """Distillation settings that cannot train as asked; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What changes the adapter (hashed: recorded in the sidecar and checkpoints, checked on resume).
+
+    Defaults are the DINOv2 recipe (paper Table S.3, ``DINOv2_full/distill_main.py``); see :data:`RECIPES`
+    and :meth:`preset`. Learning rates are per optimiser step; ``resolution`` is the square training crop in
+    pixels (recorded; the dataset does the resize + crop).
+    """
+
+    epochs: int = 100  # paper Tables S.2/S.3 (the DINOv2 Table-2 model is the epoch-30 checkpoint, §1.7)
+    batch_size: int = 8  # per process (Accelerate split_batches=False in the official script)
+    lr: float = 1e-4
+    lr_end: float = 5e-6
+    weight_decay: float = 1e-2  # AdamW wd 1e-2 (paper Tables S.2/S.3)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (paper Tables S.2/S.3)
+    resolution: int = 518
+    views: int = DEFAULT_VIEWS  # N TTA views (paper §3.1)
+    shift_frac: float = DEFAULT_SHIFT_FRAC  # max shift as a fraction of the grid (paper §3.1)
+    mse_scale: float = MSE_SCALE  # loss = (1 - cos) + mse_scale * MSE (DINOv2_full/utils/loss.py)
+    seed: int = 0
+    shuffle: bool = True
+    # When the rate is set: "after-step" = the released trainer (after each optimiser step; step 1 at lr) or
+    # "per-epoch" (every step of epoch e at lr(e)). See phreg_core.trainer.
+    lr_update: str = "after-step"
+    drop_last: bool = True  # released DataLoader(drop_last=True): the last partial batch of an epoch is skipped
+    precision: str = "auto"  # auto = bf16 autocast on CUDA (paper App. B.3), fp32 on CPU; or "bf16", "fp32"
+    preset: str | None = None  # the name in RECIPES these values started from (recorded, e.g. on model cards)
+
+    def __post_init__(self) -> None:
+        if self.lr_update not in LR_UPDATES:
+            raise RecipeError(f"lr_update {self.lr_update!r}: use one of {LR_UPDATES}")
+        if self.precision not in PRECISIONS:
+            raise RecipeError(f"precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Recipe:
+        """The named preset of :data:`RECIPES` with ``overrides`` (field names of :class:`Recipe`) applied.
+
+        Raises :class:`RecipeError` for an unknown preset or field name.
+        """
+        if name not in RECIPES:
+            raise RecipeError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise RecipeError(f"unknown recipe settings {unknown}; known: {sorted(known)}")
+        return replace(RECIPES[name], **overrides)
+
+    @staticmethod
+    def default(name: str) -> Any:
+        """The default of field ``name`` (what a command-line option left unset means)."""
+        return Recipe.__dataclass_fields__[name].default
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (``betas`` as a list): the sidecar's ``"config"`` and the resume fingerprint."""
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+
+RECIPES: dict[str, Recipe] = {
+    # PH-Reg paper Table S.2 (CLIP-based): AdamW 3e-4 -> 1e-5, batch 16, 448 px.
+    "clip": Recipe(lr=3e-4, lr_end=1e-5, batch_size=16, resolution=448, preset="clip"),
+    # Paper Table S.3 and DINOv2_full/distill_main.py defaults: the Recipe defaults.
+    "dinov2": Recipe(preset="dinov2"),
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes; none of these changes the numbers of a step (not hashed).
+
+    ``out_dir`` receives checkpoints, ``log.jsonl`` and (with ``save_adapter``) the adapter; without it
+    nothing is written. ``max_steps`` stops after that many steps in total (a checkpoint is written there;
+    a later run with ``resume`` may go further). ``cache_targets`` is the folder of the teacher-target cache
+    (:mod:`phreg_core.target_cache`; it fixes each image's views, so the dataset must fix its crops too).
+    """
+
+    out_dir: str | Path | None = None
+    resume: bool = False
+    max_steps: int | None = None
+    checkpoint_every: int = 1000  # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    save_adapter: bool = True
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+    cache_targets: str | Path | None = None
+    cache_dtype: str = "float16"
+    find_unused_parameters: bool | None = None  # DDP; None = when the student's last block is replaced
+
+    @staticmethod
+    def default(name: str) -> Any:
+        """The default of field ``name`` (what a command-line option left unset means)."""
+        return RunOptions.__dataclass_fields__[name].default
