@@ -5,9 +5,12 @@
   and a resume refuses a different one. Its defaults are the DINOv2 recipe and exist only here; the named
   presets (:data:`RECIPES`, paper Tables S.2/S.3) override some of them.
 * :class:`RunOptions`: where and how a run executes (output folder, resume, checkpoints, device, data
-  workers, progress, the target-cache folder). They do not change the numbers of a step.
+  workers, progress, the target-cache folder). They do not change the numbers of a step, except that a
+  target cache fixes each image's views for the whole run (so whether one is used is checked on resume).
 
-The identity of what is distilled (base name, base weights sha256, teacher) is not a setting: it is passed to
+Torch-free, so ``phreg-bench distill --help`` shows these defaults without loading torch; they exist only
+here (the command line, the synthetic proof and the README read them). The identity of what is distilled
+(base name, base weights sha256, teacher) is not a setting: it is passed to
 :func:`phreg_core.trainer.distill` and :func:`phreg_core.adapter_io.save_adapter` explicitly.
 """
 
@@ -18,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from phreg_core.errors import PhregError
-from phreg_core.losses import MSE_SCALE
-from phreg_core.tta import DEFAULT_SHIFT_FRAC, DEFAULT_VIEWS
 
-__all__ = ["LR_UPDATES", "PRECISIONS", "RECIPES", "Recipe", "RecipeError", "RunOptions"]
+__all__ = ["DEFAULT_REGISTERS", "LR_UPDATES", "PRECISIONS", "RECIPES", "Recipe", "RecipeError", "RunOptions"]
+
+DEFAULT_REGISTERS = 16  # PH-Reg App. B.1; `num_register_tokens=16` (CLIP), `--num_of_reg 16` (DINOv2)
 
 LR_UPDATES = ("after-step", "per-epoch")  # when the per-epoch rate is set (see phreg_core.trainer)
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -47,9 +50,9 @@ class Recipe:
     weight_decay: float = 1e-2  # AdamW wd 1e-2 (paper Tables S.2/S.3)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (paper Tables S.2/S.3)
     resolution: int = 518
-    views: int = DEFAULT_VIEWS  # N TTA views (paper §3.1)
-    shift_frac: float = DEFAULT_SHIFT_FRAC  # max shift as a fraction of the grid (paper §3.1)
-    mse_scale: float = MSE_SCALE  # loss = (1 - cos) + mse_scale * MSE (DINOv2_full/utils/loss.py)
+    views: int = 10  # N = counts = 10 TTA views (paper §3.1, code `--counts 10`)
+    shift_frac: float = 0.15  # max shift as a fraction of the grid (paper §3.1, code default)
+    mse_scale: float = 1.0  # loss = (1 - cos) + mse_scale * MSE (DINOv2_full/utils/loss.py, official 1.0)
     seed: int = 0
     shuffle: bool = True
     # When the rate is set: "after-step" = the released trainer (after each optimiser step; step 1 at lr) or
@@ -101,7 +104,7 @@ RECIPES: dict[str, Recipe] = {
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run executes; none of these changes the numbers of a step (not hashed).
+    """How a run executes (not part of the recipe).
 
     ``out_dir`` receives checkpoints, ``log.jsonl`` and (with ``save_adapter``) the adapter; without it
     nothing is written. ``max_steps`` stops after that many steps in total (a checkpoint is written there;
