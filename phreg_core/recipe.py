@@ -9,20 +9,32 @@
   target cache fixes each image's views for the whole run (so whether one is used is checked on resume).
 
 Torch-free, so ``phreg-bench distill --help`` shows these defaults without loading torch; they exist only
-here (the command line, the synthetic proof and the README read them). The identity of what is distilled
-(base name, base weights sha256, teacher) is not a setting: it is passed to
-:func:`phreg_core.trainer.distill` and :func:`phreg_core.adapter_io.save_adapter` explicitly.
+here (the command line, the synthetic proof and the README read them).
+
+The learning-rate schedule (:class:`EpochExponentialLR`) is the recipe's ``lr``/``lr_end``/``lr_update``:
+``lr(e) = lr0·(end/lr0)^((e+1)/epochs)``, clamped at ``end``, set when the released trainer sets it
+(``0raiser0/PH-Reg`` ``DINOv2_full/distill_main.py`` and the CLIP student's script: right after every optimiser
+step, ``param_group["lr"] = lr(epoch)``): step 1 runs at ``lr0``, the first step of epoch ``e >= 1`` at
+``lr(e - 1)``, every other step of epoch ``e`` at ``lr(e)``; a skipped batch leaves the rate unchanged
+(``lr_update="after-step"``). ``lr_update="per-epoch"`` runs every step of epoch ``e`` at ``lr(e)`` instead.
+
+The identity of what is distilled (base name, base weights sha256, teacher) is not a setting: it is passed
+to :func:`phreg_core.trainer.distill` and :func:`phreg_core.adapter_io.save_adapter` explicitly.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phreg_core.errors import PhregError
 
-__all__ = ["DEFAULT_REGISTERS", "LR_UPDATES", "PRECISIONS", "RECIPES", "Recipe", "RecipeError", "RunOptions"]
+if TYPE_CHECKING:  # the schedule only sets param-group rates: no torch import (``--help`` stays light)
+    import torch
+
+__all__ = ["DEFAULT_REGISTERS", "LR_UPDATES", "PRECISIONS", "RECIPES", "EpochExponentialLR", "Recipe", "RecipeError",
+           "RunOptions"]
 
 DEFAULT_REGISTERS = 16  # PH-Reg App. B.1; `num_register_tokens=16` (CLIP), `--num_of_reg 16` (DINOv2)
 
@@ -130,3 +142,46 @@ class RunOptions:
     def default(name: str) -> Any:
         """The default of field ``name`` (what a command-line option left unset means)."""
         return RunOptions.__dataclass_fields__[name].default
+
+
+class EpochExponentialLR:
+    """Sets the optimiser's learning rate to ``lr(e) = lr0·(end/lr0)^((e+1)/epochs)`` (clamped at ``end``) at
+    the moment ``lr_update`` names; the arithmetic is the released script's (``DINOv2_full/distill_main.py``:
+    ``new_lr = lr * decay_ratio ** ((epoch + 1) / num_epochs)``, ``end`` if ``new_lr <= end``).
+
+    The rate lives in the optimiser's param groups, so an optimiser checkpoint restores it exactly; this
+    object's own state is only the mode (checked on load).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, lr_end: float, epochs: int,
+                 lr_update: str = "after-step"):
+        if lr_update not in LR_UPDATES:
+            raise RecipeError(f"lr_update {lr_update!r}: use one of {LR_UPDATES}")
+        self.optimizer, self.lr, self.lr_end, self.epochs = optimizer, lr, lr_end, max(1, epochs)
+        self.lr_update = lr_update
+        self._set(lr if lr_update == "after-step" else self.rate(0))
+
+    def rate(self, epoch: int) -> float:
+        value = self.lr * (self.lr_end / self.lr) ** ((epoch + 1) / self.epochs)
+        return self.lr_end if value <= self.lr_end else value
+
+    def _set(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
+
+    def before_step(self, epoch: int) -> None:
+        if self.lr_update == "per-epoch":
+            self._set(self.rate(epoch))
+
+    def after_step(self, epoch: int) -> None:
+        """Call after every optimiser step that was taken (not for skipped batches)."""
+        if self.lr_update == "after-step":
+            self._set(self.rate(epoch))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr_update": self.lr_update}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("lr_update") != self.lr_update:
+            raise RecipeError(f"the checkpoint was trained with lr_update {state.get('lr_update')!r}, this "
+                              f"run uses {self.lr_update!r}; use the same setting to resume")

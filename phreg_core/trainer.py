@@ -8,13 +8,9 @@ One step (reference notes §1.3, §1.6, §1.7):
 2. run the student on the unaugmented images; loss = (1 − cos) + MSE on the patch tokens;
 3. skip the batch (and count it) if the targets or the loss are not finite; otherwise AdamW step.
 
-The learning rate decays exponentially per epoch, ``lr(e) = lr0·(end/lr0)^((e+1)/epochs)``, clamped at
-``end``, and is set when the released trainer sets it (``0raiser0/PH-Reg`` ``DINOv2_full/distill_main.py`` and
-the CLIP student's script: right after every optimiser step, ``param_group["lr"] = lr(epoch)``): step 1 runs
-at ``lr0``, the first step of epoch ``e >= 1`` at ``lr(e - 1)``, every other step of epoch ``e`` at ``lr(e)``;
-a skipped batch leaves the rate unchanged (``lr_update="after-step"``). ``lr_update="per-epoch"`` runs every
-step of epoch ``e`` at ``lr(e)`` instead. As the released ``DataLoader(drop_last=True)``, the last partial
-batch of each epoch is not trained (``drop_last=False`` trains it). Checkpoints
+The learning rate follows the released trainer's per-epoch exponential decay
+(:class:`phreg_core.recipe.EpochExponentialLR`). As the released ``DataLoader(drop_last=True)``, the last
+partial batch of each epoch is not trained (``drop_last=False`` trains it). Checkpoints
 (:mod:`phreg_core.checkpoint`) every ``checkpoint_every`` steps let ``resume=True`` continue exactly.
 Works in one process or under ``torchrun`` (DDP, ``DistributedSampler``; NCCL on CUDA, gloo on CPU).
 
@@ -52,12 +48,12 @@ from phreg_core.checkpoint import Position, RunFolder
 from phreg_core.errors import ConfigError
 from phreg_core.losses import distill_loss
 from phreg_core.progress import PlainProgress, is_terminal
-from phreg_core.recipe import LR_UPDATES, Recipe, RecipeError, RunOptions
+from phreg_core.recipe import EpochExponentialLR, Recipe, RecipeError, RunOptions
 from phreg_core.student import Student
 from phreg_core.targets import StepBatch, TargetSource
 from phreg_core.tta import normalised_white
 
-__all__ = ["DistillResult", "EpochExponentialLR", "distill"]
+__all__ = ["DistillResult", "distill"]
 
 
 @dataclass
@@ -80,49 +76,6 @@ class DistillResult:
     adapter_path: Path | None = None
     sidecar_path: Path | None = None
     checkpoint_path: Path | None = None
-
-
-class EpochExponentialLR:
-    """Sets the optimiser's learning rate to ``lr(e) = lr0·(end/lr0)^((e+1)/epochs)`` (clamped at ``end``) at
-    the moment ``lr_update`` names; the arithmetic is the released script's (``DINOv2_full/distill_main.py``:
-    ``new_lr = lr * decay_ratio ** ((epoch + 1) / num_epochs)``, ``end`` if ``new_lr <= end``).
-
-    The rate lives in the optimiser's param groups, so an optimiser checkpoint restores it exactly; this
-    object's own state is only the mode (checked on load).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, lr_end: float, epochs: int,
-                 lr_update: str = "after-step"):
-        if lr_update not in LR_UPDATES:
-            raise RecipeError(f"lr_update {lr_update!r}: use one of {LR_UPDATES}")
-        self.optimizer, self.lr, self.lr_end, self.epochs = optimizer, lr, lr_end, max(1, epochs)
-        self.lr_update = lr_update
-        self._set(lr if lr_update == "after-step" else self.rate(0))
-
-    def rate(self, epoch: int) -> float:
-        value = self.lr * (self.lr_end / self.lr) ** ((epoch + 1) / self.epochs)
-        return self.lr_end if value <= self.lr_end else value
-
-    def _set(self, value: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = value
-
-    def before_step(self, epoch: int) -> None:
-        if self.lr_update == "per-epoch":
-            self._set(self.rate(epoch))
-
-    def after_step(self, epoch: int) -> None:
-        """Call after every optimiser step that was taken (not for skipped batches)."""
-        if self.lr_update == "after-step":
-            self._set(self.rate(epoch))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"lr_update": self.lr_update}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("lr_update") != self.lr_update:
-            raise RecipeError(f"the checkpoint was trained with lr_update {state.get('lr_update')!r}, this "
-                              f"run uses {self.lr_update!r}; use the same setting to resume")
 
 
 class _Items(Dataset):

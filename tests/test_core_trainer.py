@@ -10,9 +10,10 @@ from fixtures_train import distill_args
 from test_core_fixtures import one_thread, random_images, tiny_clip, tiny_timm  # noqa: F401
 
 from phreg_core.data import TensorImageDataset
+from phreg_core.recipe import EpochExponentialLR
 from phreg_core.student import Student
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import EpochExponentialLR, distill
+from phreg_core.trainer import distill
 
 
 def quick_config(tmp_path=None, **overrides) -> dict:
