@@ -23,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,11 @@ import torch
 from phreg_core.adapters import OpenClipViTAdapter, TimmViTAdapter
 from phreg_core.data import ImageFolderDataset
 from phreg_core.losses import distill_loss
+from phreg_core.recipe import DEFAULT_REGISTERS, Recipe, RunOptions
 from phreg_core.student import Student
+from phreg_core.targets import view_rng
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import DistillConfig, distill, view_rng
+from phreg_core.trainer import distill
 from phreg_core.tta import TTADenoiser, make_views, normalised_white, plan_views
 
 
@@ -91,8 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="clip", choices=("clip", "timm"))
     parser.add_argument("--resolution", type=int, default=448)
-    parser.add_argument("--views", type=int, default=10)
-    parser.add_argument("--registers", type=int, default=16)
+    parser.add_argument("--views", type=int, default=Recipe.default("views"))
+    parser.add_argument("--registers", type=int, default=DEFAULT_REGISTERS)
     parser.add_argument("--batch-size", type=int, help="default: 16 on CUDA (CLIP recipe), 1 on CPU")
     parser.add_argument("--steps", type=int, help="timed steps (default: 8 on CUDA, 2 on CPU)")
     parser.add_argument("--device", default="auto")
@@ -144,7 +147,7 @@ def main() -> None:
     def student_step():
         with autocast():
             pred = student(images)
-        loss, _ = distill_loss(targets, pred)
+        loss, _ = distill_loss(targets, pred, Recipe().mse_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -160,20 +163,20 @@ def main() -> None:
         folder = workdir / "images"
         write_images(folder, batch * (steps + 1), args.resolution)
         dataset = ImageFolderDataset(folder, args.resolution, base.mean, base.std, seed=0)
-        config = DistillConfig(epochs=1, batch_size=batch, views=args.views, lr=1e-5, lr_end=1e-6, progress=False,
-                               device=str(device), num_workers=args.num_workers)
-        run = distill(teacher, Student(base, args.registers, train_grid=grid), dataset, config)
+        recipe = Recipe(epochs=1, batch_size=batch, views=args.views, lr=1e-5, lr_end=1e-6)
+        options = RunOptions(progress=False, device=str(device), num_workers=args.num_workers)
+        run = distill(teacher, Student(base, args.registers, train_grid=grid), dataset, recipe, options)
         t_step = statistics.median(run.step_seconds[1:])  # the first step starts the data workers
         print(f"trainer step (data + views + teacher + student): {t_step:.3f} s per batch, "
               f"{batch / t_step:.2f} images/s")
         print(f"harness ratio: step / (bare teacher fwd + bare student step) = {t_step / bare:.3f} (goal < 1.15); "
               f"peak {peak_memory(device)}")
         if not args.no_cache:
-            cached = DistillConfig(epochs=2, batch_size=batch, views=args.views, lr=1e-5, lr_end=1e-6,
-                                   progress=False, device=str(device), num_workers=args.num_workers,
-                                   cache_targets=str(workdir / "cache"), base_weights_sha256="random-benchmark")
+            cached = RunOptions(progress=False, device=str(device), num_workers=args.num_workers,
+                                cache_targets=str(workdir / "cache"))
             dataset = ImageFolderDataset(folder, args.resolution, base.mean, base.std, seed=0, fixed_crops=True)
-            run = distill(teacher, Student(base, args.registers, train_grid=grid), dataset, cached)
+            run = distill(teacher, Student(base, args.registers, train_grid=grid), dataset,
+                          replace(recipe, epochs=2), cached, base_weights_sha256="random-benchmark")
             per_epoch = len(run.step_seconds) // 2
             epoch2 = run.step_seconds[per_epoch + 1:]  # skip the first step of the epoch as well
             t_cached = statistics.median(epoch2)

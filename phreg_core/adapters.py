@@ -37,6 +37,8 @@ class TimmViTAdapter(ViTAdapter):
     """Adapter for ``timm.models.vision_transformer.VisionTransformer`` (DINOv2, DeiT, AugReg, ...)."""
 
     register_placement = "prefix"
+    pos_embed_path = "model.pos_embed"  # dotted paths from the adapter (phreg_core.student.embedding_paths)
+    patch_embed_path = "model.patch_embed.proj"
 
     def __init__(self, model: nn.Module, pos_resample: str | PosResample = LIBRARY_POLICY):
         super().__init__()
@@ -122,6 +124,8 @@ class OpenClipViTAdapter(ViTAdapter):
     """Adapter for open_clip's ``VisionTransformer`` (OpenAI CLIP, LAION, DFN, MetaCLIP towers)."""
 
     register_placement = "append"  # PH-Reg's CLIP student: [CLS, patches, registers]
+    pos_embed_path = "visual.positional_embedding"  # dotted paths from the adapter (student.embedding_paths)
+    patch_embed_path = "visual.conv1"
 
     def __init__(self, visual: nn.Module, pos_resample: str | PosResample = LIBRARY_POLICY):
         super().__init__()

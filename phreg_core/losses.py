@@ -6,14 +6,12 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["COS_EPS", "MSE_SCALE", "distill_loss", "token_cosine"]
+__all__ = ["COS_EPS", "distill_loss", "token_cosine"]
 
 COS_EPS = 1e-8  # a / (|a| + 1e-8) in the official loss
-MSE_SCALE = 1.0  # mse_scale = 1.0 (official default)
 
 
 def token_cosine(target: Tensor, pred: Tensor, eps: float = COS_EPS) -> Tensor:
@@ -23,8 +21,11 @@ def token_cosine(target: Tensor, pred: Tensor, eps: float = COS_EPS) -> Tensor:
     return (a * b).sum(1)
 
 
-def distill_loss(target: Tensor, pred: Tensor, mse_scale: float = MSE_SCALE) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(loss, {"cos": mean cosine, "mse": mse})`` for patch grids ``[B, C, h, w]`` (computed in float32)."""
+def distill_loss(target: Tensor, pred: Tensor, mse_scale: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(loss, {"cos": mean cosine, "mse": mse})`` for patch grids ``[B, C, h, w]`` (computed in float32).
+
+    ``mse_scale`` is the recipe's (:attr:`phreg_core.recipe.Recipe.mse_scale`, official 1.0).
+    """
     if target.shape != pred.shape:
         raise ValueError(f"target {tuple(target.shape)} and prediction {tuple(pred.shape)} differ; the "
                          "student and the teacher must return the same patch grid and width")
@@ -34,6 +35,3 @@ def distill_loss(target: Tensor, pred: Tensor, mse_scale: float = MSE_SCALE) -> 
     loss = (1.0 - cos) + mse_scale * mse
     return loss, {"cos": cos.detach(), "mse": mse.detach()}
 
-
-def is_finite(*tensors: Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)

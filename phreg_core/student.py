@@ -37,12 +37,12 @@ from torch import Tensor, nn
 from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.last_block import PRESETS, LastBlockConfig
 from phreg_core.pos_embed import PosResample, get_policy, resample_table
+from phreg_core.recipe import DEFAULT_REGISTERS
 from phreg_core.teacher import is_clip_family
 from phreg_core.vit import TokenOutput, ViTAdapter
 
-__all__ = ["DEFAULT_REGISTERS", "Student", "UnlockSet", "embedding_paths"]
+__all__ = ["Student", "UnlockSet", "embedding_paths"]
 
-DEFAULT_REGISTERS = 16  # PH-Reg App. B.1; `num_register_tokens=16` (CLIP), `--num_of_reg 16` (DINOv2)
 LEGACY_POLICY = "bicubic"  # what phreg-bench resampled with before named policies (specs without the field)
 
 
@@ -90,26 +90,17 @@ class UnlockSet:
         return asdict(self)
 
 
-# Dotted paths (relative to the adapter) of the positional-embedding parameter and the patch-embedding conv.
-_EMBED_PATHS = {
-    "TimmViTAdapter": ("model.pos_embed", "model.patch_embed.proj"),
-    "OpenClipViTAdapter": ("visual.positional_embedding", "visual.conv1"),
-}
-
-
 def embedding_paths(adapter: ViTAdapter) -> tuple[str, str]:
-    """``(pos_embed_path, patch_embed_path)`` for an adapter.
+    """``(pos_embed_path, patch_embed_path)``: dotted paths, relative to ``adapter``, of its positional-embedding
+    parameter and its patch-embedding conv, from the attributes of those names every adapter class declares.
 
-    Third-party adapters declare ``pos_embed_path`` and ``patch_embed_path`` attributes.
+    Raises :class:`UnsupportedModelError` for an adapter that does not declare them.
     """
-    for klass in type(adapter).__mro__:
-        if klass.__name__ in _EMBED_PATHS:
-            return _EMBED_PATHS[klass.__name__]
     pos, patch = getattr(adapter, "pos_embed_path", None), getattr(adapter, "patch_embed_path", None)
     if pos is None or patch is None:
         raise UnsupportedModelError(f"{type(adapter).__name__} does not say where its positional and patch "
-                                    "embeddings are; "
-                        "set `pos_embed_path` and `patch_embed_path` on the adapter class")
+                                    "embeddings are; set `pos_embed_path` and `patch_embed_path` on the adapter "
+                                    "class")
     return pos, patch
 
 

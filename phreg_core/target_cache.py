@@ -85,15 +85,6 @@ class TargetCache:
         except (SafetensorError, KeyError, OSError):
             return None
 
-    def get(self, key: str) -> Tensor | None:
-        """Like :meth:`load`, as float32, counting hits and misses."""
-        target = self.load(key)
-        if target is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return target.float()
-
     def put(self, key: str, target: Tensor) -> None:
         """Store one target ``[C, h, w]`` in the cache dtype (atomically: a reader never sees half a file)."""
         from safetensors import SafetensorError
@@ -109,6 +100,3 @@ class TargetCache:
         for key, target in zip(keys, host, strict=True):
             self.put(key, target)
 
-    @staticmethod
-    def bytes_per_image(grid: tuple[int, int], channels: int, dtype: str = "float16") -> int:
-        return grid[0] * grid[1] * channels * torch.empty(0, dtype=CACHE_DTYPES[dtype]).element_size()

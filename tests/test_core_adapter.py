@@ -15,9 +15,10 @@ from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_bench.methods.phreg import build as build_phreg
 from phreg_core.adapter_io import AdapterMismatchError, read_sidecar
 from phreg_core.data import TensorImageDataset
+from phreg_core.recipe import Recipe, RunOptions
 from phreg_core.student import Student
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import DistillConfig, distill
+from phreg_core.trainer import distill
 
 
 def clip_backbone(seed: int = 0) -> Backbone:
@@ -31,10 +32,10 @@ def clip_backbone(seed: int = 0) -> Backbone:
 
 def train(backbone: Backbone, out, grid, size: int, steps: int = 3) -> Student:
     student = Student(backbone.vision, 3, train_grid=grid)
-    config = DistillConfig(epochs=10, batch_size=2, lr=1e-3, lr_end=1e-4, views=3, max_steps=steps, progress=False,
-                           out_dir=str(out), base_name=backbone.info.name,
-                           base_weights_sha256=backbone.info.weights_sha256)
-    result = distill(default_teacher(backbone.vision), student, TensorImageDataset(random_images(4, size)), config)
+    recipe = Recipe(epochs=10, batch_size=2, lr=1e-3, lr_end=1e-4, views=3)
+    options = RunOptions(max_steps=steps, progress=False, out_dir=str(out))
+    result = distill(default_teacher(backbone.vision), student, TensorImageDataset(random_images(4, size)), recipe,
+                     options, base_name=backbone.info.name, base_weights_sha256=backbone.info.weights_sha256)
     assert result.adapter_path == out / "adapter.safetensors"
     return student.eval()
 

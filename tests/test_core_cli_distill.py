@@ -27,7 +27,7 @@ def test_distill_command_writes_an_adapter_and_resumes(tmp_path):
     sidecar = json.loads((out / "adapter.json").read_text())
     assert sidecar["base"]["name"] == "tiny-vit" and sidecar["registers"] == 2 and sidecar["steps"] == 2
     assert sidecar["config"]["resolution"] == 64  # 518 is no multiple of 8: the native resolution
-    assert sidecar["config"]["lr"] == 1e-4 and sidecar["config"]["extra"]["recipe"] == "dinov2"
+    assert sidecar["config"]["lr"] == 1e-4 and sidecar["config"]["preset"] == "dinov2"
     assert (out / "log.jsonl").exists() and list((out / "checkpoints").glob("step-*.pt"))
     assert main(common + ["--epochs", "2"]) == 2  # refuses to overwrite a run without --resume
     assert main(common + ["--epochs", "3", "--resume"]) == 2  # another schedule cannot resume this run

@@ -8,9 +8,10 @@ from PIL import Image
 from test_core_fixtures import one_thread  # noqa: F401
 
 from phreg_core.data import HFImageDataset, ImageFolderDataset, TensorImageDataset, collate, list_images
+from phreg_core.recipe import Recipe, RunOptions
 from phreg_core.student import Student
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import DistillConfig, distill
+from phreg_core.trainer import distill
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -77,7 +78,7 @@ def test_distill_counts_corrupt_files(tmp_path):
     data = ImageFolderDataset(tmp_path / "data", 32, base.mean, base.std)
     with pytest.warns(UserWarning):
         result = distill(default_teacher(base), Student(base, 2), data,
-                         DistillConfig(epochs=1, batch_size=2, views=2, progress=False))
+                         Recipe(epochs=1, batch_size=2, views=2), RunOptions(progress=False))
     assert result.corrupt_images == 1 and result.images_seen == 3 and result.steps == 2
 
 

@@ -15,9 +15,10 @@ import torch
 from test_core_fixtures import one_thread, random_images, tiny_timm  # noqa: F401
 
 from phreg_core.data import TensorImageDataset
+from phreg_core.recipe import Recipe, RunOptions
 from phreg_core.student import Student
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import DistillConfig, distill
+from phreg_core.trainer import distill
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -27,15 +28,17 @@ WORKER = textwrap.dedent("""
     from test_core_distributed import make_teacher, make_images
     from phreg_core.data import TensorImageDataset
     from phreg_core.student import Student
-    from phreg_core.trainer import DistillConfig, distill
+    from phreg_core.recipe import Recipe, RunOptions
+    from phreg_core.trainer import distill
     import torch.distributed as dist
 
     out, per_rank_batch = sys.argv[1], int(sys.argv[2])
     base = tiny_timm()
     student = Student(base, 2)
-    config = DistillConfig(epochs=2, batch_size=per_rank_batch, lr=1e-3, lr_end=1e-4, views=3, progress=False,
-                           out_dir=out, checkpoint_every=2, base_name="tiny", base_weights_sha256="0" * 64)
-    result = distill(make_teacher(base), student, TensorImageDataset(make_images()), config)
+    recipe = Recipe(epochs=2, batch_size=per_rank_batch, lr=1e-3, lr_end=1e-4, views=3)
+    options = RunOptions(progress=False, out_dir=out, checkpoint_every=2)
+    result = distill(make_teacher(base), student, TensorImageDataset(make_images()), recipe, options,
+                     base_name="tiny", base_weights_sha256="0" * 64)
     rank = int(__import__("os").environ["RANK"])
     state = {n: p.detach() for n, p in student.trainable_named_parameters()}
     torch.save(state, f"{out}/params_rank{rank}.pt")
@@ -89,8 +92,9 @@ def test_torchrun_two_processes_gloo_matches_single_process(tmp_path):
     # one process with the same global batch (4) sees the same images per step: same parameters
     base = tiny_timm()
     student = Student(base, 2)
-    config = DistillConfig(epochs=2, batch_size=4, lr=1e-3, lr_end=1e-4, views=3, progress=False)
-    single = distill(make_teacher(base), student, TensorImageDataset(make_images()), config)
+    recipe = Recipe(epochs=2, batch_size=4, lr=1e-3, lr_end=1e-4, views=3)
+    single = distill(make_teacher(base), student, TensorImageDataset(make_images()), recipe,
+                     RunOptions(progress=False))
     assert single.skipped_batches == 2
     finite = [a for a in single.losses if a == a]
     assert len(finite) == 2

@@ -8,9 +8,10 @@ import torch
 from test_core_fixtures import one_thread, random_images, tiny_clip, tiny_timm  # noqa: F401
 
 from phreg_core.data import TensorImageDataset
+from phreg_core.recipe import Recipe, RunOptions
 from phreg_core.student import Student
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import DistillConfig, distill
+from phreg_core.trainer import distill
 
 CONFIGS = [dict(train_grid=(6, 6)), dict(unlock="paper"), dict(unlock="registers"),
            dict(unlock="registers,patch_embed,last_blocks=3", train_grid=(4, 4))]
@@ -61,8 +62,8 @@ def _replaced(base, student):
 @pytest.mark.parametrize("make", [tiny_timm, tiny_clip], ids=["timm", "open_clip"])
 def test_training_steps_match_the_copying_student_and_leave_the_base_untouched(make):
     images = TensorImageDataset(random_images(4))
-    config = DistillConfig(epochs=10, batch_size=2, lr=1e-3, lr_end=1e-4, progress=False, seed=0, max_steps=3,
-                           views=3)
+    recipe = Recipe(epochs=10, batch_size=2, lr=1e-3, lr_end=1e-4, seed=0, views=3)
+    options = RunOptions(progress=False, max_steps=3)
     runs = {}
     for share in (True, False):
         base = make()  # the same seed: identical bases
@@ -71,7 +72,7 @@ def test_training_steps_match_the_copying_student_and_leave_the_base_untouched(m
         probe = random_images(1, seed=3)
         teacher_before = teacher(probe)
         student = Student(base, 4, train_grid=(4, 4), share_frozen=share)
-        result = distill(teacher, student, images, config)
+        result = distill(teacher, student, images, recipe, options)
         assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # base never trained
         assert not any(m.training for m in base.modules())  # the teacher stayed in eval mode
         assert torch.equal(teacher(probe), teacher_before)  # the teacher is still the frozen original

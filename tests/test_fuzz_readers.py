@@ -201,7 +201,7 @@ LOG = b"".join(json.dumps({"step": i, "epoch": 0, "loss": 0.5 / i}).encode() + b
 @FUZZ
 @given(data=bytes_of(LOG))
 def test_training_logs_from_bytes(scratch, data):
-    from phreg_core.trainer import read_log
+    from phreg_core.checkpoint import read_log
 
     path = scratch / "log.jsonl"
     path.write_bytes(data)

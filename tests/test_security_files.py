@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_train import distill_args
 from test_core_fixtures import one_thread, random_images, tiny_timm  # noqa: F401
 
 from phreg_core.atomic import write_atomic, write_text_atomic
@@ -19,22 +20,22 @@ from phreg_core.data import TensorImageDataset
 from phreg_core.errors import FileFormatError, PhregError, WriteError
 from phreg_core.student import Student
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import DistillConfig, distill
+from phreg_core.trainer import distill
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def config(out: Path, **overrides) -> DistillConfig:
+def config(out: Path, **overrides) -> dict:
     values = dict(epochs=2, batch_size=2, lr=1e-3, lr_end=1e-4, progress=False, views=2, out_dir=str(out),
                   base_name="tiny", base_weights_sha256="0" * 64, checkpoint_every=1, log_every=1)
     values.update(overrides)
-    return DistillConfig(**values)
+    return distill_args(**values)
 
 
 def run(out: Path, **overrides):
     base = tiny_timm()
     return distill(default_teacher(base), Student(base, 2), TensorImageDataset(random_images(4)),
-                   config(out, **overrides))
+                   **config(out, **overrides))
 
 
 class Payload:
@@ -56,7 +57,7 @@ def plant(out: Path, marker: Path) -> Path:
 
 # -- checkpoints ------------------------------------------------------------------------------------------
 def test_checkpoint_holds_only_tensors_and_plain_containers(tmp_path):
-    from phreg_core.trainer import load_checkpoint
+    from phreg_core.checkpoint import load_checkpoint
 
     run(tmp_path, max_steps=2)
     newest = sorted((tmp_path / "checkpoints").glob("step-*.pt"))[-1]
@@ -93,7 +94,7 @@ def test_crafted_checkpoint_via_the_cli_is_one_line_naming_the_file(tmp_path, ca
 
 
 def test_old_or_foreign_checkpoints_are_refused_by_name(tmp_path):
-    from phreg_core.trainer import load_checkpoint
+    from phreg_core.checkpoint import load_checkpoint
 
     path = tmp_path / "checkpoints" / "step-00000001.pt"
     path.parent.mkdir(parents=True)

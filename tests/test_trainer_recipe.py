@@ -7,24 +7,26 @@ import json
 
 import pytest
 import torch
+from fixtures_train import distill_args
 from test_core_fixtures import one_thread, random_images, tiny_timm  # noqa: F401
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from phreg_core.data import TensorImageDataset
+from phreg_core.recipe import RecipeError
 from phreg_core.student import Student
 from phreg_core.teacher import default_teacher
-from phreg_core.trainer import DistillConfig, DistillConfigError, distill
+from phreg_core.trainer import distill
 
 LR, LR_END = 1e-3, 1e-4
 
 
-def config(out=None, **overrides) -> DistillConfig:
+def config(out=None, **overrides) -> dict:
     values = dict(epochs=4, batch_size=2, lr=LR, lr_end=LR_END, progress=False, seed=0, views=2,
                   base_name="tiny", base_weights_sha256="0" * 64, checkpoint_every=100)
     if out is not None:
         values["out_dir"] = str(out)
     values.update(overrides)
-    return DistillConfig(**values)
+    return distill_args(**values)
 
 
 def released_schedule(num_images: int, batch_size: int, num_epochs: int, lr: float, end_lr: float,
@@ -65,12 +67,12 @@ class StepRates:
         self.handle.remove()
 
 
-def train(images, cfg: DistillConfig, seed: int = 123):
+def train(images, cfg: dict, seed: int = 123):
     torch.manual_seed(seed)
     base = tiny_timm()
     student = Student(base, 2)
     with StepRates() as rates:
-        result = distill(default_teacher(base), student, TensorImageDataset(images), cfg)
+        result = distill(default_teacher(base), student, TensorImageDataset(images), **cfg)
     return student, result, rates.rates
 
 
@@ -108,7 +110,7 @@ def test_drop_last_matches_the_released_loader_and_can_be_turned_off():
 
 
 def test_fewer_images_than_a_batch_is_an_error_naming_the_batch_size():
-    with pytest.raises(DistillConfigError, match=r"3 training images make no full batch of 4.*--batch-size"):
+    with pytest.raises(RecipeError, match=r"3 training images make no full batch of 4.*--batch-size"):
         train(random_images(3), config(batch_size=4))
 
 

@@ -113,7 +113,8 @@ def model_card(sidecar: dict[str, Any], repo_id: str, *, tensors_sha256: str,
     else:
         keys = ("epochs", "batch_size", "lr", "lr_end", "weight_decay", "resolution", "views", "shift_frac",
                 "mse_scale", "seed", "precision")
-        lines += [f"- recipe: {_value(extra.get('recipe'))}"]
+        # the preset name: Recipe.preset (older sidecars: config.extra.recipe)
+        lines += [f"- recipe: {_value(config.get('preset', extra.get('recipe')))}"]
         lines += [f"- {key}: {_value(config.get(key))}" for key in keys if key in config]
         lines += [f"- teacher: {_value(sidecar.get('teacher'))}", ""]
     lines += ["## Diagnostics", "", f"- steps: {_value(sidecar.get('steps'))}",

@@ -1,8 +1,11 @@
 """`phreg-bench distill`: train PH-Reg registers for a backbone on a folder of images.
 
-    phreg-bench distill --backbone X --data DIR --out DIR [--registers 16 --views 10 --epochs E
+    phreg-bench distill --backbone X --data DIR --out DIR [--registers R --views N --epochs E
                         --batch-size B --resume --weights PATH --random-init ...]
 
+Every recipe option left unset takes the value of the chosen preset (``--recipe``,
+:data:`phreg_core.recipe.RECIPES`); runtime options left unset take :class:`phreg_core.recipe.RunOptions`'
+defaults. The defaults are read from those dataclasses (torch-free), never repeated here.
 Multi-GPU: ``torchrun --nproc_per_node G -m phreg_bench distill ...`` (``--batch-size`` is per process).
 """
 
@@ -16,6 +19,19 @@ from pathlib import Path
 from phreg_bench.cli import OptionError, say
 from phreg_bench.cli._options import device_name, fraction, non_negative_int, positive_float, positive_int
 from phreg_bench.cli.run import add_pos_resample_option, with_pos_resample
+from phreg_core.recipe import DEFAULT_REGISTERS, PRECISIONS, RECIPES, Recipe, RunOptions
+
+# option -> Recipe field, for the recipe options the command line may override (unset: the preset's value)
+_RECIPE_OPTIONS = {"views": "views", "shift_frac": "shift_frac", "epochs": "epochs", "batch_size": "batch_size",
+                   "lr": "lr", "lr_end": "lr_end", "seed": "seed", "precision": "precision"}
+
+
+def _preset_default(name: str) -> str:
+    """Help text for a recipe option: the default, or each preset's where they differ."""
+    values = {preset: getattr(recipe, name) for preset, recipe in RECIPES.items()}
+    if len(set(values.values())) == 1:
+        return f"default {Recipe.default(name)}"
+    return "default: the recipe's, " + ", ".join(f"{value} for {preset}" for preset, value in values.items())
 
 
 def register(subparsers) -> None:
@@ -32,33 +48,36 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", help="local weights file for the backbone")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke tests)")
     add_pos_resample_option(parser)
-    parser.add_argument("--recipe", default="auto", choices=("auto", "clip", "dinov2"),
+    parser.add_argument("--recipe", default="auto", choices=("auto", *RECIPES),
                         help="hyper-parameter preset; auto = clip for CLIP towers, dinov2 otherwise")
-    parser.add_argument("--registers", type=non_negative_int, default=16, help="new register tokens (default 16)")
-    parser.add_argument("--views", type=positive_int, default=10, help="TTA views per image (default 10)")
-    parser.add_argument("--shift-frac", type=fraction, default=0.15, help="max shift / grid (default 0.15)")
-    parser.add_argument("--epochs", type=positive_int, default=100, help="epochs (default 100)")
+    parser.add_argument("--registers", type=non_negative_int, default=DEFAULT_REGISTERS,
+                        help=f"new register tokens (default {DEFAULT_REGISTERS})")
+    parser.add_argument("--views", type=positive_int, help=f"TTA views per image ({_preset_default('views')})")
+    parser.add_argument("--shift-frac", type=fraction, help=f"max shift / grid ({_preset_default('shift_frac')})")
+    parser.add_argument("--epochs", type=positive_int, help=f"epochs ({_preset_default('epochs')})")
     parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps in total")
     parser.add_argument("--batch-size", type=positive_int,
-                        help="images per step and process (default: the recipe's)")
-    parser.add_argument("--lr", type=positive_float, help="initial learning rate (default: the recipe's)")
-    parser.add_argument("--lr-end", type=positive_float, help="final learning rate (default: the recipe's)")
+                        help=f"images per step and process ({_preset_default('batch_size')})")
+    parser.add_argument("--lr", type=positive_float, help=f"initial learning rate ({_preset_default('lr')})")
+    parser.add_argument("--lr-end", type=positive_float, help=f"final learning rate ({_preset_default('lr_end')})")
     parser.add_argument("--resolution", type=positive_int,
-                        help="training crop (default: the recipe's 448/518 if a multiple of the patch size, "
-                        "else the backbone's native resolution)")
+                        help=f"training crop ({_preset_default('resolution')}, if a multiple of the patch "
+                        "size, else the backbone's native resolution)")
     parser.add_argument("--unlock", default="official",
                         help="official (code: CLIP last 2 blocks), paper (last block), or a list such as "
                         "'registers,pos_embed,patch_embed,last_blocks=1'")
     parser.add_argument("--student-last-block", default="auto",
                         help="auto (CLIP: maskclip value path; others: unchanged), none, or a preset name")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--checkpoint-every", type=non_negative_int, default=1000,
-                        help="steps between checkpoints (0: only at the end)")
+    parser.add_argument("--seed", type=non_negative_int, help=f"random seed ({_preset_default('seed')})")
+    parser.add_argument("--checkpoint-every", type=non_negative_int,
+                        help=f"steps between checkpoints (0: only at the end; default "
+                        f"{RunOptions.default('checkpoint_every')})")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--cache-targets", type=Path, help="cache denoised teacher targets here (fixes crops)")
-    parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--device", type=device_name,
+                        help=f"cpu, cuda, cuda:N or auto (default {RunOptions.default('device')})")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"auto = bf16 autocast on CUDA, fp32 on CPU ({_preset_default('precision')})")
     workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     parser.add_argument("--num-workers", type=non_negative_int, default=workers,
                         help=f"data-loading processes (default: 4, at most the usable CPU cores; here {workers})")
@@ -88,44 +107,53 @@ def check_distill(args: argparse.Namespace) -> None:
         raise OptionError("--weights and --random-init exclude each other")
 
 
+def recipe_from(args: argparse.Namespace, preset: str, resolution: int) -> Recipe:
+    """The preset with only the recipe options the user gave (and the resolved training crop)."""
+    given = {field: getattr(args, option) for option, field in _RECIPE_OPTIONS.items()
+             if getattr(args, option) is not None}
+    return Recipe.from_preset(preset, resolution=resolution, **given)
+
+
+def options_from(args: argparse.Namespace) -> RunOptions:
+    """The run options of the command line (unset ones keep :class:`RunOptions`' defaults)."""
+    given = {"device": args.device, "checkpoint_every": args.checkpoint_every}
+    return RunOptions(out_dir=str(args.out), resume=args.resume, max_steps=args.max_steps,
+                      num_workers=args.num_workers, progress=not args.no_progress,
+                      cache_targets=str(args.cache_targets) if args.cache_targets else None,
+                      **{k: v for k, v in given.items() if v is not None})
+
+
 def handle(args: argparse.Namespace) -> int:
     from phreg_bench.registries import BACKBONES
     from phreg_core.data import HFImageDataset, ImageFolderDataset
     from phreg_core.student import Student
     from phreg_core.teacher import default_teacher, is_clip_family
-    from phreg_core.trainer import RECIPES, DistillConfig, distill
+    from phreg_core.trainer import distill
 
     check_distill(args)
     backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init,
                                             **with_pos_resample({}, args.pos_resample))
     vision = backbone.vision
-    recipe = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
-    preset = RECIPES[recipe]
-    resolution = _resolution(args.resolution, preset.resolution, vision.patch_size, backbone.info.native_resolution[0])
-    config = DistillConfig(
-        epochs=args.epochs, batch_size=preset.batch_size if args.batch_size is None else args.batch_size,
-        lr=preset.lr if args.lr is None else args.lr, lr_end=preset.lr_end if args.lr_end is None else args.lr_end,
-        resolution=resolution, views=args.views, shift_frac=args.shift_frac,
-        seed=args.seed, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, out_dir=str(args.out),
-        resume=args.resume, device=args.device, precision=args.precision, num_workers=args.num_workers,
-        cache_targets=str(args.cache_targets) if args.cache_targets else None, progress=not args.no_progress,
-        base_name=backbone.info.name, base_weights_sha256=backbone.info.weights_sha256,
-        extra={"recipe": recipe, "backbone": backbone.info.to_dict(), "unlock": args.unlock,
-               "student_last_block": args.student_last_block},
-    )
-    fixed = config.cache_targets is not None
+    preset = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
+    resolution = _resolution(args.resolution, RECIPES[preset].resolution, vision.patch_size,
+                             backbone.info.native_resolution[0])
+    recipe = recipe_from(args, preset, resolution)
+    options = options_from(args)
+    fixed = options.cache_targets is not None  # a cached target is valid for one crop
     if args.data is not None:
-        dataset = ImageFolderDataset(args.data, resolution, vision.mean, vision.std, seed=args.seed, fixed_crops=fixed)
+        dataset = ImageFolderDataset(args.data, resolution, vision.mean, vision.std, seed=recipe.seed,
+                                     fixed_crops=fixed)
     else:
         dataset = HFImageDataset.from_hub(args.hf_dataset, args.hf_split, resolution=resolution, mean=vision.mean,
-                                          std=vision.std, image_column=args.hf_image_column, seed=args.seed,
+                                          std=vision.std, image_column=args.hf_image_column, seed=recipe.seed,
                                           fixed_crops=fixed)
     grid = vision.grid_for(resolution, resolution)
     last_block = None if args.student_last_block == "none" else args.student_last_block
     student = Student(vision, args.registers, last_block=last_block, unlock=args.unlock, train_grid=grid,
-                      seed=args.seed)
+                      seed=recipe.seed)
     teacher = default_teacher(vision)
-    result = distill(teacher, student, dataset, config)
+    result = distill(teacher, student, dataset, recipe, options, base_name=backbone.info.name,
+                     base_weights_sha256=backbone.info.weights_sha256)
     say(f"distilled {result.steps} steps ({result.images_seen} images, {result.skipped_batches} batches skipped, "
         f"{result.corrupt_images} unreadable files); final loss {result.final_loss}")
     say("adapter: ", result.adapter_path)

@@ -143,7 +143,8 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
     world = build_world(config)
     rows: list[Row] = teacher_rows(world, config)
     raw_rate = rows[0].outlier_rate
-    log(f"planted-vit: {raw_rate:.2f}% high-norm patch tokens; after 10-view TTA {rows[1].outlier_rate:.2f}%")
+    log(f"planted-vit: {raw_rate:.2f}% high-norm patch tokens; after {config.views}-view TTA "
+        f"{rows[1].outlier_rate:.2f}%")
 
     adapter_dir = out / "phreg-adapter"
     _, result = distill_variant(world.teacher, world.scenes["distill"].images, registers=config.registers,
@@ -175,7 +176,7 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
 
         tta = build_tta(world.teacher, views=config.views, seed=config.seed)
         models = [("planted-vit (raw)", plain(world.teacher)),
-                  ("+ TTA (10 views)", lambda x: tta.forward_tokens(x, project=False).patches),
+                  (f"+ TTA ({config.views} views)", lambda x: tta.forward_tokens(x, project=False).patches),
                   ("+ PH-Reg", lambda x: phreg.forward_tokens(x, project=False).patches),
                   ("twin (no artifacts)", plain(world.twin))]
         evaluation = world.scenes["eval"]

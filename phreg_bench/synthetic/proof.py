@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from phreg_bench.synthetic.scenes import CLASS_NAMES, render
+from phreg_core.recipe import DEFAULT_REGISTERS, Recipe
 
 DISTILL_START, PROBE_START, EVAL_START = 0, 10_000, 100_000
 TTR = "test-time registers"
@@ -72,8 +73,8 @@ class ProofConfig:
     batch_size: int = 8
     lr: float = 5e-3
     lr_end: float = 2e-3
-    registers: int = 16  # PH-Reg App. B.1
-    views: int = 10  # PH-Reg §3.1
+    registers: int = DEFAULT_REGISTERS  # PH-Reg App. B.1
+    views: int = Recipe.default("views")  # PH-Reg §3.1
     seed: int = 0
     variants: tuple[str, ...] = tuple(VARIANTS)
     backbone_options: dict[str, Any] = field(default_factory=dict)
@@ -124,9 +125,10 @@ def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, 
     and seed share them: the cache is content-addressed).
     """
     from phreg_core.data import TensorImageDataset
+    from phreg_core.recipe import RunOptions
     from phreg_core.student import Student
     from phreg_core.teacher import default_teacher
-    from phreg_core.trainer import DistillConfig, distill
+    from phreg_core.trainer import distill
 
     teacher = default_teacher(backbone.vision)
     student = Student(backbone.vision, registers, unlock="official", seed=config.seed)
@@ -134,21 +136,20 @@ def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, 
     dataset = TensorImageDataset(images)
     with tempfile.TemporaryDirectory(prefix="phreg-distill-") as scratch:
         folder = Path(out_dir) if out_dir is not None else Path(scratch)
-        settings = DistillConfig(
-            epochs=max(1, math.ceil(config.steps / steps_per_epoch)), batch_size=config.batch_size,
-            lr=config.lr, lr_end=config.lr_end, views=config.views if denoise else 1, seed=config.seed,
-            resolution=images.shape[-1], device="cpu", progress=False, out_dir=str(folder), resume=True,
-            checkpoint_every=0, keep_checkpoints=1, save_adapter=False,
-            cache_targets=str(target_cache or folder / "targets") if denoise else None, base_name=backbone.info.name,
-            base_weights_sha256=backbone.info.weights_sha256,
-        )
+        recipe = Recipe(epochs=max(1, math.ceil(config.steps / steps_per_epoch)), batch_size=config.batch_size,
+                        lr=config.lr, lr_end=config.lr_end, views=config.views if denoise else 1, seed=config.seed,
+                        resolution=images.shape[-1])
+        options = RunOptions(device="cpu", progress=False, out_dir=str(folder), resume=True, checkpoint_every=0,
+                             keep_checkpoints=1, save_adapter=False,
+                             cache_targets=str(target_cache or folder / "targets") if denoise else None)
         task = progress.add_task(description, total=config.steps, info="") if progress is not None else None
         seconds, result = 0.0, None
         for stop in range(min(chunk, config.steps), config.steps + chunk, chunk):
             stop = min(stop, config.steps)
             last = stop == config.steps
-            result = distill(teacher, student, dataset, replace(settings, max_steps=stop,
-                                                                  save_adapter=last and out_dir is not None))
+            result = distill(teacher, student, dataset, recipe,
+                             replace(options, max_steps=stop, save_adapter=last and out_dir is not None),
+                             base_name=backbone.info.name, base_weights_sha256=backbone.info.weights_sha256)
             seconds += result.seconds
             if task is not None:
                 loss = "-" if result.final_loss is None else f"loss {result.final_loss:.3f}"
