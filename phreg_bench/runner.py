@@ -198,7 +198,7 @@ def _prepare(request: RunRequest, ctx: RunContext, log: Callable[[str], None], b
     specs = expand_tasks(request.tasks, backbone)
     log(f"tasks: {', '.join(spec.name for spec in specs)}")
     resolved = resolve_task_settings([s for s in specs if family_for(s).applies_to(backbone)], request, ctx, log)
-    model = method_factory(backbone, **request.method_options)
+    model = method_factory(backbone, **request.method_options).set_precision(precision)
     return ctx, backbone, specs, resolved, model
 
 

@@ -57,7 +57,7 @@ from phreg_core.losses import distill_loss
 from phreg_core.progress import PlainProgress, is_terminal
 from phreg_core.student import Student
 from phreg_core.target_cache import TargetCache, image_digest
-from phreg_core.tta import TTADenoiser, ViewIndex, normalised_white, plan_views, view_index
+from phreg_core.tta import TTADenoiser, ViewIndex, normalised_white, patch_teacher, plan_views, view_index
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -427,7 +427,7 @@ class _Trainer:
         self.teacher = teacher
         vision = student.vision
         fill = fill if fill is not None else normalised_white(vision.mean, vision.std)
-        self.denoiser = TTADenoiser(teacher, vision.patch_size, fill, config.views, config.shift_frac)
+        self.denoiser = TTADenoiser(vision.patch_size, fill)
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         if config.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision {config.precision!r}: use auto, bf16 or fp32")
@@ -504,7 +504,8 @@ class _Trainer:
             index = step.view_index.to(self.device, non_blocking=True)
             subset = images if len(step.missing) == len(step) else images[step.missing]
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                computed = self.denoiser(subset, [step.plans[i] for i in step.missing], index).float()
+                computed = self.denoiser(patch_teacher(self.teacher), subset, [step.plans[i] for i in step.missing],
+                                         index)[0].patches
             if self.cache is not None:
                 self.cache.misses += len(step.missing)
                 self.cache.put_many([step.keys[i] for i in step.missing], computed)
