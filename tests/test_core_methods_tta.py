@@ -15,7 +15,7 @@ def test_one_view_is_the_inner_method():
     model = build(backbone, views=1)
     images = random_images(2, 64)
     with torch.no_grad():
-        got = model.forward_tokens(images)
+        got = model.forward_tokens(images, project=True)[0]
         want = backbone.forward_tokens(images, project=True)[0]
     assert torch.allclose(got.patches, want.patches, atol=1e-6)
     assert torch.equal(got.prefix, want.prefix)
@@ -26,8 +26,8 @@ def test_ten_views_average_and_record_their_config():
     model = build(backbone, views=10, seed=3)
     images = random_images(2, 64)
     with torch.no_grad():
-        out = model.forward_tokens(images, project=False)
-        again = model.forward_tokens(images[1:], project=False)
+        out = model.forward_tokens(images, project=False)[0]
+        again = model.forward_tokens(images[1:], project=False)[0]
     assert out.patches.shape == (2, 64, 8, 8) and out.prefix.shape == (2, 1, 64)
     assert torch.allclose(out.patches[1:], again.patches, atol=1e-5)  # the same views for every image
     plain = backbone.forward_tokens(images)[0].patches
