@@ -252,7 +252,7 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     torch.manual_seed(ctx.seed)
-    try:  # no autocast here: each family autocasts only its backbone forward (phreg_bench.precision)
+    try:  # no autocast here: the model autocasts only its own forward (DenseModel.set_precision)
         outcome = family.run(model, spec, settings, ctx)
     except Exception as error:  # one broken task must not lose the others' results
         if env.distributed:  # the other ranks may be waiting in a collective for this one: stop the group

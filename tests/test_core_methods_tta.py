@@ -42,3 +42,17 @@ def test_inner_options_reach_the_inner_method():
         build(build_tiny_vit(seed=0), inner="raw", unexpected=1)
     with pytest.raises(ValueError, match="itself"):
         build(build_tiny_vit(seed=0), inner="tta")
+
+
+def test_every_layer_is_averaged_with_one_denoiser():
+    backbone = build_tiny_vit(seed=0)
+    model = build(backbone, views=1)
+    denoiser = model.denoiser
+    images = random_images(2, 64)
+    with torch.no_grad():
+        got = model.forward_tokens(images, layers=(0, -1))
+        want = backbone.forward_tokens(images, (0, -1))
+    assert model.denoiser is denoiser  # built once, not per forward
+    for g, w in zip(got, want, strict=True):
+        assert g.layer == w.layer
+        assert torch.allclose(g.patches, w.patches, atol=1e-6) and torch.equal(g.prefix, w.prefix)

@@ -184,3 +184,39 @@ def test_vectorised_views_equal_shift_then_flip_view_by_view():
                 view, cmap = view.flip(-1), cmap.flip(-1)
             assert torch.equal(views[k], view) and torch.equal(coords[k], cmap)
             k += 1
+
+
+def test_teacher_outputs_keep_their_layers_and_the_identity_views_prefix():
+    """A teacher gives one TokenOutput per layer: each layer is averaged, the prefix is view 0's (the image)."""
+    from phreg_core.vit import TokenOutput
+
+    base, _ = patch_linear_teacher()
+
+    def teacher(views: torch.Tensor) -> list[TokenOutput]:
+        patches = base(views)
+        prefix = views.mean((2, 3)).unsqueeze(1)  # [V, 1, 3]: differs from view to view
+        return [TokenOutput(patches, prefix, tuple(patches.shape[-2:]), layer=5),
+                TokenOutput(2 * patches, -prefix, tuple(patches.shape[-2:]), layer=7)]
+
+    images = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
+    plans = [plan_views(np.random.default_rng(s), (GRID, GRID), n) for s, n in ((0, 3), (1, 5))]  # unequal N
+    outs = TTADenoiser(PATCH, fill=(0.0, 0.0, 0.0))(teacher, images, plans)
+    assert [o.layer for o in outs] == [5, 7]
+    assert torch.allclose(outs[0].patches, base(images), atol=1e-5)  # equivariant teacher: the plain output
+    assert torch.allclose(outs[1].patches, 2 * base(images), atol=1e-5)
+    assert torch.equal(outs[0].prefix, images.mean((2, 3)).unsqueeze(1))
+    assert torch.equal(outs[1].prefix, -images.mean((2, 3)).unsqueeze(1))
+
+
+def test_plans_must_start_with_the_identity_and_match_the_features():
+    from phreg_core.errors import ConfigError
+
+    teacher, _ = patch_linear_teacher()
+    plan = plan_views(np.random.default_rng(0), (GRID, GRID), 3)
+    shifted = type(plan)(offsets=plan.offsets[::-1].copy(), flips=plan.flips)
+    images = torch.randn(1, 3, GRID * PATCH, GRID * PATCH)
+    with pytest.raises(ConfigError, match="identity view"):
+        TTADenoiser(PATCH, fill=(0.0, 0.0, 0.0))(patch_teacher(teacher), images, [shifted])
+    _, coords = make_views(images, [plan], PATCH, (0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="4 view features for plans of 3 views"):
+        scatter_mean(torch.zeros(4, 6, GRID, GRID), torch.cat([coords, coords[:1]]), [plan])
