@@ -161,8 +161,9 @@ class DenseModel(nn.Module):
         return self.backbone.forward_tokens(images, layers, project=project)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Final-layer patch features ``[B, C, h, w]``, projected where the backbone has a text tower."""
-        return self.forward_tokens(images, project=self.has_text)[0].patches
+        """Final-layer patch features ``[B, C, h, w]`` through the tower's projection (CLIP's ``proj``; the
+        identity for towers without one): ``forward_tokens(images, project=True)[0].patches``."""
+        return self.forward_tokens(images, project=True)[0].patches
 
 
 @method_options("raw")
