@@ -69,8 +69,9 @@ def run_ours(args: argparse.Namespace, images: list[Path], start: float) -> dict
     classes = read_class_names(class_file("voc21.txt"))
     templates = read_templates(template_file(settings.get("templates", "imagenet_templates.txt")))
     queries = class_queries(model.encode_text, classes, templates, device=device)
+    model.set_precision(args.precision)
     predictor = OVSegPredictor(model, queries, HarnessSettings.from_settings(settings), batch_size=args.batch_size,
-                               device=device, precision=args.precision)
+                               device=device)
     setup_s = time.perf_counter() - start
     predictions, times = [], []
     for path in images:

@@ -37,7 +37,7 @@ from phreg_core.student import Student
 from phreg_core.targets import view_rng
 from phreg_core.teacher import default_teacher
 from phreg_core.trainer import distill
-from phreg_core.tta import TTADenoiser, make_views, normalised_white, plan_views
+from phreg_core.tta import TTADenoiser, make_views, normalised_white, patch_teacher, plan_views
 
 
 def build_base(family: str, resolution: int):
@@ -119,7 +119,7 @@ def main() -> None:
 
     images = torch.randn(batch, 3, args.resolution, args.resolution, device=device)
     plans = [plan_views(view_rng(0, 0, i), grid, args.views) for i in range(batch)]
-    denoiser = TTADenoiser(teacher, base.patch_size, fill, args.views)
+    denoiser = TTADenoiser(base.patch_size, fill)
     views, _ = make_views(images, plans, base.patch_size, fill)
 
     def autocast():
@@ -127,7 +127,7 @@ def main() -> None:
 
     def teacher_targets():
         with torch.no_grad(), autocast():
-            return denoiser(images, plans)
+            return denoiser(patch_teacher(teacher), images, plans)[0].patches
 
     def teacher_bare():
         with torch.no_grad(), autocast():

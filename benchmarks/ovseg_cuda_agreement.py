@@ -29,11 +29,10 @@ def main() -> None:
     for method in ("raw", "maskclip", "maskclip-official", "sclip", "clearclip", "naclip"):
         results = {}
         for device, dtype in (("cpu", None), ("cuda", None), ("cuda", torch.bfloat16)):
-            model = METHODS.get(method)(backbone).to(device).eval()
+            model = METHODS.get(method)(backbone).to(device).eval().set_precision("bf16" if dtype else "fp32")
             queries = ClassQueries(text.to(device), query_class.to(device), [], len(classes))
             predictor = OVSegPredictor(model, queries, settings, batch_size=8, device=device)
-            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-                pred, logits = predictor.predict(image)
+            pred, logits = predictor.predict(image)
             results[(device, dtype)] = (pred.cpu(), logits.float().cpu())
         ref_pred, ref_logits = results[("cpu", None)]
         line = [f"{method:18s}"]

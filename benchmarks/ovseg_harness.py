@@ -11,8 +11,8 @@ images (375 x 500) with random labels:
 * bare: ``forward_tokens`` alone on the same resized, normalised inputs (windows batched as the harness
   batches them), prepared beforehand.
 
-Both run under the same ``--precision`` (fp32, and bf16 / fp16 autocast of the tower: the harness wraps
-only the tower). Runs are interleaved (bare, harness, bare, harness, ...) and the fastest of ``--repeats``
+Both run under the same ``--precision`` (fp32, and bf16 / fp16 autocast of the tower: the model autocasts
+only its own forward). Runs are interleaved (bare, harness, bare, harness, ...) and the fastest of ``--repeats``
 is kept, which is what a shared machine allows. Prints images/s, the harness/bare ratio of wall time and
 of process CPU time (on a loaded machine the CPU-time ratio is the steadier one; with one thread it is the
 work ratio) and peak memory (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS)::
@@ -31,7 +31,7 @@ import torch
 
 from phreg_bench.inference import HarnessSettings, OVSegPredictor, window_boxes
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
-from phreg_bench.precision import autocast, resolve_precision
+from phreg_bench.precision import resolve_precision
 from phreg_bench.registries import BACKBONES, METHODS, TASKS
 from phreg_bench.tasks.specs import class_file
 from phreg_bench.text import ClassQueries, read_class_names
@@ -78,8 +78,8 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, float]:
     text = torch.nn.functional.normalize(torch.randn(len(query_class), backbone.info.output_dim,
                                                      generator=generator), dim=-1)
     queries = ClassQueries(text.to(device), query_class, [str(i) for i in range(len(query_class))], len(classes))
-    predictor = OVSegPredictor(model, queries, settings, batch_size=args.batch_size, device=device,
-                               precision=precision)
+    model.set_precision(precision)
+    predictor = OVSegPredictor(model, queries, settings, batch_size=args.batch_size, device=device)
     height, width = (int(v) for v in args.size.split("x"))
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(args.images)]
@@ -100,9 +100,8 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, float]:
     def bare() -> None:
         for windows in batches:
             for batch in windows:
-                with autocast(device, precision):
-                    patches = model.forward_tokens(batch, project=True).patches
-                patches.float().sum().item()
+                patches = model.forward_tokens(batch, project=True)[0].patches
+                patches.sum().item()
 
     wall: dict[str, list[float]] = {"bare": [], "harness": []}
     cpu: dict[str, list[float]] = {"bare": [], "harness": []}

@@ -63,6 +63,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     model = METHODS.get(args.method)(build_backbone(args.backbone, random_init=args.random_init)).to(device).eval()
+    model.set_precision(args.precision)
     info = model.backbone.info
     size = resolve_input_size(args.size, info.patch_size)
     crop = tuple(int(v) for v in args.depth_crop.split(","))

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import count_values
-from phreg_bench.precision import autocast
 from phreg_bench.text import ClassQueries, SynonymPlan
 from phreg_core.errors import ConfigError, PhregError
 
@@ -257,17 +257,22 @@ class ScratchBuffers:
 
 
 class OVSegPredictor:
-    """Dense cosine logits of one image at its original size, for a method's :class:`DenseModel`."""
+    """Dense cosine logits of one image at its original size, for a method's :class:`DenseModel`.
 
-    def __init__(self, model, queries: ClassQueries, settings: HarnessSettings, *, batch_size: int = 8,
-                 device: torch.device | str = "cpu", precision: str = "fp32"):
+    ``model`` gives projected patch tokens (``forward_tokens(..., project=True)``, width ``D``) at its own
+    precision; ``queries`` holds the unit-norm text queries ``[Q, D]`` (:func:`phreg_bench.text.class_queries`
+    on ``model.encode_text``). ``batch_size`` windows go through the model at once, on ``device``
+    (where ``model`` already is). Everything after the model's forward runs in float32.
+    """
+
+    def __init__(self, model: DenseModel, queries: ClassQueries, settings: HarnessSettings, *, batch_size: int = 8,
+                 device: torch.device | str = "cpu"):
         self.model = model
-        self.precision = precision  # autocast of the image-tower forward only (phreg_bench.precision)
         self.queries = queries
         self.settings = settings
         self.batch_size = max(1, int(batch_size))
         self.device = torch.device(device)
-        self.patch = int(model.backbone.info.patch_size)
+        self.patch = int(model.patch_size)
         self.text = queries.embeddings.to(self.device, torch.float32)
         self._scratch = ScratchBuffers(self.device)
 
@@ -277,18 +282,13 @@ class OVSegPredictor:
         if self.settings.resize > 0:
             size = rescale_size(tensor.shape[-2], tensor.shape[-1], self.settings.resize, self.settings.max_long)
             tensor = resize_image(tensor, size)
-        return self.model.backbone.normalize(tensor / 255.0)
+        return self.model.normalize(tensor / 255.0)
 
     def grid_logits(self, windows: Tensor) -> Tensor:
-        """``[n, Q, h/p, w/p]`` cosine logits of windows whose sides are multiples of the patch size.
-
-        The tower runs under ``precision``'s autocast; normalisation and the text product in float32.
-        """
-        with autocast(self.device, self.precision):
-            feats = self.model.forward_tokens(windows, project=True).patches
-        with torch.autocast(self.device.type, enabled=False):
-            feats = F.normalize(feats.float(), dim=1)
-            return torch.einsum("ndhw,qd->nqhw", feats, self.text).contiguous()
+        """``[n, Q, h/p, w/p]`` cosine logits of normalised windows ``[n, 3, h, w]`` whose sides are multiples of
+        the patch size ``p``: L2-normalised projected patch tokens (float32) times the unit-norm queries."""
+        feats = F.normalize(self.model.forward_tokens(windows, project=True)[0].patches, dim=1)
+        return torch.einsum("ndhw,qd->nqhw", feats, self.text).contiguous()
 
     def _trim(self, windows: Tensor) -> Tensor:
         height, width = windows.shape[-2:]
@@ -336,23 +336,21 @@ class OVSegPredictor:
                 windows, size = self._trim(windows), (win_h, win_w)
             grids = self.grid_logits(windows)
             for (y1, y2, x1, x2), grid in zip(chunk, grids, strict=True):
-                with torch.autocast(self.device.type, enabled=False):
-                    up = upsample(grid[None], size, self._scratch.get("window", (1, num_queries, *size)))[0]
-                    if any(pad):
-                        up = up[:, pad[2] : pad[2] + win_h, pad[0] : pad[0] + win_w]
-                    summed[:, y1:y2, x1:x2] += up
+                up = upsample(grid[None], size, self._scratch.get("window", (1, num_queries, *size)))[0]
+                if any(pad):
+                    up = up[:, pad[2] : pad[2] + win_h, pad[0] : pad[0] + win_w]
+                summed[:, y1:y2, x1:x2] += up
                 count[:, y1:y2, x1:x2] += 1
-        with torch.autocast(self.device.type, enabled=False):
-            logits = summed.div_(count)
-            if same_size:
-                return logits
-            out = self._scratch.get("logits", (1, num_queries, *out_size)) if scratch else None
-            return upsample(logits[None], out_size, out)[0]
+        logits = summed.div_(count)
+        if same_size:
+            return logits
+        out = self._scratch.get("logits", (1, num_queries, *out_size)) if scratch else None
+        return upsample(logits[None], out_size, out)[0]
 
     def predict(self, image: np.ndarray | Tensor, out_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """``(class map [H0, W0], cosine logits [Q, H0, W0])``."""
         logits = self.dense_logits(image, out_size)
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+        with torch.inference_mode():
             return classify(logits, self.queries, self.settings), logits
 
     def predict_classes(self, image: np.ndarray | Tensor,
@@ -364,7 +362,7 @@ class OVSegPredictor:
         ``[Q, H0, W0]`` logits live in a buffer reused from call to call, and so do the class logits when
         every class has one query: read them before the next call.
         """
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+        with torch.inference_mode():
             logits = self._dense_logits(image, out_size, scratch=True)
             class_logits = self.queries.synonym_plan(logits)
             return classify(logits, self.queries, self.settings, class_logits), class_logits

@@ -2,8 +2,11 @@
 
 ``--precision bf16|fp16`` autocasts **only the backbone / method forward** (the dense tokens a task reads:
 feature extraction for the probes, the image tower of the ovseg harness, the synthetic probe's features).
-Everything after it runs in float32: probe heads, losses, optimiser steps, text embeddings, cosine logits,
-resizing, argmax and metrics. Each caller wraps exactly its ``forward_tokens`` call in :func:`autocast`.
+The model owns that autocast: the runner sets the resolved precision once
+(:meth:`phreg_bench.methods.base.DenseModel.set_precision`) and ``DenseModel.forward_tokens`` runs the method
+under :func:`autocast` and widens its outputs to float32. Nothing else autocasts, so everything after the
+forward runs in float32: probe heads, losses, optimiser steps, text embeddings, cosine logits, resizing,
+argmax and metrics.
 
 The precision recorded in a result and entered in its config hash is :func:`resolve_precision`: the one
 that actually runs. Autocast is used on any device type where torch offers it (CUDA, and CPU for both

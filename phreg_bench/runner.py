@@ -198,7 +198,7 @@ def _prepare(request: RunRequest, ctx: RunContext, log: Callable[[str], None], b
     specs = expand_tasks(request.tasks, backbone)
     log(f"tasks: {', '.join(spec.name for spec in specs)}")
     resolved = resolve_task_settings([s for s in specs if family_for(s).applies_to(backbone)], request, ctx, log)
-    model = method_factory(backbone, **request.method_options)
+    model = method_factory(backbone, **request.method_options).set_precision(precision)
     return ctx, backbone, specs, resolved, model
 
 
@@ -252,7 +252,7 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     torch.manual_seed(ctx.seed)
-    try:  # no autocast here: each family autocasts only its backbone forward (phreg_bench.precision)
+    try:  # no autocast here: the model autocasts only its own forward (DenseModel.set_precision)
         outcome = family.run(model, spec, settings, ctx)
     except Exception as error:  # one broken task must not lose the others' results
         if env.distributed:  # the other ranks may be waiting in a collective for this one: stop the group

@@ -220,8 +220,7 @@ def encode_names(encode: Callable[[list[str]], Tensor], names: Sequence[str], te
     out: Tensor | None = None
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            feats = encode([prompts[i] for i in chunk]).float()
+        feats = encode([prompts[i] for i in chunk]).float()
         if out is None:
             out = feats.new_empty(len(prompts), feats.shape[-1])
         out[torch.tensor(chunk, device=feats.device)] = F.normalize(feats, dim=-1)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.methods.base import DenseModel
 from phreg_core.atomic import write_atomic
 from phreg_core.errors import MissingDependencyError
 
@@ -230,16 +231,17 @@ def _save(fig, plt, path: str | Path) -> Path:
 
 
 @torch.inference_mode()
-def model_panel(name: str, model, image: Tensor, query: str | None = None) -> Panel:
-    """Run a :class:`~phreg_bench.methods.base.DenseModel` on one normalised image ``[1, 3, H, W]``."""
-    patches = model.forward_tokens(image, project=False).patches[0].float().cpu()
+def model_panel(name: str, model: DenseModel, image: Tensor, query: str | None = None) -> Panel:
+    """Run ``model`` on one normalised image ``[1, 3, H, W]``: its unprojected final patch tokens ``[C, h, w]``
+    and, with ``query`` and a text tower, the cosine map ``[h, w]`` of its projected tokens with the query."""
+    patches = model.forward_tokens(image)[0].patches[0].cpu()
     heatmap = None
-    if query is not None and model.backbone.has_text:
+    if query is not None and model.has_text:
         from phreg_bench.tasks.ovseg import template_file
         from phreg_bench.text import encode_names, read_templates
 
         text = encode_names(model.encode_text, [query], read_templates(template_file("imagenet_templates.txt")))
-        projected = model.forward_tokens(image, project=True).patches[0].float()
+        projected = model.forward_tokens(image, project=True)[0].patches[0]
         heatmap = torch.einsum("chw,c->hw", F.normalize(projected, dim=0), F.normalize(text[0].float(), dim=0))
         heatmap = heatmap.cpu()
     return Panel(name, patches, heatmap)

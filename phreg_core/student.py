@@ -328,16 +328,21 @@ class Student(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def forward_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
-                       project: bool | None = None) -> list[TokenOutput]:
-        """Dense outputs; ``prefix`` holds CLS, built-in registers, then the new registers."""
-        project = self.project if project is None else project
+                       project: bool = False) -> list[TokenOutput]:
+        """The student's dense outputs, with the contract of :meth:`ViTAdapter.forward_tokens`.
+
+        Normalised ``[B, 3, H, W]`` (sides multiples of the patch size) -> one :class:`TokenOutput` per entry
+        of ``layers``: ``patches`` ``[B, C, h, w]`` never include the new registers; ``prefix`` ``[B, P, C]``
+        holds CLS, built-in registers, then the ``num_registers`` new ones. ``project`` defaults to ``False``
+        like everywhere; the distillation output (:meth:`forward`) uses the student's own ``self.project``.
+        """
         registers = self.registers if self.num_registers else None
         return self.vision.forward_tokens(images, layers, registers=registers, last_block=self.last_block,
                                           project=project)
 
     def forward(self, images: Tensor) -> Tensor:
-        """The distillation output: final (CLIP: projected) patch tokens ``[B, C, h, w]``."""
-        return self.forward_tokens(images)[0].patches
+        """The distillation output: final (CLIP: projected, per ``self.project``) patch tokens ``[B, C, h, w]``."""
+        return self.forward_tokens(images, project=self.project)[0].patches
 
     def spec(self) -> dict[str, Any]:
         """Everything needed to rebuild this student from the same base (stored in adapter sidecars)."""

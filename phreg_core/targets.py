@@ -24,7 +24,7 @@ from torch import Tensor
 from phreg_core.data import Batch, collate
 from phreg_core.errors import ConfigError
 from phreg_core.target_cache import TargetCache, image_digest
-from phreg_core.tta import TTADenoiser, ViewIndex, ViewPlan, plan_views, view_index
+from phreg_core.tta import TTADenoiser, ViewIndex, ViewPlan, patch_teacher, plan_views, view_index
 
 __all__ = ["StepBatch", "TargetSource", "view_rng"]
 
@@ -109,7 +109,8 @@ class TargetSource:
                  cache_dir: str | Path | None = None, cache_dtype: str = "float16",
                  teacher_id: dict[str, Any] | None = None, weights_sha256: str | None = None):
         # the trainer's only TTADenoiser: the teacher pass over all B·N views and the average back
-        self.denoiser = TTADenoiser(teacher, patch_size, fill, views, shift_frac)
+        self.denoiser = TTADenoiser(patch_size, fill)
+        self.teacher = patch_teacher(teacher)
         self.views, self.shift_frac, self.seed = views, shift_frac, seed
         self.device, self.bf16 = device, bf16
         self.cache: TargetCache | None = None
@@ -153,7 +154,8 @@ class TargetSource:
             index = step.view_index.to(self.device, non_blocking=True)
             subset = images if len(step.missing) == len(step) else images[step.missing]
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                computed = self.denoiser(subset, [step.plans[i] for i in step.missing], index).float()
+                plans = [step.plans[i] for i in step.missing]
+                computed = self.denoiser(self.teacher, subset, plans, index)[0].patches.float()
             if self.cache is not None:
                 self.cache.misses += len(step.missing)
                 self.cache.put_many([step.keys[i] for i in step.missing], computed)

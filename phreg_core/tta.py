@@ -23,10 +23,12 @@ import torch
 from torch import Tensor
 
 from phreg_core.errors import ConfigError
+from phreg_core.vit import TokenOutput
 
 __all__ = [
     "POOL_FACTOR",
     "TTADenoiser",
+    "Teacher",
     "ViewIndex",
     "ViewPlan",
     "apply_views",
@@ -34,6 +36,7 @@ __all__ = [
     "make_views",
     "max_shift",
     "normalised_white",
+    "patch_teacher",
     "plan_views",
     "scatter_mean",
     "shift_grid",
@@ -44,7 +47,9 @@ POOL_FACTOR = 10  # pool of counts*10 candidate offsets (PH-Reg utils/denoising.
 DEFAULT_VIEWS = 10  # N = counts = 10 (PH-Reg paper §3.1, code `--counts 10`)
 DEFAULT_SHIFT_FRAC = 0.15  # shift_frac = 0.15 (PH-Reg paper §3.1, code default)
 
-Teacher = Callable[[Tensor], Tensor]  # normalised images [B, 3, H, W] -> patch features [B, C, h, w]
+# normalised views [V, 3, H, W] -> one TokenOutput per layer (patches [V, C, h, w], prefix [V, P, C]): the
+# dense-feature contract of phreg_core.vit.ViTAdapter.forward_tokens with its layers bound
+Teacher = Callable[[Tensor], Sequence[TokenOutput]]
 
 
 @dataclass(frozen=True)
@@ -212,18 +217,23 @@ def make_views(
     return apply_views(images, index, fill), index.coords
 
 
-def scatter_mean(features: Tensor, coords: Tensor, num_views: int) -> tuple[Tensor, Tensor]:
+def scatter_mean(features: Tensor, coords: Tensor, plans: Sequence[ViewPlan]) -> tuple[Tensor, Tensor]:
     """Map view features back to their source patches and average over the views that saw them.
 
-    ``features`` ``[B·N, C, h, w]`` and ``coords`` ``[B·N, 2, h, w]`` (image-major). Returns the target
-    ``[B, C, h, w]`` and the per-patch view counts ``[B, h, w]``. Tokens whose source is padding (either
-    coordinate ``−1``) are dropped; patches seen by no view (impossible when view 0 is the identity) get 0.
+    ``features`` ``[V, C, h, w]`` and ``coords`` ``[V, 2, h, w]`` of the views of ``plans`` (image-major:
+    image ``i`` owns ``plans[i].num_views`` consecutive views; ``V`` is their sum). Returns the target
+    ``[B, C, h, w]`` (float32, ``B = len(plans)``) and the per-patch view counts ``[B, h, w]``. Tokens whose
+    source is padding (either coordinate ``−1``) are dropped; patches seen by no view (impossible when view
+    0 is the identity) get 0.
     """
     total, channels, height, width = features.shape
-    batch = total // num_views
+    counts_per_image = torch.as_tensor([p.num_views for p in plans], device=features.device)
+    if int(counts_per_image.sum()) != total:
+        raise ValueError(f"{total} view features for plans of {int(counts_per_image.sum())} views")
+    batch = len(plans)
     cells = batch * height * width
-    valid = (coords >= 0).all(1)  # [B·N, h, w]
-    image_index = (torch.arange(total, device=features.device) // num_views).view(-1, 1, 1)
+    valid = (coords >= 0).all(1)  # [V, h, w]
+    image_index = torch.repeat_interleave(torch.arange(batch, device=features.device), counts_per_image).view(-1, 1, 1)
     flat_dst = (image_index * height + coords[:, 0].clamp(min=0)) * width + coords[:, 1].clamp(min=0)
     dst = torch.where(valid, flat_dst, cells).flatten()  # padding goes to a spare row that is dropped
     src = features.permute(0, 2, 3, 1).reshape(-1, channels).float()
@@ -236,37 +246,52 @@ def scatter_mean(features: Tensor, coords: Tensor, num_views: int) -> tuple[Tens
     return target, counts.view(batch, height, width)
 
 
-class TTADenoiser:
-    """Denoised teacher targets: ``denoiser(images, plans) -> [B, C, h, w]`` (float32).
+def patch_teacher(features: Callable[[Tensor], Tensor]) -> Teacher:
+    """A :data:`Teacher` from a callable that gives patch features ``[V, C, h, w]`` only (no prefix tokens:
+    the outputs' ``prefix`` is ``[V, 0, C]``), e.g. :func:`phreg_core.teacher.default_teacher`."""
 
-    ``teacher`` maps normalised images to patch features; ``fill`` is the normalised white of the
-    teacher's preprocessing (see :func:`normalised_white`).
+    def teacher(views: Tensor) -> list[TokenOutput]:
+        patches = features(views)
+        prefix = patches.new_empty(patches.shape[0], 0, patches.shape[1])
+        return [TokenOutput(patches=patches, prefix=prefix, grid=tuple(patches.shape[-2:]))]
+
+    return teacher
+
+
+class TTADenoiser:
+    """Denoised teacher outputs: ``denoiser(teacher, images, plans) -> list[TokenOutput]``.
+
+    ``patch_size`` is the teacher's; ``fill`` the normalised white of its preprocessing (see
+    :func:`normalised_white`). The number of views of each image is its plan's (:attr:`ViewPlan.num_views`).
     """
 
-    def __init__(self, teacher: Teacher, patch_size: int, fill: Sequence[float],
-                 num_views: int = DEFAULT_VIEWS, shift_frac: float = DEFAULT_SHIFT_FRAC):
-        self.teacher = teacher
+    def __init__(self, patch_size: int, fill: Sequence[float]):
         self.patch_size = patch_size
         self.fill = tuple(float(v) for v in fill)
-        self.num_views = num_views
-        self.shift_frac = shift_frac
 
-    def grid(self, images: Tensor) -> tuple[int, int]:
-        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+    def __call__(self, teacher: Teacher, images: Tensor, plans: Sequence[ViewPlan],
+                 index: ViewIndex | None = None) -> list[TokenOutput]:
+        """Run ``teacher`` once on every view of normalised ``images`` ``[B, 3, H, W]`` (``plans[i]`` for image
+        ``i``; view 0 of every plan must be the identity, as :func:`plan_views` makes it).
 
-    def plan(self, images: Tensor, rngs: Sequence[np.random.Generator]) -> list[ViewPlan]:
-        grid = self.grid(images)
-        return [plan_views(rng, grid, self.num_views, self.shift_frac) for rng in rngs]
-
-    def __call__(self, images: Tensor, plans: Sequence[ViewPlan], index: ViewIndex | None = None) -> Tensor:
-        """``index`` (from :func:`view_index`, on the images' device) may be prepared ahead, off the GPU's path."""
+        Returns one :class:`TokenOutput` per teacher output (per layer): ``patches`` ``[B, C, h, w]`` float32,
+        the mean over the views that saw each patch; ``prefix`` ``[B, P, C]`` the teacher's prefix tokens on
+        view 0 (the unmodified image), in the teacher's dtype. ``index`` (from :func:`view_index`, on the
+        images' device) may be prepared ahead, off the GPU's path.
+        """
+        if any(p.offsets[0].any() or p.flips[0] for p in plans):
+            raise ConfigError("TTA view plans must start with the identity view (offset (0, 0), no flip): "
+                              "it covers every patch and gives the prefix tokens")
         if index is None:
             views, coords = make_views(images, plans, self.patch_size, self.fill)
         else:
             views, coords = apply_views(images, index, self.fill), index.coords
-        features = self.teacher(views)  # one pass over all B·N views (code: [B·10, 3, R, R])
-        if features.shape[-2:] != coords.shape[-2:]:
-            raise ValueError(f"teacher returned a {tuple(features.shape[-2:])} grid for "
-                             f"{tuple(coords.shape[-2:])}-patch views; its patch size is not {self.patch_size}")
-        target, _ = scatter_mean(features.float(), coords, self.num_views)
-        return target
+        first = torch.as_tensor(np.cumsum([0] + [p.num_views for p in plans[:-1]]), device=images.device)
+        outputs = []
+        for out in teacher(views):  # one pass over all views (code: [B·10, 3, R, R])
+            if out.patches.shape[-2:] != coords.shape[-2:]:
+                raise ValueError(f"teacher returned a {tuple(out.patches.shape[-2:])} grid for "
+                                 f"{tuple(coords.shape[-2:])}-patch views; its patch size is not {self.patch_size}")
+            target, _ = scatter_mean(out.patches.float(), coords, plans)
+            outputs.append(TokenOutput(patches=target, prefix=out.prefix[first], grid=out.grid, layer=out.layer))
+        return outputs

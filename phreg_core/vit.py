@@ -220,16 +220,35 @@ class ViTAdapter(nn.Module):
         final_norm: bool = True,
         project: bool = False,
     ) -> list[TokenOutput]:
-        """Run the ViT and return dense outputs of the requested block indices.
+        """Dense outputs of the requested blocks, one :class:`TokenOutput` per entry of ``layers``, in that order.
 
-        ``registers`` ``[R, C]`` are inserted after embedding (before ``norm_pre``) at
-        ``register_placement``. ``last_block`` replaces the final block (training-free methods, PH-Reg's
-        MaskCLIP student). ``final_norm`` applies the final norm to every returned layer; ``project``
-        (only with ``final_norm``) maps tokens through the CLIP projection. ``register_placement``
-        overrides the adapter's placement for this call (test-time registers always append).
+        This is the dense-feature contract every layer shares (``Backbone``, ``DenseModel`` and every method,
+        ``Student``): ``forward_tokens(images, layers=(-1,), *, project=False) -> list[TokenOutput]``.
+
+        ``images`` ``[B, 3, H, W]`` are normalised with the adapter's ``mean``/``std``; ``H`` and ``W`` must
+        be multiples of ``patch_size`` (else :class:`ConfigError`). ``layers`` are block indices in
+        ``[-depth, depth)`` (negative counts from the end; ``-1`` is the last block), any order, repeats
+        allowed; an empty or out-of-range entry raises :class:`ConfigError`. Each output has ``patches``
+        ``[B, C, h, w]`` with ``(h, w) = (H, W) / patch_size``, ``prefix`` ``[B, P, C]`` (CLS if any, built-in
+        registers, then any inserted ``registers``), ``grid = (h, w)`` and ``layer`` in ``[0, depth)``.
+        ``C`` is ``embed_dim``, or ``output_dim`` with ``project``.
+
+        ``project`` (default ``False``; only with ``final_norm``) maps every returned layer through the CLIP
+        projection into the joint image-text space: open-vocabulary callers pass ``project=True``, probes keep
+        the final-normalised ``embed_dim`` tokens. ``final_norm`` applies the final norm to every returned
+        layer. Method hooks: ``registers`` ``[R, C]`` are inserted after embedding (before ``norm_pre``) at
+        ``register_placement`` (default: the adapter's; test-time registers append); ``last_block``
+        replaces the final block (training-free methods, PH-Reg's MaskCLIP student).
         """
         depth = self.depth
+        if not layers:
+            raise ConfigError("forward_tokens needs at least one layer index (layers=(-1,) is the last block)")
+        outside = [layer for layer in layers if not -depth <= int(layer) < depth]
+        if outside:
+            raise ConfigError(f"layers {outside} do not exist: this ViT has {depth} blocks (indices "
+                              f"{-depth}..{depth - 1})")
         wanted = sorted({layer % depth for layer in layers})
+        self.grid_for(images.shape[-2], images.shape[-1])  # refuses sizes that are not patch multiples
         tokens, layout = self.embed(images)
         if registers is not None:
             placement = register_placement or self.register_placement

@@ -229,7 +229,7 @@ def test_clip_student_equals_the_authors_forward(clip_pair, height, width):
     images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height + width)).double()
     with torch.no_grad():
         want = theirs(images)
-        got = model.forward_tokens(images, project=True)
+        got = model.forward_tokens(images, project=True)[0]
     grid = (height // 16, width // 16)
     patches = want[:, 1:-16].transpose(1, 2).reshape(2, -1, *grid)  # segmentor.py: image_features[:, 1:-16]
     assert (got.patches - patches).abs().max() <= TOL
@@ -506,7 +506,7 @@ def test_dinov2_student_equals_the_authors_forward(tmp_path):
     images = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(3)).double()
     with torch.no_grad():
         want = theirs(images)["last_hidden_state"]
-        got = model.forward_tokens(images, project=False)
+        got = model.forward_tokens(images, project=False)[0]
     patches = want[:, 1 + 16:].transpose(1, 2).reshape(2, 48, 4, 4)  # DINOv2_value.py: last_states[:, 1+16:, :]
     assert (got.patches - patches).abs().max() <= TOL
     assert (got.prefix[:, 0] - want[:, 16]).abs().max() <= TOL  # CLS sits after their 16 registers

@@ -51,15 +51,15 @@ def test_round_trip_gives_identical_outputs(tmp_path, kind):
     with torch.no_grad():
         for project in (True, False):
             want = student.forward_tokens(images, project=project)[0]
-            got = model.forward_tokens(images, project=project)
+            got = model.forward_tokens(images, project=project)[0]
             assert torch.equal(got.patches, want.patches) and torch.equal(got.prefix, want.prefix)
         # another input size re-interpolates the stored positional embedding: still identical
         other = random_images(1, size + 16, seed=2)
-        assert torch.equal(model.forward_tokens(other).patches, student.forward_tokens(other)[0].patches)
+        assert torch.equal(model.forward_tokens(other)[0].patches, student.forward_tokens(other)[0].patches)
     assert model.method_config["adapter_sha256"] == read_sidecar(tmp_path)["tensors_sha256"]
     # the adapter folder works as the path too
-    assert torch.equal(build_phreg(fresh, adapter=str(tmp_path)).forward_tokens(images).patches,
-                       model.forward_tokens(images).patches)
+    assert torch.equal(build_phreg(fresh, adapter=str(tmp_path)).forward_tokens(images)[0].patches,
+                       model.forward_tokens(images)[0].patches)
 
 
 def test_adapter_holds_only_changed_tensors_and_a_full_sidecar(tmp_path):
@@ -107,4 +107,4 @@ def test_phreg_pass_through_backbone_keeps_the_base_weights(tmp_path):
     backbone = build_phreg_backbone("tiny-vit")
     assert backbone.info.name == "phreg:tiny-vit" and backbone.info.extra["phreg_base"] == "tiny-vit"
     model = build_phreg(backbone, adapter=str(tmp_path))
-    assert model.forward_tokens(random_images(1, 64)).prefix.shape == (1, 1 + 3, 64)
+    assert model.forward_tokens(random_images(1, 64))[0].prefix.shape == (1, 1 + 3, 64)

@@ -15,7 +15,7 @@ def test_one_view_is_the_inner_method():
     model = build(backbone, views=1)
     images = random_images(2, 64)
     with torch.no_grad():
-        got = model.forward_tokens(images)
+        got = model.forward_tokens(images, project=True)[0]
         want = backbone.forward_tokens(images, project=True)[0]
     assert torch.allclose(got.patches, want.patches, atol=1e-6)
     assert torch.equal(got.prefix, want.prefix)
@@ -26,8 +26,8 @@ def test_ten_views_average_and_record_their_config():
     model = build(backbone, views=10, seed=3)
     images = random_images(2, 64)
     with torch.no_grad():
-        out = model.forward_tokens(images, project=False)
-        again = model.forward_tokens(images[1:], project=False)
+        out = model.forward_tokens(images, project=False)[0]
+        again = model.forward_tokens(images[1:], project=False)[0]
     assert out.patches.shape == (2, 64, 8, 8) and out.prefix.shape == (2, 1, 64)
     assert torch.allclose(out.patches[1:], again.patches, atol=1e-5)  # the same views for every image
     plain = backbone.forward_tokens(images)[0].patches
@@ -42,3 +42,17 @@ def test_inner_options_reach_the_inner_method():
         build(build_tiny_vit(seed=0), inner="raw", unexpected=1)
     with pytest.raises(ValueError, match="itself"):
         build(build_tiny_vit(seed=0), inner="tta")
+
+
+def test_every_layer_is_averaged_with_one_denoiser():
+    backbone = build_tiny_vit(seed=0)
+    model = build(backbone, views=1)
+    denoiser = model.denoiser
+    images = random_images(2, 64)
+    with torch.no_grad():
+        got = model.forward_tokens(images, layers=(0, -1))
+        want = backbone.forward_tokens(images, (0, -1))
+    assert model.denoiser is denoiser  # built once, not per forward
+    for g, w in zip(got, want, strict=True):
+        assert g.layer == w.layer
+        assert torch.allclose(g.patches, w.patches, atol=1e-6) and torch.equal(g.prefix, w.prefix)

@@ -49,7 +49,7 @@ def test_clip_student_maskclip_last_block_two_blocks_and_appended_registers():
     assert "vision.visual.class_embedding" not in names
     assert student.vision.visual.positional_embedding.shape == (1 + 36, 32)
     assert student.vision.native_grid == (6, 6)
-    out = student.forward_tokens(random_images(2, size=48))[0]
+    out = student.forward_tokens(random_images(2, size=48), project=True)[0]
     assert out.patches.shape == (2, 16, 6, 6)  # projected to output_dim
     assert out.prefix.shape == (2, 1 + 3, 16)  # CLS, then the 3 appended registers, projected
 

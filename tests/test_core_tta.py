@@ -15,6 +15,7 @@ from phreg_core.tta import (
     make_views,
     max_shift,
     normalised_white,
+    patch_teacher,
     plan_views,
     scatter_mean,
     shift_grid,
@@ -110,10 +111,10 @@ def patch_linear_teacher(patch: int = PATCH, channels: int = 6, seed: int = 0):
 def test_equivariant_teacher_target_equals_plain_output():
     teacher, calls = patch_linear_teacher()
     images = torch.randn(3, 3, GRID * PATCH, GRID * PATCH)
-    denoiser = TTADenoiser(teacher, PATCH, fill=(9.0, 9.0, 9.0), num_views=10)
+    denoiser = TTADenoiser(PATCH, fill=(9.0, 9.0, 9.0))
     plans = [plan_views(np.random.default_rng(s), (GRID, GRID), 10) for s in range(3)]
     assert any(p.flips.any() for p in plans) and any(np.abs(p.offsets).sum() > 0 for p in plans)
-    target = denoiser(images, plans)
+    target = denoiser(patch_teacher(teacher), images, plans)[0].patches
     assert calls == [30]  # all B·N views in one teacher pass
     plain = teacher(images)
     assert torch.allclose(target, plain, atol=1e-5)
@@ -130,9 +131,9 @@ def test_fixed_positional_artifact_shrinks_as_views_grow():
     clean = base_teacher(images)
     amplitudes = []
     for views in (1, 2, 5, 10, 30):
-        denoiser = TTADenoiser(teacher, PATCH, fill=(0.0, 0.0, 0.0), num_views=views)
+        denoiser = TTADenoiser(PATCH, fill=(0.0, 0.0, 0.0))
         plans = [plan_views(np.random.default_rng([views, i]), (GRID, GRID), views) for i in range(8)]
-        residual = denoiser(images, plans) - clean
+        residual = denoiser(patch_teacher(teacher), images, plans)[0].patches - clean
         amplitudes.append(residual.pow(2).mean().sqrt().item())
     assert amplitudes[0] == pytest.approx(artifact.pow(2).mean().sqrt().item(), rel=1e-4)  # N=1: untouched
     assert all(a > b for a, b in zip(amplitudes, amplitudes[1:], strict=False)), amplitudes
@@ -151,14 +152,14 @@ def test_padding_never_enters_the_mean():
 
     images = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
     plans = [plan_views(np.random.default_rng(s + 10), (GRID, GRID), 10) for s in range(2)]
-    target = TTADenoiser(teacher, PATCH, fill=fill, num_views=10)(images, plans)
+    target = TTADenoiser(PATCH, fill=fill)(patch_teacher(teacher), images, plans)[0].patches
     assert torch.allclose(target, base_teacher(images), atol=1e-4)
 
 
 def test_scatter_counts_are_the_views_covering_each_patch():
     plan = plan_views(np.random.default_rng(5), (GRID, GRID), 10)
     _, coords = make_views(torch.zeros(1, 3, GRID * PATCH, GRID * PATCH), [plan], PATCH, (0.0, 0.0, 0.0))
-    _, counts = scatter_mean(torch.zeros(10, 4, GRID, GRID), coords, 10)
+    _, counts = scatter_mean(torch.zeros(10, 4, GRID, GRID), coords, [plan])
     expected = torch.zeros(GRID, GRID)
     for dy, dx in plan.offsets:  # source patch (r, c) is visible iff (r - dy, c - dx) lies in the grid
         rows = torch.arange(GRID).view(-1, 1) - int(dy)
@@ -183,3 +184,39 @@ def test_vectorised_views_equal_shift_then_flip_view_by_view():
                 view, cmap = view.flip(-1), cmap.flip(-1)
             assert torch.equal(views[k], view) and torch.equal(coords[k], cmap)
             k += 1
+
+
+def test_teacher_outputs_keep_their_layers_and_the_identity_views_prefix():
+    """A teacher gives one TokenOutput per layer: each layer is averaged, the prefix is view 0's (the image)."""
+    from phreg_core.vit import TokenOutput
+
+    base, _ = patch_linear_teacher()
+
+    def teacher(views: torch.Tensor) -> list[TokenOutput]:
+        patches = base(views)
+        prefix = views.mean((2, 3)).unsqueeze(1)  # [V, 1, 3]: differs from view to view
+        return [TokenOutput(patches, prefix, tuple(patches.shape[-2:]), layer=5),
+                TokenOutput(2 * patches, -prefix, tuple(patches.shape[-2:]), layer=7)]
+
+    images = torch.randn(2, 3, GRID * PATCH, GRID * PATCH)
+    plans = [plan_views(np.random.default_rng(s), (GRID, GRID), n) for s, n in ((0, 3), (1, 5))]  # unequal N
+    outs = TTADenoiser(PATCH, fill=(0.0, 0.0, 0.0))(teacher, images, plans)
+    assert [o.layer for o in outs] == [5, 7]
+    assert torch.allclose(outs[0].patches, base(images), atol=1e-5)  # equivariant teacher: the plain output
+    assert torch.allclose(outs[1].patches, 2 * base(images), atol=1e-5)
+    assert torch.equal(outs[0].prefix, images.mean((2, 3)).unsqueeze(1))
+    assert torch.equal(outs[1].prefix, -images.mean((2, 3)).unsqueeze(1))
+
+
+def test_plans_must_start_with_the_identity_and_match_the_features():
+    from phreg_core.errors import ConfigError
+
+    teacher, _ = patch_linear_teacher()
+    plan = plan_views(np.random.default_rng(0), (GRID, GRID), 3)
+    shifted = type(plan)(offsets=plan.offsets[::-1].copy(), flips=plan.flips)
+    images = torch.randn(1, 3, GRID * PATCH, GRID * PATCH)
+    with pytest.raises(ConfigError, match="identity view"):
+        TTADenoiser(PATCH, fill=(0.0, 0.0, 0.0))(patch_teacher(teacher), images, [shifted])
+    _, coords = make_views(images, [plan], PATCH, (0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="4 view features for plans of 3 views"):
+        scatter_mean(torch.zeros(4, 6, GRID, GRID), torch.cat([coords, coords[:1]]), [plan])

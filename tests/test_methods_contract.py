@@ -2,10 +2,12 @@
 DINOv2 with registers, an open_clip CLIP with its text tower; tiny random weights).
 
 A method's :class:`~phreg_bench.methods.base.DenseModel` gives, for normalised images ``[B, 3, H, W]`` whose
-sides are multiples of the patch size, final-layer tokens with patches ``[B, C, H/p, W/p]`` (``C`` the width,
-or the joint-space width with ``project=True``) and prefix tokens ``[B, P, width]`` (``P`` at least the CLS
-and the backbone's registers), finite, each image's tokens independent of the rest of the batch, and a
-JSON-able description. Methods that read files get tiny generated ones in their real formats.
+sides are multiples of the patch size (others: ``ConfigError``), a list with one ``TokenOutput`` per requested
+layer: patches ``[B, C, H/p, W/p]`` (``C`` the width, or the joint-space width with ``project=True``; the
+default is ``project=False``) and prefix tokens ``[B, P, C]`` (``P`` = CLS + the backbone's registers + the
+method's own), finite, each image's tokens independent of the rest of the batch, and a JSON-able description.
+``layers`` are honoured in order, or refused with a ``ConfigError`` naming the method (``dvt``: final layer
+only). Methods that read files get tiny generated ones in their real formats.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from test_methods_dvt import random_reference, save_dvt_checkpoint
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.registries import BACKBONES, METHODS
 from phreg_core.adapter_io import save_adapter
+from phreg_core.errors import ConfigError
 from phreg_core.hashing import canonical_json
 from phreg_core.student import Student
 
@@ -70,6 +73,14 @@ def test_every_built_in_method_has_a_contract_case():
     assert {entry.name for entry in METHODS if entry.source == "builtin"} == set(OPTIONS)
 
 
+# new prefix tokens a method appends after the backbone's CLS and registers (the options above)
+EXTRA_PREFIX = {"phreg": 2, "ttr": 1}
+# methods that change only the last block: earlier layers are the backbone's own
+LAST_BLOCK_ONLY = {"raw", "maskclip", "maskclip-official", "sclip", "clearclip", "naclip"}
+# methods that give the final layer only, and refuse others with a ConfigError naming the method
+FINAL_ONLY = {"dvt"}
+
+
 @pytest.mark.parametrize("method", METHODS.names())
 @torch.no_grad()
 def test_method_contract(method, backbone, tmp_path):
@@ -78,20 +89,70 @@ def test_method_contract(method, backbone, tmp_path):
     info = backbone.info
     assert isinstance(model, DenseModel) and model.describe()["name"] == method
     json.loads(canonical_json(model.describe()))  # the config enters the config hash: plain, finite JSON
+    assert (model.patch_size, model.embed_dim, model.name) == (info.patch_size, info.embed_dim, info.name)
+    assert model.has_text == info.has_text and model.has_class_token == backbone.vision.has_class_token
 
     rows, cols = 4, 5  # not square: a row/column mix-up shows
-    images = backbone.normalize(torch.rand(2, 3, rows * info.patch_size, cols * info.patch_size))
-    out = model.forward_tokens(images, project=False)
+    images = model.normalize(torch.rand(2, 3, rows * info.patch_size, cols * info.patch_size))
+    outputs = model.forward_tokens(images)  # project=False is the default
+    assert isinstance(outputs, list) and len(outputs) == 1
+    out = outputs[0]
     assert out.patches.shape == (2, info.embed_dim, rows, cols) and out.grid == (rows, cols)
-    assert out.prefix.shape[0] == 2 and out.prefix.shape[2] == info.embed_dim
-    assert out.prefix.shape[1] >= 1 + info.num_registers
+    assert out.prefix.shape == (2, 1 + info.num_registers + EXTRA_PREFIX.get(method, 0), info.embed_dim)
+    assert out.layer == backbone.vision.depth - 1
     assert torch.isfinite(out.patches).all() and torch.isfinite(out.prefix).all()
 
-    alone = model.forward_tokens(images[1:], project=False)  # image 1 without image 0 beside it
+    alone = model.forward_tokens(images[1:])[0]  # image 1 without image 0 beside it
     torch.testing.assert_close(alone.patches, out.patches[1:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone.prefix, out.prefix[1:], atol=1e-5, rtol=1e-5)
 
-    projected = model.forward_tokens(images, project=True)
+    projected = model.forward_tokens(images, project=True)[0]
     assert projected.patches.shape == (2, info.output_dim, rows, cols)
+    assert projected.prefix.shape[1:] == (out.prefix.shape[1], info.output_dim)
     if info.has_text:
         assert model.encode_text(["a photo of a cat", "a dog"]).shape == (2, info.output_dim)
+
+    with pytest.raises(ConfigError, match="multiple of the patch size"):
+        model.forward_tokens(images[..., : cols * info.patch_size - 1])
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+@torch.no_grad()
+def test_method_layers(method, backbone, tmp_path):
+    """``layers`` are honoured in their order (for a multi-layer head), or refused by name."""
+    recipe = OPTIONS.get(method)
+    model = METHODS.get(method)(backbone, **(recipe(backbone, tmp_path) if recipe else {}))
+    depth, patch = backbone.vision.depth, backbone.info.patch_size
+    images = model.normalize(torch.rand(2, 3, 3 * patch, 4 * patch))
+    final = model.forward_tokens(images)[0]
+    if method in FINAL_ONLY:
+        with pytest.raises(ConfigError, match=f"'{method}'.*layers=\\(-1,\\)"):
+            model.forward_tokens(images, layers=(0, -1))
+        assert torch.equal(model.forward_tokens(images, layers=(depth - 1,))[0].patches, final.patches)
+        return
+    outs = model.forward_tokens(images, layers=(-1, 0))
+    assert [o.layer for o in outs] == [depth - 1, 0]
+    for o in outs:
+        assert o.patches.shape == (2, backbone.info.embed_dim, 3, 4) and o.prefix.shape == final.prefix.shape
+    torch.testing.assert_close(outs[0].patches, final.patches, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(outs[1].patches, final.patches)
+    if method in LAST_BLOCK_ONLY:
+        torch.testing.assert_close(outs[1].patches, backbone.forward_tokens(images, (0,))[0].patches)
+    with pytest.raises(ConfigError, match="do not exist"):
+        model.forward_tokens(images, layers=(depth,))
+
+
+@pytest.mark.parametrize("method", ["raw", "naclip", "tta"])
+@torch.no_grad()
+def test_reduced_precision_runs_inside_the_model(method, backbone, tmp_path):
+    """``set_precision("bf16")``: the model autocasts its own forward and gives float32 outputs near fp32's."""
+    recipe = OPTIONS.get(method)
+    model = METHODS.get(method)(backbone, **(recipe(backbone, tmp_path) if recipe else {}))
+    images = model.normalize(torch.rand(1, 3, 2 * backbone.info.patch_size, 2 * backbone.info.patch_size))
+    full = model.forward_tokens(images)[0]
+    low = model.set_precision("bf16").forward_tokens(images)[0]
+    assert low.patches.dtype == low.prefix.dtype == torch.float32
+    assert not torch.equal(low.patches, full.patches)
+    assert float((low.patches - full.patches).abs().max() / full.patches.abs().max()) < 0.1
+    with pytest.raises(ConfigError, match="precision"):
+        model.set_precision("fp8")

@@ -98,9 +98,9 @@ def test_method_equals_dvt_on_timm_features(tmp_path):
         vit_outputs = vit.forward_intermediates(images, [len(vit.blocks) - 1], return_prefix_tokens=False,
                                                 norm=True, output_fmt="NCHW", intermediates_only=True)
         want = ref(vit_outputs[0].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        got = model.forward_tokens(images, project=False)
+        got = model.forward_tokens(images, project=False)[0]
     assert (got.patches - want).abs().max() <= 1e-6
-    raw = METHODS.get("raw")(backbone).forward_tokens(images, project=False)
+    raw = METHODS.get("raw")(backbone).forward_tokens(images, project=False)[0]
     assert torch.equal(got.prefix, raw.prefix)  # CLS passes through
     assert model.method_config["width"] == 64 and model.method_config["layer"] == 1
 
@@ -113,8 +113,8 @@ def test_projection_follows_the_denoiser_on_clip(tmp_path):
     model = METHODS.get("dvt")(backbone, denoiser=str(save_dvt_checkpoint(ref, tmp_path / "d.pth")))
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        plain = model.forward_tokens(images, project=False).patches
-        projected = model.forward_tokens(images, project=True).patches
+        plain = model.forward_tokens(images, project=False)[0].patches
+        projected = model.forward_tokens(images, project=True)[0].patches
         want = (plain.permute(0, 2, 3, 1) @ backbone.vision.visual.proj).permute(0, 3, 1, 2)
     assert projected.shape[1] == backbone.info.output_dim and torch.allclose(projected, want, atol=1e-6)
 

@@ -74,7 +74,8 @@ def setup():
 
 def reference_feature(model, img, text, logit_size=None):
     """NACLIP ``forward_feature``: normalised patch features @ text, bilinear to the input (or given) size."""
-    feats = model.forward_tokens(img).patches  # the conv drops trailing pixels: we feed the trimmed window
+    # the conv drops trailing pixels: we feed the trimmed window
+    feats = model.forward_tokens(img, project=True)[0].patches
     feats = feats / feats.norm(dim=1, keepdim=True)
     logits = torch.einsum("bdhw,qd->bqhw", feats, text)
     return F.interpolate(logits, size=logit_size, mode="bilinear", align_corners=False)

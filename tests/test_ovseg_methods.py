@@ -91,7 +91,7 @@ def test_dense_logits_equal_the_paper_equation(backbone, method):
     images = backbone.normalize(torch.rand(2, 3, 40, 48))  # a 5x6 grid: catches row/column mix-ups
     text = F.normalize(torch.randn(7, backbone.info.output_dim), dim=-1)
     model = METHODS.get(method)(backbone)
-    feats = F.normalize(model.forward_tokens(images, project=True).patches.double(), dim=1)
+    feats = F.normalize(model.forward_tokens(images, project=True)[0].patches.double(), dim=1)
     ours = torch.einsum("bdhw,qd->bqhw", feats, text.double())
     expected = reference_logits(backbone, images, text, method)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
@@ -99,7 +99,7 @@ def test_dense_logits_equal_the_paper_equation(backbone, method):
 
 def test_methods_differ_from_each_other(backbone):
     images = backbone.normalize(torch.rand(1, 3, 32, 32))
-    outs = {m: METHODS.get(m)(backbone).forward_tokens(images).patches for m in METHODS_UNDER_TEST}
+    outs = {m: METHODS.get(m)(backbone).forward_tokens(images, project=True)[0].patches for m in METHODS_UNDER_TEST}
     for a in METHODS_UNDER_TEST:
         for b in METHODS_UNDER_TEST:
             if a < b:
@@ -114,7 +114,7 @@ def test_method_config_and_options(backbone):
     assert wider.method_config["gaussian_std"] == 2.0
     images = backbone.normalize(torch.rand(1, 3, 40, 48))
     text = F.normalize(torch.randn(3, backbone.info.output_dim), dim=-1)
-    feats = F.normalize(wider.forward_tokens(images).patches.double(), dim=1)
+    feats = F.normalize(wider.forward_tokens(images, project=True)[0].patches.double(), dim=1)
     torch.testing.assert_close(torch.einsum("bdhw,qd->bqhw", feats, text.double()),
                                reference_logits(backbone, images, text, "naclip", std=2.0), rtol=1e-4, atol=1e-5)
     assert METHODS.get("maskclip-official")(backbone).method_config["residual"] is True

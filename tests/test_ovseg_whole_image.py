@@ -38,7 +38,7 @@ class TinyClipNet(nn.Module):
     def encode_image(self, img, return_all=True):
         patch = self.visual.patch_size
         img = img[..., : img.shape[-2] // patch * patch, : img.shape[-1] // patch * patch]
-        out = self.model.forward_tokens(img, project=True)
+        out = self.model.forward_tokens(img, project=True)[0]
         tokens = out.patches.flatten(2).transpose(1, 2)
         cls = torch.zeros(tokens.shape[0], 1, tokens.shape[2])
         return torch.cat([cls, tokens, self.registers.expand(tokens.shape[0], -1, -1)], 1)

@@ -112,15 +112,15 @@ def test_which_patches_fire_changes_under_shifts(models):
 
 def test_tta_denoising_removes_the_artifacts(models):
     from phreg_core.teacher import default_teacher
-    from phreg_core.tta import TTADenoiser, normalised_white, plan_views
+    from phreg_core.tta import TTADenoiser, normalised_white, patch_teacher, plan_views
 
     planted, _ = models
     images, _ = _images(planted, range(100_000, 100_024))
     teacher = default_teacher(planted.vision)
-    denoiser = TTADenoiser(teacher, PATCH, normalised_white(planted.vision.mean, planted.vision.std))
+    denoiser = TTADenoiser(PATCH, normalised_white(planted.vision.mean, planted.vision.std))
     plans = [plan_views(np.random.default_rng(i), (GRID, GRID)) for i in range(len(images))]
     with torch.no_grad():
-        raw, target = teacher(images), denoiser(images, plans)
+        raw, target = teacher(images), denoiser(patch_teacher(teacher), images, plans)[0].patches
     assert outlier_rate(target) < 0.2 * outlier_rate(raw)
 
 

@@ -29,14 +29,14 @@ def _state(*tensors: torch.Tensor) -> dict:
 def spies(monkeypatch):
     """``forward``: states inside the method forward; ``fp32``: (where, state) of heads, losses and metrics."""
     seen: dict[str, list] = {"forward": [], "fp32": []}
-    forward = DenseModel.forward_tokens
+    forward = DenseModel.dense_tokens  # the method's forward, inside the model's own autocast
 
-    def spy_forward(self, images, **kwargs):
+    def spy_forward(self, images, *args, **kwargs):
         seen["forward"].append({"autocast": torch.is_autocast_enabled("cpu"),
                                 "dtype": torch.get_autocast_dtype("cpu")})
-        return forward(self, images, **kwargs)
+        return forward(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(DenseModel, "forward_tokens", spy_forward)
+    monkeypatch.setattr(DenseModel, "dense_tokens", spy_forward)
 
     def wrap(owner, name: str, where: str, tensors):
         original = getattr(owner, name)

@@ -50,9 +50,11 @@ def test_ovseg_bf16_agrees_with_fp32_within_the_stated_bound(voc, method, protoc
     spec = TASKS.get("ovseg/voc21")
     _, preset = spec.protocol(protocol)
     settings = HarnessSettings.from_settings({**preset, "resize": 40})
-    model = METHODS.get(method)(tiny_clip_backbone())
-    queries = class_queries(model.encode_text, read_class_names(class_file(spec.classes)), ["a photo of a {c}."])
-    predictors = {p: OVSegPredictor(model, queries, settings, batch_size=4, precision=p) for p in ("fp32", "bf16")}
+    backbone = tiny_clip_backbone()
+    models = {p: METHODS.get(method)(backbone).set_precision(p) for p in ("fp32", "bf16")}
+    queries = class_queries(models["fp32"].encode_text, read_class_names(class_file(spec.classes)),
+                            ["a photo of a {c}."])
+    predictors = {p: OVSegPredictor(model, queries, settings, batch_size=4) for p, model in models.items()}
     metrics = {p: SegmentationMetric(21) for p in predictors}
     flips = 0
     for index in range(len(voc)):
@@ -75,7 +77,7 @@ def test_ovseg_bf16_agrees_with_fp32_within_the_stated_bound(voc, method, protoc
 def test_probe_features_bf16_within_the_stated_bound():
     model = METHODS.get("raw")(BACKBONES.get("tiny-vit")(None, random_init=True))
     images = np.random.default_rng(0).integers(0, 256, size=(4, 48, 64, 3)).astype(np.uint8)
-    out = {p: feats.extract(model, images, RunContext(precision=p), pad_to_patch=True, with_cls=True)
+    out = {p: feats.extract(model.set_precision(p), images, RunContext(), pad_to_patch=True, with_cls=True)
            for p in ("fp32", "bf16")}
     for index in (0, 1):  # patches, CLS
         reference, low = out["fp32"][index], out["bf16"][index]

@@ -73,7 +73,7 @@ def test_weights_method_config_and_resolution_change_the_key(ctx):
         "method": _entry(cache, DenseModel(build_tiny_vit(seed=0), "tta", {"views": 10}), ctx).key,
         "method config": _entry(cache, DenseModel(build_tiny_vit(seed=0), "tta", {"views": 4}), ctx).key,
         "resolution": _entry(cache, base, ctx, size=48).key,
-        "precision": _entry(cache, base, RunContext(cache_dir=ctx.cache_dir, precision="bf16")).key,
+        "precision": _entry(cache, DenseModel(build_tiny_vit(seed=0), "raw").set_precision("bf16"), ctx).key,
         "dataset manifest": _entry(cache, base, ctx, manifest="m2").key,
     }
     assert len(set(keys.values())) == len(keys), keys

@@ -95,7 +95,7 @@ def test_timm_output_equals_the_reference_intervention(rule, hook, tmp_path):
     (tmp_path / "neurons.json").write_text(json.dumps({str(k): v for k, v in NEURONS.items()}))
     method = METHODS.get("ttr")(backbone, neurons=str(tmp_path / "neurons.json"), rule=rule)
     with torch.no_grad():
-        ours = method.forward_tokens(images)
+        ours = method.forward_tokens(images, project=True)[0]
         reference = torch.cat([_timm_reference(model, images[i : i + 1], NEURONS, hook) for i in range(3)])
         raw = vision.forward_tokens(images)[0].patches
     grid = ours.grid
@@ -324,7 +324,7 @@ def test_method_options_files_and_identity(tmp_path):
     config = model.describe()["config"]
     assert config["neurons"] == truth and config["registers"] == 1 and config["rule"] == "max"
     with torch.no_grad():
-        out = model.forward_tokens(_scenes(teacher, 0, 2), project=False)
+        out = model.forward_tokens(_scenes(teacher, 0, 2), project=False)[0]
     assert out.patches.shape == (2, 64, 10, 10) and out.prefix.shape == (2, 2, 64)
     # -o data=DIR: found inside the method, with finder options as -o options
     _write_scenes(tmp_path / "images", 8)

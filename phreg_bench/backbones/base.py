@@ -107,9 +107,14 @@ class Backbone(nn.Module):
     def has_text(self) -> bool:
         return self.text is not None
 
-    def forward_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), **kwargs: Any) -> list[TokenOutput]:
-        """See :meth:`phreg_core.vit.ViTAdapter.forward_tokens`."""
-        return self.vision.forward_tokens(images, layers, **kwargs)
+    def forward_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *, project: bool = False,
+                       **hooks: Any) -> list[TokenOutput]:
+        """The image tower's dense outputs: normalised ``[B, 3, H, W]`` -> one ``TokenOutput`` per layer.
+
+        The contract (shapes, errors, ``project``) and the method ``hooks`` (``registers``, ``last_block``,
+        ``final_norm``, ...) are :meth:`phreg_core.vit.ViTAdapter.forward_tokens`'s.
+        """
+        return self.vision.forward_tokens(images, layers, project=project, **hooks)
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         if self.text is None:

@@ -130,11 +130,11 @@ def handle(args: argparse.Namespace) -> int:
             model = METHODS.get(method)(backbone, **method_options).to(device).eval()
             label = backbone_name if len(methods) == 1 else f"{backbone_name} / {method_label}"
             models.append((label, model))
-    size = args.size or models[0][1].backbone.info.native_resolution[0]
-    patches = {m.backbone.info.patch_size for _, m in models}
+    size = args.size or models[0][1].native_resolution[0]
+    patches = {m.patch_size for _, m in models}
     if any(size % p for p in patches):
         raise CliError(f"--size {size} is not a multiple of every patch size {sorted(patches)}")
-    if args.query and not any(m.backbone.has_text for _, m in models):
+    if args.query and not any(m.has_text for _, m in models):
         note("--query ignored: no compared backbone has a text tower", style="yellow")
     # the output folder is made by the first figure written (a failed run leaves no empty folder behind)
     norms: dict[str, list[np.ndarray]] = {label: [] for label, _ in models}
@@ -142,7 +142,7 @@ def handle(args: argparse.Namespace) -> int:
         pixels, geometry = model_geometry(image, size, math.lcm(*patches))
         panels = []
         for label, model in models:
-            normalised = model.backbone.normalize(pixels).to(device)
+            normalised = model.normalize(pixels).to(device)
             panel = model_panel(label, model, normalised, args.query)
             norms[label].append(panel.patches.norm(dim=0).numpy().ravel())
             panels.append(panel)

@@ -36,6 +36,7 @@ and the inner method's own options.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -265,17 +266,28 @@ class DVTModel(DenseModel):
         self.denoiser = denoiser.module.to(next(backbone.vision.parameters()).device)
         self.source = denoiser.source
 
-    def forward_tokens(self, images: Tensor, *, project: bool = True) -> TokenOutput:
-        out = self.inner.forward_tokens(images, project=False)
+    def dense_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
+                     project: bool = False) -> list[TokenOutput]:
+        """The final layer only (DVT's denoiser is trained on final features): ``layers`` other than the last
+        block raise :class:`ConfigError`. ``patches`` ``[B, C, h, w]`` are ``inner``'s final-normalised patches
+        through the denoiser, then (``project``) CLIP's projection; ``prefix`` ``[B, P, C]`` passes unchanged
+        (projected too). Shapes: :meth:`DenseModel.forward_tokens`."""
+        vision = self.backbone.vision
+        other = [layer for layer in layers if layer not in (-1, vision.depth - 1)]
+        if other:
+            raise ConfigError(f"method 'dvt' denoises only the final features: it gives layers=(-1,) (block "
+                              f"{vision.depth - 1}), not {other}")
+        out = self.inner.dense_tokens(images, (-1,), project=False)[0]
         patches = self.denoiser(out.patches)
         prefix = out.prefix
-        vision = self.backbone.vision
         if project and vision.has_projection:
             patches = vision.project(patches.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             prefix = vision.project(prefix)
-        return TokenOutput(patches=patches, prefix=prefix, grid=out.grid, layer=out.layer)
+        output = TokenOutput(patches=patches, prefix=prefix, grid=out.grid, layer=out.layer)
+        return [output for _ in layers]
 
-    def encode_text(self, texts):
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """The inner method's :meth:`DenseModel.encode_text`."""
         return self.inner.encode_text(texts)
 
 

@@ -9,6 +9,7 @@ same fast offline failure as backbone weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,12 @@ class PHRegModel(DenseModel):
         self.student = student
         self.sidecar = sidecar
 
-    def forward_tokens(self, images: Tensor, *, project: bool = True) -> TokenOutput:
-        # project=False gives final-normalised embed_dim tokens (probe tasks), as for every method.
-        return self.student.forward_tokens(images, project=project)[0]
+    def dense_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
+                     project: bool = False) -> list[TokenOutput]:
+        """Every layer of the student (its registers attend from the first block, so intermediate layers are the
+        student's own too); ``prefix`` ends with the ``num_registers`` new registers. Shapes:
+        :meth:`DenseModel.forward_tokens`."""
+        return self.student.forward_tokens(images, layers, project=project)
 
 
 def _adapter_missing(value: str) -> str | None:

@@ -17,6 +17,7 @@ Each factory wraps a backbone with one :data:`phreg_core.last_block.PRESETS` ent
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -36,8 +37,12 @@ class LastBlockModel(DenseModel):
         super().__init__(backbone, method_name, config.to_dict())
         self.last_block = config
 
-    def forward_tokens(self, images: Tensor, *, project: bool = True) -> TokenOutput:
-        return self.backbone.forward_tokens(images, last_block=self.last_block, project=project)[0]
+    def dense_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
+                     project: bool = False) -> list[TokenOutput]:
+        """Every layer: the last block runs as ``self.last_block``, so ``layers`` before the last are the
+        backbone's own, unchanged (the method alters only the final block). Shapes:
+        :meth:`DenseModel.forward_tokens`."""
+        return self.backbone.forward_tokens(images, layers, last_block=self.last_block, project=project)
 
 
 def _build(name: str, backbone: Backbone, options: dict[str, Any]) -> LastBlockModel:

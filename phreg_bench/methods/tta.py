@@ -8,6 +8,8 @@ depend on batch composition. "NACLIP w/ denoising (10×)" in PH-Reg Table S.7 is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,37 +23,40 @@ from phreg_core.vit import TokenOutput
 
 
 class TTAModel(DenseModel):
+    """``inner`` run on ``views`` shifted/flipped views of every image, its features averaged back per patch.
+
+    ``plan(grid)`` gives the views of every image at that patch grid (drawn once per grid from
+    ``default_rng([seed, h, w])``); view 0 is the unmodified image, whose prefix tokens are returned.
+    """
+
     def __init__(self, backbone: Backbone, inner: DenseModel, views: int, shift_frac: float, seed: int):
         config = {"views": views, "shift_frac": shift_frac, "seed": seed, "inner": inner.describe()}
         super().__init__(backbone, "tta", config)
         self.inner = inner
         self.views, self.shift_frac, self.seed = views, shift_frac, seed
-        self.fill = normalised_white(backbone.info.mean, backbone.info.std)
+        self.denoiser = TTADenoiser(self.patch_size, normalised_white(self.mean, self.std))
         self._plans: dict[tuple[int, int], ViewPlan] = {}
 
     def plan(self, grid: tuple[int, int]) -> ViewPlan:
+        """The view plan of every image at patch grid ``grid`` (``views`` views, view 0 the identity)."""
         if grid not in self._plans:
             rng = np.random.default_rng([self.seed, grid[0], grid[1]])
             self._plans[grid] = plan_views(rng, grid, self.views, self.shift_frac)
         return self._plans[grid]
 
-    def forward_tokens(self, images: Tensor, *, project: bool = True) -> TokenOutput:
-        patch = self.backbone.info.patch_size
-        grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-        plan = self.plan(grid)
-        captured: dict[str, Tensor] = {}
+    def dense_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
+                     project: bool = False) -> list[TokenOutput]:
+        """Every layer ``inner`` gives, each averaged over the views: ``patches`` ``[B, C, h, w]`` in the images'
+        dtype, ``prefix`` ``[B, P, C]`` from view 0. All ``B·views`` views go through ``inner`` in one batch.
+        Shapes: :meth:`DenseModel.forward_tokens`."""
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        teacher = partial(self.inner.dense_tokens, layers=layers, project=project)
+        outputs = self.denoiser(teacher, images, [self.plan(grid)] * images.shape[0])
+        return [TokenOutput(patches=out.patches.to(images.dtype), prefix=out.prefix, grid=out.grid, layer=out.layer)
+                for out in outputs]
 
-        def teacher(views: Tensor) -> Tensor:
-            out = self.inner.forward_tokens(views, project=project)
-            captured["prefix"] = out.prefix
-            return out.patches
-
-        denoiser = TTADenoiser(teacher, patch, self.fill, self.views, self.shift_frac)
-        target = denoiser(images, [plan] * images.shape[0]).to(images.dtype)
-        prefix = captured["prefix"][:: self.views]  # view 0 of every image is the unmodified image
-        return TokenOutput(patches=target, prefix=prefix, grid=grid)
-
-    def encode_text(self, texts):
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """The inner method's :meth:`DenseModel.encode_text`."""
         return self.inner.encode_text(texts)
 
 

@@ -15,6 +15,7 @@ The method config (and so the result's identity) holds the neurons themselves, n
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,12 @@ class TTRModel(DenseModel):
         super().__init__(backbone, "ttr", intervention.config())
         self.intervention = intervention
 
-    def forward_tokens(self, images: Tensor, *, project: bool = True) -> TokenOutput:
-        return self.intervention.forward_tokens(self.backbone.vision, images, project=project)[0]
+    def dense_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
+                     project: bool = False) -> list[TokenOutput]:
+        """Every layer of the backbone run with the appended registers (in the sequence from the first block)
+        and the register neurons moved in their blocks; ``prefix`` ends with the appended registers. Shapes:
+        :meth:`DenseModel.forward_tokens`."""
+        return self.intervention.forward_tokens(self.backbone.vision, images, layers, project=project)
 
 
 def backbone_identity(backbone: Backbone) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Frozen-backbone features for probes: extraction, cache identity and filling cache entries.
 
-Features are ``DenseModel.forward_tokens(images, project=False)``: the final layer's patch tokens after the
-final norm (width ``embed_dim``), and the CLS token ``prefix[:, 0]`` where a task needs it.
+Features are ``DenseModel.forward_tokens(images)[0]`` (``project=False``): the final layer's patch tokens after
+the final norm (width ``embed_dim``), and the CLS token ``prefix[:, 0]`` where a task needs it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from phreg_bench.precision import autocast
+from phreg_bench.methods.base import DenseModel
 from phreg_bench.probes.cache import CacheEntry, FeatureCache
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext
@@ -32,20 +32,7 @@ class CacheShareError(PhregError):
 FEATURE_CODE_VERSION = "1"
 
 
-def model_identity(model) -> dict[str, Any]:
-    """What identifies a frozen feature extractor: architecture, weights bytes and the method config."""
-    info = model.backbone.info
-    return {
-        "backbone": info.name,
-        "architecture": info.architecture,
-        "weights_sha256": info.weights_sha256,
-        "weights_id": None if info.weights_sha256 else info.weights_id,
-        "pos_resample": info.pos_resample,  # phreg_core.pos_embed policy: changes features at other grids
-        "method": model.describe(),
-    }
-
-
-def open_cache(ctx: RunContext, model) -> tuple[FeatureCache, str]:
+def open_cache(ctx: RunContext, model: DenseModel) -> tuple[FeatureCache, str]:
     """The run's feature cache, and why it is (not) persistent.
 
     Without a weights sha256 the features cannot be content-addressed safely, so they live in a temporary
@@ -53,7 +40,7 @@ def open_cache(ctx: RunContext, model) -> tuple[FeatureCache, str]:
     """
     if ctx.options.get("feature_cache") is False:
         return _temporary(ctx), "disabled by RunContext.options['feature_cache']"
-    if not model.backbone.info.weights_sha256:
+    if not model.weights_sha256:
         return _temporary(ctx), "temporary: backbone has no weights sha256"
     return FeatureCache(ctx.cache_dir), "persistent"
 
@@ -70,10 +57,11 @@ def _temporary(ctx: RunContext) -> FeatureCache:
     return FeatureCache(Path(broadcast_bytes(ctx.dist, path).decode()), temporary=True, owner=ctx.dist.is_main)
 
 
-def cache_fields(model, ctx: RunContext, **fields: Any) -> dict[str, Any]:
-    """Everything that changes the cached bytes (beyond the caller's geometry/dataset fields)."""
-    return {"model": model_identity(model), "code_version": FEATURE_CODE_VERSION,
-            "precision": ctx.precision, "device_type": ctx.device.type, **fields}
+def cache_fields(model: DenseModel, ctx: RunContext, **fields: Any) -> dict[str, Any]:
+    """Everything that changes the cached bytes (beyond the caller's geometry/dataset fields): the model's
+    :meth:`~DenseModel.feature_identity`, the precision its forward runs at, the device type."""
+    return {"model": model.feature_identity(), "code_version": FEATURE_CODE_VERSION,
+            "precision": model.precision, "device_type": ctx.device.type, **fields}
 
 
 def to_tensor(images: np.ndarray | Tensor) -> Tensor:
@@ -92,24 +80,27 @@ def center_pad(images: Tensor, multiple: int) -> Tensor:
 
 
 @torch.inference_mode()
-def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch: bool = False,
+def extract(model: DenseModel, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch: bool = False,
             with_cls: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Patch features ``[B, C, h, w]`` (and the CLS token ``[B, C]``) of 0..255 ``[B, H, W, 3]`` images, fp32.
+    """Unprojected final patch features ``[B, embed_dim, h, w]`` and, with ``with_cls``, the CLS token
+    ``[B, embed_dim]`` (else ``None``), float32 on ``ctx.device``, of 0..255 ``[B, H, W, 3]`` images.
 
-    Only the model's forward runs under ``ctx.precision``'s autocast; the outputs are widened to float32.
+    ``(h, w) = (H, W) / patch_size``; ``H`` and ``W`` must be multiples of the patch size unless
+    ``pad_to_patch`` zero-pads them (centred, in normalised space) up to the next multiple. The model's
+    forward runs at its own precision (:meth:`DenseModel.set_precision`). Raises :class:`ConfigError` for
+    ``with_cls`` on a model without a CLS token.
     """
-    x = model.backbone.normalize(to_tensor(images).to(ctx.device))
+    x = model.normalize(to_tensor(images).to(ctx.device))
     if pad_to_patch:
-        x = center_pad(x, model.backbone.info.patch_size)
-    with autocast(ctx.device, ctx.precision):
-        out = model.forward_tokens(x, project=False)
+        x = center_pad(x, model.patch_size)
+    out = model.forward_tokens(x)[0]
     cls = None
     if with_cls:
-        if not model.backbone.vision.has_class_token or out.prefix.shape[1] == 0:
-            raise ConfigError(f"backbone {model.backbone.info.name!r} has no CLS token; the depth probe "
+        if not model.has_class_token or out.prefix.shape[1] == 0:
+            raise ConfigError(f"backbone {model.name!r} has no CLS token; the depth probe "
                              "concatenates patch tokens with the CLS token (DINOv2/DVT linear protocol)")
-        cls = out.prefix[:, 0].float()
-    return out.patches.float(), cls
+        cls = out.prefix[:, 0]
+    return out.patches, cls
 
 
 def fill(entry: CacheEntry, produce: Callable[[np.ndarray], dict[str, np.ndarray]], batch_rows: int,

@@ -155,7 +155,7 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
     else:
         log(f"PH-Reg: distillation already complete ({result.steps} steps), adapter in {adapter_dir}")
     phreg = METHODS.get("phreg")(world.teacher, adapter=str(adapter_dir)).eval()  # the benchmark's loading path
-    row = evaluate_in(world, FULL, lambda x: phreg.forward_tokens(x, project=False).patches, raw_rate)
+    row = evaluate_in(world, FULL, lambda x: phreg.forward_tokens(x)[0].patches, raw_rate)
     row.register_share = register_share(phreg.student, world.scenes["eval"].images)
     row.seconds, row.final_loss = result.seconds, result.recent_loss
     rows.append(row)
@@ -176,8 +176,8 @@ def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], 
 
         tta = build_tta(world.teacher, views=config.views, seed=config.seed)
         models = [("planted-vit (raw)", plain(world.teacher)),
-                  (f"+ TTA ({config.views} views)", lambda x: tta.forward_tokens(x, project=False).patches),
-                  ("+ PH-Reg", lambda x: phreg.forward_tokens(x, project=False).patches),
+                  (f"+ TTA ({config.views} views)", lambda x: tta.forward_tokens(x)[0].patches),
+                  ("+ PH-Reg", lambda x: phreg.forward_tokens(x)[0].patches),
                   ("twin (no artifacts)", plain(world.twin))]
         evaluation = world.scenes["eval"]
         indices = list(range(100_000, 100_000 + len(evaluation.images)))

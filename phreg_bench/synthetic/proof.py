@@ -256,7 +256,7 @@ def teacher_rows(world: World, config: ProofConfig) -> list[Row]:
     raw = evaluate_in(world, "teacher (raw)", plain(world.teacher), None)
     tta = build_tta(world.teacher, views=config.views, seed=config.seed)
     denoised = evaluate_in(world, f"teacher + TTA ({config.views} views)",
-                           lambda x: tta.forward_tokens(x, project=False).patches, raw.outlier_rate)
+                           lambda x: tta.forward_tokens(x)[0].patches, raw.outlier_rate)
     return [raw, denoised]
 
 
@@ -303,10 +303,10 @@ def ttr_row(world: World, neurons: str | Path | dict[str, Any], raw_rate: float 
             model = METHODS.get("ttr")(world.teacher, neurons=str(path))
     else:
         model = METHODS.get("ttr")(world.teacher, neurons=str(neurons))
-    row = evaluate_in(world, TTR, lambda x: model.forward_tokens(x, project=False).patches, raw_rate)
+    row = evaluate_in(world, TTR, lambda x: model.forward_tokens(x)[0].patches, raw_rate)
     registers = model.intervention.registers
     with torch.inference_mode():
-        model.forward_tokens(world.scenes["eval"].images, project=False)
+        model.forward_tokens(world.scenes["eval"].images)
     firing = firing_maps(world.teacher.vision)[0]  # [B, N-1]: patches, then the appended registers
     row.register_share = 100.0 * float(firing[:, -registers:].sum() / firing.sum().clamp(min=1e-12))
     return row

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from phreg_bench.backbones.base import Backbone
+from phreg_bench.methods.base import DenseModel
 from phreg_bench.tasks.settings import OVERRIDE_FLAG, ProtocolError, Settings
 from phreg_bench.tasks.specs import TaskSpec as TaskSpec  # declared beside its YAML reader (no torch there)
 from phreg_core.distributed import DistEnv
@@ -27,7 +28,7 @@ class RunContext:
     data_root: Path | None = None
     cache_dir: Path = Path(".phreg_cache")
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the backbone forward only (phreg_bench.precision)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 that runs: the runner sets it on the model (DenseModel.set_precision)
     batch_size: int = 8
     num_workers: int = 0
     limit: int | None = None  # evaluate only the first N samples (the result is marked partial)
@@ -106,5 +107,14 @@ class TaskFamily:
             return dict(settings)
         return self.settings_class.from_dict(settings, where=f"{spec.name} settings").to_dict()
 
-    def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+    def run(self, model: DenseModel, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        """Evaluate ``model`` on ``spec`` with resolved protocol ``settings`` (:meth:`resolve_settings`).
+
+        ``model`` is the method-wrapped backbone in eval mode on ``ctx.device``, already set to the run's
+        precision (:meth:`DenseModel.set_precision`): a family reads only what :class:`DenseModel` exposes
+        (``forward_tokens``, ``normalize``, ``patch_size``, ``embed_dim``, ``encode_text``, ...), never the
+        backbone behind it, and does not autocast (heads, losses and metrics run in float32). Returns the
+        metrics (the main one included) and the number of samples evaluated; raises a
+        :class:`~phreg_core.errors.PhregError` subclass for bad data or settings.
+        """
         raise NotImplementedError

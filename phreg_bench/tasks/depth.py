@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from phreg_bench.datasets.base import DatasetError
 from phreg_bench.datasets.nyu import NYUv2Depth
+from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.depth import DepthMeter, scaled_box
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.augment import depth_train_augment
@@ -137,9 +138,11 @@ class LinearProbeDepth(ProbeFamily):
         return [(spec.dataset, "test", {"source": settings.get("test_source", "auto")}),
                 (spec.dataset, "train", {"source": settings.get("train_source", "auto")})]
 
-    def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+    def run(self, model: DenseModel, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        """Train a bins depth head (float32) on ``model``'s frozen unprojected final patch tokens and CLS token
+        (``model`` needs one: :attr:`DenseModel.has_class_token`) and evaluate it on NYUv2 test frames. See
+        :meth:`TaskFamily.run`; RMSE in metres."""
         settings = self.check_settings(settings, spec)
-        info = model.backbone.info
         mode = settings["train_features"]
         check_batch_split(int(settings["batch_size"]), ctx.dist, group=int(settings["loss_group_size"]), task=spec.name)
         try:
@@ -154,8 +157,8 @@ class LinearProbeDepth(ProbeFamily):
         frame = test_set[0].image.shape[:2]
         crop = tuple(int(v) for v in settings["train_crop"])
         resolved = {"train_source": train_set.source, "test_source": test_set.source, "frame": list(frame),
-                    "test_grid": list(padded_grid(*frame, info.patch_size)),
-                    "train_grid": list(padded_grid(*crop, info.patch_size)),
+                    "test_grid": list(padded_grid(*frame, model.patch_size)),
+                    "train_grid": list(padded_grid(*crop, model.patch_size)),
                     "nyu_crop": list(scaled_box(tuple(settings["nyu_crop"]), frame)),
                     "train_images": len(train_set), "test_images": len(test_set)}
         phases: dict[str, float] = {}
@@ -166,7 +169,7 @@ class LinearProbeDepth(ProbeFamily):
             phases["extract_test_s"] = time.perf_counter() - start
 
             torch.manual_seed(ctx.seed)
-            head = BinsDepthHead(info.embed_dim, n_bins=int(settings["n_bins"]),
+            head = BinsDepthHead(model.embed_dim, n_bins=int(settings["n_bins"]),
                                  min_depth=float(settings["min_depth"]), max_depth=float(settings["max_depth"]),
                                  bins_strategy=settings["bins_strategy"], norm_strategy=settings["norm_strategy"],
                                  upsample=int(settings["upsample"]), batchnorm=bool(settings["head_batchnorm"]))
@@ -197,16 +200,15 @@ class LinearProbeDepth(ProbeFamily):
         )
 
     # -- features -------------------------------------------------------------------------------------
-    def _arrays(self, model, size: tuple[int, int], settings, depth: tuple[int, int] | None):
-        info = model.backbone.info
-        gh, gw = padded_grid(*size, info.patch_size)
-        arrays = {"patches": ArraySpec((info.embed_dim, gh, gw), settings["cache_dtype"]),
-                  "cls": ArraySpec((info.embed_dim,), settings["cache_dtype"])}
+    def _arrays(self, model: DenseModel, size: tuple[int, int], settings, depth: tuple[int, int] | None):
+        gh, gw = padded_grid(*size, model.patch_size)
+        arrays = {"patches": ArraySpec((model.embed_dim, gh, gw), settings["cache_dtype"]),
+                  "cls": ArraySpec((model.embed_dim,), settings["cache_dtype"])}
         if depth is not None:
             arrays["depth"] = ArraySpec(depth, "float32")
         return arrays
 
-    def _extract_test(self, model, ctx, cache, dataset: NYUv2Depth, frame, settings):
+    def _extract_test(self, model: DenseModel, ctx, cache, dataset: NYUv2Depth, frame, settings):
         fields = feats.cache_fields(model, ctx, task="depth", dataset="nyuv2", split="test", source=dataset.source,
                                     manifest=dataset.manifest(), geometry={"frame": list(frame), "views": "frame+flip",
                                                                            "pad": "center zero"})
@@ -225,7 +227,7 @@ class LinearProbeDepth(ProbeFamily):
 
         return entry, feats.fill(entry, produce, max(1, ctx.batch_size), ctx, "nyu test: features")
 
-    def _extract_train(self, model, ctx, cache, dataset: NYUv2Depth, crop, settings):
+    def _extract_train(self, model: DenseModel, ctx, cache, dataset: NYUv2Depth, crop, settings):
         fields = feats.cache_fields(model, ctx, task="depth", dataset="nyuv2", split="train", source=dataset.source,
                                     manifest=dataset.manifest(),
                                     geometry={"nyu_crop": list(settings["nyu_crop"]), "crop": list(crop),
@@ -365,7 +367,7 @@ class _AugmentedDepth(torch.utils.data.Dataset):
         return torch.from_numpy(image), torch.from_numpy(depth)
 
 
-def _online_batches(model, dataset: NYUv2Depth, crop, settings, ctx):
+def _online_batches(model: DenseModel, dataset: NYUv2Depth, crop, settings, ctx):
     batch, iters = int(settings["batch_size"]), int(settings["iters"])
     order = _infinite_order(len(dataset), batch * iters, ctx.seed)
     dataset.close()  # an open HDF5 handle must not be shared with forked loader workers

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from phreg_bench.inference import check_window_settings
+from phreg_bench.methods.base import DenseModel
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.augment import rescale_size, resize_image, resize_label, seg_train_augment
 from phreg_bench.probes.cache import ArraySpec
@@ -207,8 +208,8 @@ class ViewTable:
         return np.flatnonzero(self.rows[:, 0] == sample)
 
 
-def _mean_pixel(model) -> np.ndarray:
-    return np.asarray(model.backbone.info.mean, dtype=np.float32) * 255.0
+def _mean_pixel(model: DenseModel) -> np.ndarray:
+    return np.asarray(model.mean, dtype=np.float32) * 255.0
 
 
 class LinearProbeSegmentation(ProbeFamily):
@@ -226,12 +227,13 @@ class LinearProbeSegmentation(ProbeFamily):
         return splits
 
     # -- the run --------------------------------------------------------------------------------------
-    def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+    def run(self, model: DenseModel, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        """Train a linear head (float32) on ``model``'s frozen unprojected final patch tokens ``[B, embed_dim,
+        h, w]`` and evaluate it by sliding windows. See :meth:`TaskFamily.run`; metrics in percent."""
         from phreg_bench.registries import DATASETS
 
         settings = self.check_settings(settings, spec)
-        info = model.backbone.info
-        size = resolve_input_size(settings["input_size"], info.patch_size)
+        size = resolve_input_size(settings["input_size"], model.patch_size)
         stride = resolve_stride(settings["slide_stride"], size)
         check_window_settings(size, stride, WINDOW_OPTION_NAMES)  # before any data is read
         long_max = int(settings["resize_long_max"])
@@ -241,7 +243,7 @@ class LinearProbeSegmentation(ProbeFamily):
         train_set = reader(ctx.data_root, split=settings["train_split"], limit=_train_limit(settings, ctx))
         val_set = reader(ctx.data_root, split=spec.split, limit=ctx.limit)
         num_classes = int(reader.num_classes)
-        resolved = {"input_size": size, "slide_stride": stride, "grid": size // info.patch_size,
+        resolved = {"input_size": size, "slide_stride": stride, "grid": size // model.patch_size,
                     "train_images": len(train_set), "val_images": len(val_set), "num_classes": num_classes}
         phases: dict[str, float] = {}
         cache, cache_kind = feats.open_cache(ctx, model)
@@ -253,7 +255,7 @@ class LinearProbeSegmentation(ProbeFamily):
             phases["extract_val_s"] = time.perf_counter() - start
 
             torch.manual_seed(ctx.seed)
-            head = LinearSegHead(info.embed_dim, num_classes, batchnorm=bool(settings["head_batchnorm"]))
+            head = LinearSegHead(model.embed_dim, num_classes, batchnorm=bool(settings["head_batchnorm"]))
             head = data_parallel(head.to(ctx.device), ctx.dist)  # DDP under torchrun (probes/ddp.py)
             start = time.perf_counter()
             if mode == "cached":
@@ -287,11 +289,10 @@ class LinearProbeSegmentation(ProbeFamily):
         )
 
     # -- features -------------------------------------------------------------------------------------
-    def _extract(self, model, ctx, cache, dataset, views: ViewTable, size: int, split: str,
+    def _extract(self, model: DenseModel, ctx, cache, dataset, views: ViewTable, size: int, split: str,
                  settings: dict[str, Any], *, labels: bool):
-        info = model.backbone.info
-        grid = size // info.patch_size
-        arrays = {"patches": ArraySpec((info.embed_dim, grid, grid), settings["cache_dtype"])}
+        grid = size // model.patch_size
+        arrays = {"patches": ArraySpec((model.embed_dim, grid, grid), settings["cache_dtype"])}
         if labels:
             arrays["labels"] = ArraySpec((size, size), "uint8")
         fields = feats.cache_fields(model, ctx, task="linseg", dataset=getattr(dataset, "name", type(dataset).__name__),
@@ -360,7 +361,7 @@ class LinearProbeSegmentation(ProbeFamily):
             labels = torch.from_numpy(entry.read("labels", rows)).to(ctx.device).long()
             self._step(head, optimizer, features, labels, step, settings, ctx.dist)
 
-    def _train_full(self, head, model, dataset, size, settings, ctx, name):
+    def _train_full(self, head, model: DenseModel, dataset, size, settings, ctx, name):
         head.train()
         optimizer = self._optimizer(head, settings)
         batch, iters = int(settings["batch_size"]), int(settings["iters"])

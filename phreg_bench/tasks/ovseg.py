@@ -21,6 +21,7 @@ import torch
 
 from phreg_bench.datasets.base import DatasetError
 from phreg_bench.inference import HarnessSettings, OVSegPredictor, check_window_settings
+from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
@@ -112,7 +113,12 @@ class OpenVocabSegmentation(TaskFamily):
 
     settings_class = OVSegSettings
 
-    def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+    def run(self, model: DenseModel, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        """Zero-shot segmentation of ``spec``'s images with ``model``'s projected patch tokens and text tower.
+
+        ``model`` needs a text tower (:attr:`DenseModel.has_text`); its forward runs at its own precision. See
+        :meth:`TaskFamily.run` for the arguments; the metrics are mIoU, mAcc, aAcc (and Pearson), in percent.
+        """
         from phreg_bench.registries import DATASETS
 
         resolved = OVSegSettings.from_dict(settings, where=f"{spec.name} settings")
@@ -128,18 +134,15 @@ class OpenVocabSegmentation(TaskFamily):
         phases: dict[str, float] = {}
 
         start = time.perf_counter()
-        text = getattr(model.backbone, "text", None)
-
         def embed_classes():
-            return class_queries(model.encode_text, classes, templates, tower_identity=getattr(text, "identity", None),
+            return class_queries(model.encode_text, classes, templates, tower_identity=model.text_identity,
                                  cache_dir=Path(ctx.cache_dir) / "text", device=ctx.device)
 
         queries = rank_zero_first(ctx.dist, embed_classes)  # others read rank 0's content-addressed cache
         phases["text_s"] = time.perf_counter() - start
 
         dataset = reader(ctx.data_root, split=spec.split, limit=ctx.limit)
-        predictor = OVSegPredictor(model, queries, harness, batch_size=ctx.batch_size, device=ctx.device,
-                                   precision=ctx.precision)
+        predictor = OVSegPredictor(model, queries, harness, batch_size=ctx.batch_size, device=ctx.device)
         metric = SegmentationMetric(reader.num_classes, device=ctx.device)
         pearson = PearsonMetric() if ctx.options.get("pearson", True) else None
         skip = bool(ctx.options.get("skip_corrupt", False))

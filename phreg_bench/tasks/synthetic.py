@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import SegmentationMetric, gather_in_order, metrics_from_confusion
-from phreg_bench.precision import autocast
 from phreg_bench.progress import track
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import NamedSettings, require
@@ -74,7 +74,11 @@ class SyntheticSegmentation(TaskFamily):
     name = "synthetic"
     settings_class = SyntheticSettings
 
-    def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+    def run(self, model: DenseModel, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
+        """Class-prototype segmentation of generated scenes with ``model``'s unprojected final patch tokens.
+
+        See :meth:`TaskFamily.run` for the arguments; the metrics are mIoU, mAcc and aAcc in percent.
+        """
         from phreg_bench.synthetic.scenes import CLASS_NAMES
 
         settings = self.check_settings(settings, spec)
@@ -99,7 +103,7 @@ class SyntheticSegmentation(TaskFamily):
                                           feats.shape[-2:])  # [B, K, h, w]: class share of each patch
             partial.append((torch.einsum("bkhw,bchw->kc", share, feats), share.sum((0, 2, 3))))
         if ctx.dist.distributed:
-            channels = model.backbone.info.embed_dim
+            channels = model.embed_dim
             local = torch.stack([torch.cat([s.flatten(), w]) for s, w in partial]) if partial else \
                 torch.zeros(0, num_classes * (channels + 1))
             merged = gather_in_order(ctx.dist, list(mine), local).float()
@@ -129,12 +133,12 @@ class SyntheticSegmentation(TaskFamily):
 
     @staticmethod
     @torch.inference_mode()
-    def _features(model, indices: list[int], size: int, seed: int, ctx: RunContext):
+    def _features(model: DenseModel, indices: list[int], size: int, seed: int,
+                  ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised final patch features ``[B, C, h, w]`` (float32, CPU) and labels ``[B, S, S]`` of scenes."""
         images, labels = scene_batch(indices, size, seed)
-        images = model.backbone.normalize(images.to(ctx.device))
-        with autocast(ctx.device, ctx.precision):  # the backbone forward only; prototypes and metrics in fp32
-            feats = model.forward_tokens(images, project=False).patches
-        feats = feats.float()
+        images = model.normalize(images.to(ctx.device))
+        feats = model.forward_tokens(images)[0].patches  # float32 whatever the model's precision
         return F.normalize(feats, dim=1).cpu(), labels
 
 
