@@ -211,9 +211,9 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
             same = "same config hash" if row.cells[task].config_hash == config_hash else "same identity"
             excluded.append({"file": row.cells[task].file, "reason": f"superseded by newer run {path} ({same})"})
         assert record.metrics is not None  # error records were excluded above
+        trained = record.kind == "measured" and record.identity.protocol.variant is not None
         row.cells[task] = Cell(record.metrics.score, str(path), config_hash,
-                               record.citation.to_json() if record.citation is not None else None,
-                               budget_applies=record.kind == "measured" and record.identity.protocol.variant is not None)
+                               record.citation.to_json() if record.citation is not None else None, trained)
     return list(rows.values()), excluded
 
 

@@ -267,12 +267,12 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     try:  # no autocast here: each family autocasts only its backbone forward (phreg_bench.precision)
         outcome = family.run(model, spec, settings, ctx)
     except Exception as error:  # one broken task must not lose the others' results
-        if env.is_main:  # an error record (atomic, rank 0 only): `results show` lists it, only-missing reruns it
-            store.write(record(error=error))
         if env.distributed:  # the other ranks may be waiting in a collective for this one: stop the group
+            # no error record: rank 0's error is often only the echo of another rank's, and a rerun resumes
             traceback.print_exc(file=sys.stderr)
             raise RankFailure(f"rank {env.rank} of {env.world_size}: {spec.name} failed: "
                               f"{type(error).__name__}: {error}") from error
+        store.write(record(error=error))  # an error record (atomic): `results show` lists it, a rerun replaces it
         log(f"FAILED {spec.name}: {type(error).__name__}: {error}")
         if os.environ.get("PHREG_DEBUG", "") not in ("", "0"):
             log(traceback.format_exc().rstrip())

@@ -129,7 +129,7 @@ def test_local_sweep_runs_the_matrix_resumes_and_reports_failures(tmp_path, caps
     assert main(["sweep", str(sweep_file)]) == 0
     assert "sweep: 8 done, 0 skipped (already done), 0 failed" in _statuses(capsys)
     records = [read_result(path) for path in result_files(tmp_path / "results")]
-    assert len(records) == 8 and len({r["config_hash"] for r in records}) == 8
+    assert len(records) == 8 and len({r.identity.config_hash for r in records}) == 8
     assert (tmp_path / "results" / "leaderboard" / "synthetic.md").exists()
 
     assert main(["sweep", str(sweep_file)]) == 0  # a rerun: every combination is already there

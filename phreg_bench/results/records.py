@@ -27,7 +27,8 @@ import copy
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from phreg_bench.results.hashing import backbone_identity, base_backbone_identity, canonical_json, config_hash
 from phreg_bench.results.schema import KINDS, PRECISIONS, SCHEMA_VERSION, ResultError
@@ -117,7 +118,7 @@ class BackboneRef:
 
     @property
     def identity(self) -> Json:
-        """What enters the config hash and keys leaderboard rows (:func:`~phreg_bench.results.hashing.backbone_identity`)."""
+        """What enters the config hash and keys leaderboard rows (see :func:`.hashing.backbone_identity`)."""
         return backbone_identity(self.description)
 
     @property
