@@ -499,9 +499,6 @@ class ResultRecord:
         kind = data.get("kind")
         if kind not in KINDS:
             raise ResultError(f"kind {kind!r} must be one of {KINDS}")
-        if strict and "record_sha256" in data and data["record_sha256"] != record_checksum(data):
-            raise ResultError("record_sha256 does not match the content (metrics or other fields were edited after "
-                              "the file was written); rerun the task instead of editing its result")
         _known(data, "result", _TOP_LEVEL, strict)
         failed = isinstance(data.get("status"), dict) and data["status"].get("error") is not None
         for key, kinds in _SECTIONS.items():
@@ -510,6 +507,7 @@ class ResultRecord:
         if not isinstance(data.get("config_hash"), str):
             raise ResultError("field 'config_hash' is missing or not a str")
         _check_numbers(data, "result")
+        raw = data  # what the checksum covers (before migration)
         if migrate:
             data = _migrated(data)
         elif "variant" not in data["protocol"]:
@@ -545,6 +543,9 @@ class ResultRecord:
                                   f"method, protocol, seed, limit and precision recorded in the file "
                                   f"({expected[:12]}…): it was edited after it was written; rerun the task "
                                   "instead of editing its result")
+            if record.record_sha256 is not None and record.record_sha256 != record_checksum(raw):
+                raise ResultError("record_sha256 does not match the content (metrics or other fields were edited "
+                                  "after the file was written); rerun the task instead of editing its result")
         return record
 
 
