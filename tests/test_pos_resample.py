@@ -409,7 +409,8 @@ def test_policy_enters_the_backbone_identity_and_the_config_hash():
     same, offset = record("bicubic")[1], record("bicubic-offset")[1]
     assert same.config_hash == default.config_hash
     assert offset.config_hash != default.config_hash
-    assert offset.backbone.description["weights_sha256"] == default.backbone.description["weights_sha256"]  # same weights
+    weights = [identity.backbone.description["weights_sha256"] for identity in (offset, default)]
+    assert weights[0] == weights[1]  # same weights
 
 
 def test_catalogue_defaults_follow_the_references():
