@@ -414,7 +414,7 @@ class ResultRecord:
         ``complete`` means every expected sample was evaluated without a ``limit``.
         """
         if (outcome is None) == (error is None):
-            raise ValueError("ResultRecord.measured takes exactly one of outcome and error")
+            raise ResultError("ResultRecord.measured takes exactly one of outcome and error")
         if error is not None:
             status = Status(False, 0, expected_samples, RunError(type(error).__name__, str(error)))
             return cls("measured", identity, status, None, timings, provenance)
