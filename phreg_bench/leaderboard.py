@@ -1,13 +1,13 @@
 """Leaderboards built from result files only: JSON, Markdown and one self-contained HTML page.
 
-Rules: a row is one result identity minus the task (backbone and weights, method and config, protocol,
-budget and feature mode, settings overridden from the preset, precision, seed), columns the suite's tasks;
-runs that differ in any of these are separate rows whose ``variant`` names the difference, and only a rerun of
-the same identity supersedes (the newest is kept). A mean only for complete rows whose main metrics agree in
-name and direction; a delta against the raw row of the same identity minus the method (a ``phreg:<base>``
-backbone's base is ``<base>``); every file left out is listed with the reason (invalid, version, spec or
-protocol mismatch, partial run, superseded). Reported (paper) rows carry a marker and are never averaged
-with measured runs.
+Rules: a row is one result identity minus the task (backbone and weights, method and config, protocol, the
+row variant its task family declares (probes: budget and feature mode), settings overridden from the
+preset, precision, seed), columns the suite's tasks; runs that differ in any of these are separate rows whose
+``variant`` names the difference, and only a rerun of the same identity supersedes (the newest is kept). A
+mean only for complete rows whose main metrics agree in name and direction; a delta against the raw row of
+the same identity minus the method (a ``phreg:<base>`` backbone's base is ``<base>``); every file left out
+is listed with the reason (invalid, version, spec or protocol mismatch, failed run, partial run,
+superseded). Reported (paper) rows carry a marker and are never averaged with measured runs.
 """
 
 from __future__ import annotations
@@ -16,15 +16,30 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phreg_bench.leaderboard_page import BASELINE_METHOD, REPORTED_MARK, to_html, to_markdown
-from phreg_bench.results.hashing import backbone_identity, base_backbone_identity, canonical_json
+from phreg_bench.results.hashing import canonical_json
+from phreg_bench.results.records import ResultRecord, Score
 from phreg_bench.results.schema import ResultError
 from phreg_bench.results.store import read_result, result_files, write_json_atomic, write_text_atomic
 
+if TYPE_CHECKING:
+    from phreg_bench.tasks.base import TaskFamily
+
 __all__ = ["BASELINE_METHOD", "REPORTED_MARK", "build", "build_all", "build_table", "collect", "to_html",
            "to_markdown", "write_index"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One task's result in a row: its score and where it comes from."""
+
+    score: Score
+    file: str
+    config_hash: str
+    citation: dict[str, Any] | None
+    budget_applies: bool  # for the page: the budget column means something only for runs that train a probe
 
 
 @dataclass
@@ -32,8 +47,8 @@ class Row:
     kind: str
     backbone: str
     method: str
-    budget: str
-    cells: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> {value, metric, file, ...}
+    budget: str | None  # the family's row variant (protocol.variant), e.g. "full/cached"; None: none
+    cells: dict[str, Cell] = field(default_factory=dict)  # task -> its result
     identity: dict[str, Any] = field(default_factory=dict)  # everything the row is keyed on (see _identity)
     baseline: dict[str, Any] = field(default_factory=dict)  # the identity of its raw row (same, method raw)
     variant: str = ""  # what differs from the canonical run: settings, precision, seed, weights
@@ -50,72 +65,59 @@ def _expected_protocol(suite: dict[str, Any], task: str, spec) -> str:
     return protocol or spec.default_protocol
 
 
-def _method_label(record: dict[str, Any], configs_by_method: dict[tuple[str, str], set[str]]) -> str:
-    name = record["method"]["name"]
-    config = canonical_json(record["method"].get("config", {}))
-    if len(configs_by_method[(record["backbone"]["name"], name)]) > 1:
-        return f"{name}[{hashlib.sha256(config.encode()).hexdigest()[:6]}]"
-    return name
+def _method_label(record: ResultRecord, configs_by_method: dict[tuple[str, str], set[str]]) -> str:
+    method = record.identity.method
+    config = canonical_json(method.config)
+    if len(configs_by_method[(record.identity.backbone.name, method.name)]) > 1:
+        return f"{method.name}[{hashlib.sha256(config.encode()).hexdigest()[:6]}]"
+    return method.name
 
 
 _UNRECORDED = "(unrecorded)"
 
 
-def _precision(record: dict[str, Any]) -> str | None:
-    """What ran: the record's ``precision``; older files: autocast only ever ran on CUDA (None: reported)."""
-    if record["kind"] != "measured":
-        return None
-    if "precision" in record:
-        return record["precision"]
-    timings = record.get("timings") or {}
-    return timings.get("precision", "fp32") if str(timings.get("device", "")).startswith("cuda") else "fp32"
-
-
-def _settings_deviation(record: dict[str, Any], spec) -> dict[str, Any]:
-    """Recorded protocol settings that differ from the task's preset (overrides), key -> recorded value.
+def _settings_deviation(record: ResultRecord, family: TaskFamily, spec) -> dict[str, Any]:
+    """Recorded protocol settings that differ from the task's preset (overrides), key -> recorded value; the
+    settings the family's row variant names are left out (the variant keeps those rows apart).
 
     Raises :class:`~phreg_bench.tasks.settings.ProtocolError` when the preset cannot be resolved.
     """
-    if record["kind"] != "measured":
+    if record.kind != "measured":
         return {}  # a paper's number: only its protocol name and budget are known
-    from phreg_bench.registries import TASK_FAMILIES
-    from phreg_bench.tasks.base import RunContext
-
-    settings = record["protocol"]["settings"]
-    family = TASK_FAMILIES.get(spec.family)()
-    budget = RunContext(budget=settings.get("budget", "full"))
-    preset = family.resolve_settings(spec, record["protocol"]["name"], budget)
+    settings = record.identity.protocol.settings
+    preset = family.recorded_preset(spec, settings)
     missing = object()
     deviation = {}
-    for key in sorted((set(settings) | set(preset)) - {"name", "budget"}):
+    for key in sorted((set(settings) | set(preset)) - {"name", *family.variant_keys}):
         value = settings.get(key, missing)
         if value != preset.get(key, missing):
             deviation[key] = _UNRECORDED if value is missing else value
     return deviation
 
 
-def _identity(record: dict[str, Any], deviation: dict[str, Any]) -> dict[str, Any]:
+def _identity(record: ResultRecord, deviation: dict[str, Any]) -> dict[str, Any]:
     """Everything in a result's identity except the task: what a leaderboard row is keyed on."""
+    identity = record.identity
     return {
-        "backbone": backbone_identity(record["backbone"]),
-        "method": {"name": record["method"]["name"], "config": record["method"].get("config", {})},
-        "protocol": record["protocol"]["name"],
-        "budget": _variant(record["protocol"]["settings"]),
+        "backbone": identity.backbone.identity,
+        "method": identity.method.to_json(),
+        "protocol": identity.protocol.name,
+        "budget": identity.protocol.variant,
         "settings": deviation,
-        "precision": _precision(record),
-        "seed": (record.get("provenance") or {}).get("seed", 0),
+        "precision": record.precision_ran,
+        "seed": identity.seed,
     }
 
 
-def _baseline(record: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+def _baseline(record: ResultRecord, identity: dict[str, Any]) -> dict[str, Any]:
     """The identity of the row this one's delta is taken against: the same, on the base backbone, method raw."""
-    return {**identity, "backbone": base_backbone_identity(record["backbone"]),
+    return {**identity, "backbone": record.identity.backbone.base_identity,
             "method": {"name": BASELINE_METHOD, "config": {}}}
 
 
 def _variant_label(identity: dict[str, Any], weights_differ: bool) -> str:
     parts = [f"{key} {value}" if value == _UNRECORDED else f"{key}={canonical_json(value)}"
-             for key, value in identity["settings"].items() if key != "train_features"]  # shown in budget
+             for key, value in identity["settings"].items()]
     if identity["precision"] not in (None, "fp32"):
         parts.append(identity["precision"])
     if identity["seed"] not in (None, 0):
@@ -133,99 +135,95 @@ def _weights_label(backbone: dict[str, Any]) -> str:
     return f"{label}, pos_resample={policy}" if policy else label
 
 
+def _exclusion(record: ResultRecord, spec, suite: dict[str, Any]) -> str | None:
+    """Why a readable result of one of the suite's tasks is left out of the board (``None``: it is not)."""
+    task, status = record.identity.task, record.status
+    if spec is None:
+        return f"unknown task {task.name!r}"
+    if task.version != spec.version:
+        return f"version mismatch: file has {task.name} v{task.version}, current is v{spec.version}"
+    if record.kind == "measured" and task.spec_hash != spec.spec_hash():
+        return (f"task spec changed since this run: {task.name} spec_hash {str(task.spec_hash)[:12]}, "
+                f"current {spec.spec_hash()[:12]}")
+    protocol = record.identity.protocol.name
+    if protocol != _expected_protocol(suite, task.name, spec):
+        return f"protocol mismatch: {protocol!r}, suite uses {_expected_protocol(suite, task.name, spec)!r}"
+    if status.error is not None:
+        return f"failed run: {status.error.type}: {status.error.message}"
+    if not status.complete:
+        return (f"partial run: {status.num_samples} of {status.expected_samples or '?'} samples "
+                f"(limit {record.identity.limit})")
+    return None
+
+
 def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[dict[str, str]]]:
     """Sort result files into leaderboard rows and a list of excluded files with reasons.
 
     A row is keyed by the whole identity of its results except the task (backbone + weights, method +
-    config, protocol, budget and feature mode, settings that differ from the preset, precision, seed):
+    config, protocol, the family's row variant, settings that differ from the preset, precision, seed):
     results that differ in any of these are separate rows, the difference named in ``Row.variant``. Only a
-    result of the same identity and task is superseded (the newest is kept).
+    result of the same identity and task is superseded (the newest is kept). Error records (failed runs) are
+    never scored: they are listed as excluded with their error.
     """
-    from phreg_bench.registries import TASKS
+    from phreg_bench.registries import TASK_FAMILIES, TASKS
     from phreg_bench.tasks.settings import ProtocolError
 
     tasks = list(suite["tasks"])
     excluded: list[dict[str, str]] = []
-    accepted: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
+    accepted: list[tuple[Path, ResultRecord, dict[str, Any]]] = []
     for path in files:
         try:
             record = read_result(path)
         except ResultError as error:
             excluded.append({"file": str(path), "reason": f"invalid: {error}"})
             continue
-        task = record["task"]["name"]
+        task = record.identity.task.name
         if task not in tasks:
             continue
         spec = TASKS.get(task) if task in TASKS else None
-        if spec is None:
-            excluded.append({"file": str(path), "reason": f"unknown task {task!r}"})
-        elif record["task"]["version"] != spec.version:
-            excluded.append({"file": str(path), "reason": f"version mismatch: file has {task} "
-                             f"v{record['task']['version']}, current is v{spec.version}"})
-        elif record["kind"] == "measured" and record["task"].get("spec_hash") != spec.spec_hash():
-            excluded.append({"file": str(path), "reason": f"task spec changed since this run: {task} spec_hash "
-                             f"{str(record['task'].get('spec_hash'))[:12]}, current {spec.spec_hash()[:12]}"})
-        elif record["protocol"]["name"] != _expected_protocol(suite, task, spec):
-            excluded.append({"file": str(path), "reason": f"protocol mismatch: {record['protocol']['name']!r}, "
-                             f"suite uses {_expected_protocol(suite, task, spec)!r}"})
-        elif not record["status"]["complete"]:
-            status = record["status"]
-            excluded.append({"file": str(path), "reason": f"partial run: {status['num_samples']} of "
-                             f"{status.get('expected_samples') or '?'} samples (limit {status.get('limit')})"})
-        else:
-            try:
-                deviation = _settings_deviation(record, spec)
-            except ProtocolError as error:
-                excluded.append({"file": str(path), "reason": f"protocol settings cannot be compared: {error}"})
-                continue
-            accepted.append((path, record, _identity(record, deviation)))
+        reason = _exclusion(record, spec, suite)
+        if reason is not None:
+            excluded.append({"file": str(path), "reason": reason})
+            continue
+        try:
+            deviation = _settings_deviation(record, TASK_FAMILIES.get(spec.family)(), spec)
+        except ProtocolError as error:
+            excluded.append({"file": str(path), "reason": f"protocol settings cannot be compared: {error}"})
+            continue
+        accepted.append((path, record, _identity(record, deviation)))
     configs: dict[tuple[str, str], set[str]] = {}
     weights: dict[tuple[str, str], set[str]] = {}
     for _, record, identity in accepted:
-        key = (record["backbone"]["name"], record["method"]["name"])
-        configs.setdefault(key, set()).add(canonical_json(record["method"].get("config", {})))
-        weights.setdefault((record["kind"], record["backbone"]["name"]), set()).add(
-            canonical_json(identity["backbone"]))
+        backbone, method = record.identity.backbone.name, record.identity.method
+        configs.setdefault((backbone, method.name), set()).add(canonical_json(method.config))
+        weights.setdefault((record.kind, backbone), set()).add(canonical_json(identity["backbone"]))
     rows: dict[tuple[str, str], Row] = {}
-    for path, record, identity in sorted(accepted, key=lambda item: _finished(item[1])):
-        weights_differ = len(weights[(record["kind"], record["backbone"]["name"])]) > 1
-        row = Row(record["kind"], record["backbone"]["name"], _method_label(record, configs), identity["budget"],
+    for path, record, identity in sorted(accepted, key=lambda item: item[1].finished_at):
+        backbone = record.identity.backbone.name
+        weights_differ = len(weights[(record.kind, backbone)]) > 1
+        row = Row(record.kind, backbone, _method_label(record, configs), identity["budget"],
                   identity=identity, baseline=_baseline(record, identity),
                   variant=_variant_label(identity, weights_differ))
         row = rows.setdefault(row.key, row)
-        task = record["task"]["name"]
+        task = record.identity.task.name
+        config_hash = record.identity.config_hash
         if task in row.cells:
-            same = "same config hash" if row.cells[task]["config_hash"] == record["config_hash"] else "same identity"
-            excluded.append({"file": row.cells[task]["file"], "reason": f"superseded by newer run {path} ({same})"})
-        metrics = record["metrics"]
-        row.cells[task] = {"value": metrics["values"][metrics["main"]], "metric": metrics["main"],
-                           "higher_is_better": metrics["higher_is_better"], "file": str(path),
-                           "citation": record.get("citation"), "config_hash": record["config_hash"],
-                           # for the page: the budget column means something only for runs that train a probe
-                           "budget_applies": record["kind"] == "measured"
-                           and "budget" in record["protocol"]["settings"]}
+            same = "same config hash" if row.cells[task].config_hash == config_hash else "same identity"
+            excluded.append({"file": row.cells[task].file, "reason": f"superseded by newer run {path} ({same})"})
+        assert record.metrics is not None  # error records were excluded above
+        trained = record.kind == "measured" and record.identity.protocol.variant is not None
+        row.cells[task] = Cell(record.metrics.score, str(path), config_hash,
+                               record.citation.to_json() if record.citation is not None else None, trained)
     return list(rows.values()), excluded
-
-
-def _variant(settings: dict[str, Any]) -> str:
-    """Runs that differ in training schedule or feature mode are kept in separate rows."""
-    variant = str(settings.get("budget", "full"))
-    if settings.get("train_features"):
-        variant += f"/{settings['train_features']}"
-    return variant
-
-
-def _finished(record: dict[str, Any]) -> str:
-    return (record.get("provenance") or {}).get("finished_at") or ""
 
 
 def _mean(row: Row, tasks: list[str]) -> float | None:
     if any(task not in row.cells for task in tasks):
         return None
-    kinds = {(row.cells[t]["metric"], row.cells[t]["higher_is_better"]) for t in tasks}
+    kinds = {(row.cells[t].score.metric, row.cells[t].score.higher_is_better) for t in tasks}
     if len(kinds) != 1:
         return None  # averaging mIoU with RMSE would mean nothing
-    return sum(row.cells[t]["value"] for t in tasks) / len(tasks)
+    return sum(row.cells[t].score.value for t in tasks) / len(tasks)
 
 
 def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +242,7 @@ def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> di
         base = raws.get((row.kind, canonical_json(row.baseline)))
         deltas = {}
         if base is not None and base is not row:
-            deltas = {t: row.cells[t]["value"] - base.cells[t]["value"] for t in tasks
+            deltas = {t: row.cells[t].score.value - base.cells[t].score.value for t in tasks
                       if t in row.cells and t in base.cells}
         mean, base_mean = means[row.key], means.get(base.key) if base is not None else None
         table_rows.append({
@@ -253,17 +251,16 @@ def build_table(files: list[Path], suite_name: str, suite: dict[str, Any]) -> di
             "weights": _weights_label(row.identity["backbone"]), "identity": row.identity,
             "baseline": None if base is None or base is row else
             {"backbone": base.backbone, "method": base.method, "variant": base.variant},
-            "values": {t: row.cells[t]["value"] for t in tasks if t in row.cells},
-            "metrics": {t: row.cells[t]["metric"] for t in tasks if t in row.cells},
+            "values": {t: row.cells[t].score.value for t in tasks if t in row.cells},
+            "metrics": {t: row.cells[t].score.metric for t in tasks if t in row.cells},
             "complete": all(t in row.cells for t in tasks), "mean": mean,
             "delta_vs_raw": deltas,
             "mean_delta_vs_raw": None if mean is None or base_mean is None or base is row else mean - base_mean,
-            "files": {t: row.cells[t]["file"] for t in tasks if t in row.cells},
-            "citations": sorted({json.dumps(c["citation"], sort_keys=True) for c in row.cells.values()
-                                 if c["citation"]}),
+            "files": {t: row.cells[t].file for t in tasks if t in row.cells},
+            "citations": sorted({json.dumps(c.citation, sort_keys=True) for c in row.cells.values() if c.citation}),
             # for the page (phreg_bench.leaderboard_page): each value's direction, whether the budget applies
-            "higher_is_better": {t: row.cells[t]["higher_is_better"] for t in tasks if t in row.cells},
-            "budget_applies": any(cell["budget_applies"] for cell in row.cells.values()),
+            "higher_is_better": {t: row.cells[t].score.higher_is_better for t in tasks if t in row.cells},
+            "budget_applies": any(cell.budget_applies for cell in row.cells.values()),
         })
     table_rows.sort(key=lambda r: (r["kind"] != "measured", r["mean"] is None, -(r["mean"] or 0),
                                    r["backbone"], r["method"], r["variant"]))

@@ -13,21 +13,22 @@ Table S.4's NACLIP+DVT ADE20k value is split across a page break in the source (
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from phreg_bench.results.records import reported_record
+from phreg_bench.results.records import Citation, Metrics, ResultRecord, TaskRef
 from phreg_bench.results.store import ResultStore
 
 BACKBONE = "openai-clip-vit-b16"
 PROTOCOL = "phreg"
-CITATION = {
-    "source": "arXiv:2505.21501",
-    "table": "Table 1",
-    "title": "Vision Transformers with Self-Distilled Registers (NeurIPS 2025 camera-ready)",
-    "note": "The paper states Table S.5 settings for all methods (App. C.1), but its SCLIP row equals SCLIP's "
-            "README numbers under SCLIP's own defaults, so baseline rows may follow each method's defaults. "
-            "pearson values: Table S.4.",
-}
+CITATION = Citation(
+    source="arXiv:2505.21501",
+    table="Table 1",
+    title="Vision Transformers with Self-Distilled Registers (NeurIPS 2025 camera-ready)",
+    note="The paper states Table S.5 settings for all methods (App. C.1), but its SCLIP row equals SCLIP's "
+         "README numbers under SCLIP's own defaults, so baseline rows may follow each method's defaults. "
+         "pearson values: Table S.4.",
+)
 TASKS = ("ovseg/voc21", "ovseg/context60", "ovseg/coco_object", "ovseg/voc20", "ovseg/context59",
          "ovseg/coco_stuff", "ovseg/cityscapes", "ovseg/ade20k")  # Table 1 column order
 
@@ -55,7 +56,7 @@ TABLE_S4: dict[str, tuple[float | None, ...]] = {  # (..., Avg.)
 }
 
 
-def records() -> list[dict]:
+def records() -> list[ResultRecord]:
     """One record per (method, task) of Table 1, with Table S.4's Pearson value where there is one."""
     from phreg_bench.registries import TASKS as TASK_REGISTRY
 
@@ -67,11 +68,10 @@ def records() -> list[dict]:
             values = {"mIoU": value}
             if pearson.get(task) is not None:
                 values["pearson"] = pearson[task]
-            citation = dict(CITATION, table="Table 1, Table S.4" if "pearson" in values else "Table 1")
-            out.append(reported_record(
-                task={"name": task, "family": spec.family, "version": spec.version}, backbone=BACKBONE,
-                method=method, protocol=PROTOCOL, main_metric="mIoU", higher_is_better=True, values=values,
-                citation=citation))
+            citation = replace(CITATION, table="Table 1, Table S.4" if "pearson" in values else "Table 1")
+            out.append(ResultRecord.reported(
+                task=TaskRef(task, spec.family, spec.version, None), backbone=BACKBONE, method=method,
+                protocol=PROTOCOL, metrics=Metrics("mIoU", True, values), citation=citation))
     return out
 
 

@@ -20,9 +20,9 @@ from phreg_bench.datasets.base import resolve_data_root
 from phreg_bench.precision import resolve_precision
 from phreg_bench.registries import BACKBONES, DATASETS, METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.results.provenance import provenance, utc_now
-from phreg_bench.results.records import measured_record
+from phreg_bench.results.records import BackboneRef, MethodRef, Protocol, ResultRecord, RunIdentity, TaskRef, Timings
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
-from phreg_bench.tasks.base import RunContext, TaskFamily, TaskSpec
+from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
 from phreg_core.distributed import broadcast_flag
 from phreg_core.errors import ConfigError, PhregError
@@ -224,25 +224,25 @@ def plan(request: RunRequest, ctx: RunContext, *, backbone: Backbone | None = No
         if not family_for(spec).applies_to(backbone):
             planned.append(PlannedTask(spec.name, None, True))
             continue
-        path = store.path_for(_record(spec, model, resolved[spec.name], ctx))
+        path = store.path_for(_identity(spec, family_for(spec), model, resolved[spec.name], ctx))
         planned.append(PlannedTask(spec.name, path, store.is_done(path)))
     return planned
 
 
-def _record(spec: TaskSpec, model, settings: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    """The identity part of the task's result record (its config hash names the file)."""
-    task_info = {"name": spec.name, "family": spec.family, "version": spec.version, "spec_hash": spec.spec_hash()}
-    return measured_record(
-        task=task_info, backbone=model.backbone.info.to_dict(), method=model.describe(),
-        protocol={"name": settings["name"], "settings": settings}, seed=ctx.seed, limit=ctx.limit,
-        precision=ctx.precision,
-    )
+def _identity(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any], ctx: RunContext) -> RunIdentity:
+    """The task's result identity (its config hash names the file)."""
+    backbone = model.backbone.info.to_dict()
+    return RunIdentity(
+        task=TaskRef(spec.name, spec.family, spec.version, spec.spec_hash()), backbone=BackboneRef(backbone),
+        method=MethodRef(**model.describe()),
+        protocol=Protocol(settings["name"], settings, family.row_variant(settings)),
+        seed=ctx.seed, limit=ctx.limit, precision=ctx.precision)
 
 
 def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any], ctx: RunContext,
               store: ResultStore, overwrite: str, log: Callable[[str], None]) -> TaskRun:
-    record = _record(spec, model, settings, ctx)
-    path = store.path_for(record)
+    identity = _identity(spec, family, model, settings, ctx)
+    path = store.path_for(identity)
     env = ctx.dist
     # rank 0 decides (all ranks must take the same branch, whatever each one's view of the folder)
     if broadcast_flag(env, env.is_main and overwrite == "only-missing" and store.is_done(path)):
@@ -252,34 +252,34 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     torch.manual_seed(ctx.seed)
+
+    def record(outcome: TaskOutcome | None = None, error: Exception | None = None) -> ResultRecord:
+        """The result record of this run so far: finished (``outcome``) or failed (``error``)."""
+        elapsed = time.perf_counter() - start
+        timings = Timings(total_s=round(elapsed, 3), phases=dict(outcome.phases) if outcome else {},
+                          images_per_s=round(outcome.num_samples / elapsed, 3) if outcome and elapsed > 0 else None,
+                          peak_memory_mb=round(_peak_memory_mb(ctx.device), 1), device=str(ctx.device),
+                          precision=ctx.precision, processes=env.world_size)
+        return ResultRecord.measured(identity, outcome=outcome, error=error, higher_is_better=spec.higher_is_better,
+                                     expected_samples=spec.num_samples, timings=timings,
+                                     provenance=provenance(sys.argv, started_at, utc_now()))
+
     try:  # no autocast here: the model autocasts only its own forward (DenseModel.set_precision)
         outcome = family.run(model, spec, settings, ctx)
     except Exception as error:  # one broken task must not lose the others' results
         if env.distributed:  # the other ranks may be waiting in a collective for this one: stop the group
+            # no error record: rank 0's error is often only the echo of another rank's, and a rerun resumes
             traceback.print_exc(file=sys.stderr)
             raise RankFailure(f"rank {env.rank} of {env.world_size}: {spec.name} failed: "
                               f"{type(error).__name__}: {error}") from error
+        store.write(record(error=error))  # an error record (atomic): `results show` lists it, a rerun replaces it
         log(f"FAILED {spec.name}: {type(error).__name__}: {error}")
         if os.environ.get("PHREG_DEBUG", "") not in ("", "0"):
             log(traceback.format_exc().rstrip())
         return TaskRun(spec.name, "failed", None, error=f"{type(error).__name__}: {error}")
-    elapsed = time.perf_counter() - start
-    expected = spec.num_samples
-    complete = ctx.limit is None and (expected is None or outcome.num_samples >= expected)
-    record.update(
-        metrics={"main": outcome.main_metric, "higher_is_better": spec.higher_is_better,
-                 "values": outcome.metrics, "per_class": outcome.per_class},
-        status={"complete": complete, "num_samples": outcome.num_samples, "expected_samples": expected,
-                "limit": ctx.limit},
-        timings={"total_s": round(elapsed, 3), "phases": outcome.phases,
-                 "images_per_s": round(outcome.num_samples / elapsed, 3) if elapsed > 0 else None,
-                 "peak_memory_mb": round(_peak_memory_mb(ctx.device), 1), "device": str(ctx.device),
-                 "precision": ctx.precision, "processes": env.world_size},
-        provenance=provenance(sys.argv, ctx.seed, started_at, utc_now()),
-        extra=outcome.extra,
-    )
+    result = record(outcome=outcome)
     if env.is_main:  # every rank holds the reduced metrics; one writes (atomically)
-        path = store.write(record)
-    value = outcome.metrics[outcome.main_metric]
-    log(f"done {spec.name}: {outcome.main_metric} = {value:.4g} -> {path}")
-    return TaskRun(spec.name, "done", path, outcome.main_metric, value)
+        path = store.write(result)
+    score = result.metrics.score
+    log(f"done {spec.name}: {score.metric} = {score.value:.4g} -> {path}")
+    return TaskRun(spec.name, "done", path, score.metric, score.value)

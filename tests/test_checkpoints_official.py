@@ -296,7 +296,8 @@ def test_imported_clip_student_runs_end_to_end(clip_file, tmp_path):
     assert main(["results", "validate", str(results)]) == 0
     (record_path,) = sorted(results.rglob("*__*.json"))
     record = read_result(record_path)
-    assert record["method"]["name"] == "phreg" and record["method"]["config"]["student"]["num_registers"] == 16
+    method = record.identity.method
+    assert method.name == "phreg" and method.config["student"]["num_registers"] == 16
 
 
 # -- the DINOv2 student: a Hugging Face Dinov2Model (transformers modeling_dinov2.py, eager attention, transcribed)

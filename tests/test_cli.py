@@ -44,7 +44,7 @@ def test_run_writes_valid_results_then_skips_them(tmp_path, capsys):
             "--leaderboard-dir", str(tmp_path / "lb"), *SMALL]
     assert main(args) == 0
     files = list((tmp_path / "r").rglob("*.json"))
-    assert len(files) == 1 and read_result(files[0])["task"]["name"] == "synthetic/segmentation"
+    assert len(files) == 1 and read_result(files[0]).identity.task.name == "synthetic/segmentation"
     assert {p.name for p in (tmp_path / "lb").iterdir()} == {"synthetic.json", "synthetic.md", "index.html"}
     before = files[0].stat().st_mtime_ns
     capsys.readouterr()

@@ -89,7 +89,7 @@ def test_views_is_never_truncated(tmp_path):
     """``views=2.5`` used to run with 2 views and record 2; an integer is passed through as given."""
     assert exit_code(RUN + ["-m", "tta", "-o", "views=2", "--results-dir", str(tmp_path), *SMALL]) == 0
     record = read_result(next(tmp_path.rglob("*__*.json")))
-    assert record["method"]["config"]["views"] == 2
+    assert record.identity.method.config["views"] == 2
 
 
 @pytest.mark.parametrize("extra, flag", [
@@ -215,7 +215,7 @@ def test_show_lists_the_valid_files_and_reports_the_invalid_one(results, capsys)
 def test_a_store_write_adds_a_checksum_that_read_checks(results):
     path = sorted(results.rglob("*__*.json"))[0]
     record = read_result(path)
-    assert len(record["record_sha256"]) == 64
+    assert len(record.record_sha256) == 64
     assert ResultStore(results).is_done(path)
     edit(path, lambda r: r["timings"].update(total_s=0.0))
     assert not ResultStore(results).is_done(path)  # an edited result is recomputed, not trusted

@@ -15,6 +15,7 @@ from fixtures_dist import run_ranks
 from fixtures_probe import DEPTH_OVERRIDES, SEG_OVERRIDES, write_nyu, write_voc
 
 from phreg_bench.cli import main
+from phreg_bench.results.records import ResultRecord
 from phreg_bench.results.store import read_result, result_files
 from phreg_core.distributed import DistEnv, shard
 
@@ -44,7 +45,7 @@ def ovseg_args(data_root: Path, template: Path, results: Path, cache: Path,
             "--protocol-override", f"templates={template}"]
 
 
-def _record(results: Path) -> dict:
+def _record(results: Path) -> ResultRecord:
     files = result_files(results)
     assert len(files) == 1, files
     return read_result(files[0])
@@ -86,11 +87,11 @@ def test_ovseg_under_torch_distributed_equals_one_process(data_root, one_templat
     run_ranks(world, _cli_rank, ovseg_args(data_root, one_template, ranked, tmp_path / "cache2"), str(seen),
               errors_dir=tmp_path / "errors")
     got = _record(ranked)
-    assert got["config_hash"] == expected["config_hash"]  # the same result identity
-    assert got["metrics"] == expected["metrics"]  # values (incl. Pearson) and per-class IoU, bit for bit
-    assert got["extra"]["per_class_acc"] == expected["extra"]["per_class_acc"]
-    assert got["status"]["num_samples"] == expected["status"]["num_samples"] == 10
-    assert got["timings"]["processes"] == world
+    assert got.identity.config_hash == expected.identity.config_hash  # the same result identity
+    assert got.metrics == expected.metrics  # values (incl. Pearson) and per-class IoU, bit for bit
+    assert got.extra["per_class_acc"] == expected.extra["per_class_acc"]
+    assert got.status.num_samples == expected.status.num_samples == 10
+    assert got.timings.processes == world
     loads = [int(line) for r in range(world) for line in (seen / f"rank{r}.txt").read_text().split()]
     assert sorted(loads) == list(range(10))  # every image once, on one rank
     assert all((seen / f"rank{r}.txt").read_text().split() for r in range(world))  # every rank worked
@@ -107,7 +108,7 @@ def test_synthetic_task_under_torch_distributed_equals_one_process(tmp_path):
     run_ranks(3, _probe_rank, synthetic_args(tmp_path / "ranked"), str(tmp_path), False,
               errors_dir=tmp_path / "errors")
     got, expected = _record(tmp_path / "ranked"), _record(tmp_path / "single")
-    assert got["config_hash"] == expected["config_hash"] and got["metrics"] == expected["metrics"]
+    assert got.identity.config_hash == expected.identity.config_hash and got.metrics == expected.metrics
 
 
 PROBE_OVERRIDES = {**SEG_OVERRIDES, **DEPTH_OVERRIDES, "iters": 12, "warmup_iters": 3, "train_source": "labeled"}
@@ -155,8 +156,8 @@ def _probe_rank(rank: int, argv: list[str], heads: str, alone: bool) -> None:
     assert main(argv) == 0
 
 
-def _records(results: Path) -> dict[str, dict]:
-    return {(record := read_result(path))["task"]["name"]: record for path in result_files(results)}
+def _records(results: Path) -> dict[str, ResultRecord]:
+    return {(record := read_result(path)).identity.task.name: record for path in result_files(results)}
 
 
 def _single_probe_run(data_root: Path, tmp_path: Path, monkeypatch) -> dict[str, dict]:
@@ -187,10 +188,10 @@ def test_sharded_probe_features_and_evaluation_are_exact(data_root, tmp_path, mo
     got = _ranked_probe_run(world, data_root, tmp_path, alone=True)
     assert sorted(got) == sorted(expected) == ["depth/nyu", "linseg/voc21"]
     for task in got:
-        assert got[task]["config_hash"] == expected[task]["config_hash"]
-        assert got[task]["metrics"] == expected[task]["metrics"], task  # values and per-class, exactly
-        assert got[task]["status"]["num_samples"] == expected[task]["status"]["num_samples"]
-        computed = got[task]["extra"]["feature_cache"]
+        assert got[task].identity.config_hash == expected[task].identity.config_hash
+        assert got[task].metrics == expected[task].metrics, task  # values and per-class, exactly
+        assert got[task].status.num_samples == expected[task].status.num_samples
+        computed = got[task].extra["feature_cache"]
         assert all(part["computed_rows"] == part["rows"] for part in computed.values() if isinstance(part, dict)), task
     for name in ("linseg", "depth"):
         single, ranked = torch.load(tmp_path / "heads1" / f"{name}.pt"), torch.load(tmp_path / "heads2" / f"{name}.pt")
@@ -215,10 +216,10 @@ def test_ddp_probe_training_equals_one_process_to_float_tolerance(data_root, tmp
             scale = float(single[key].abs().max()) if single[key].is_floating_point() else 0.0
             torch.testing.assert_close(ranked[key], single[key], rtol=0, atol=HEAD_TOLERANCE * scale,
                                        msg=f"{name} {key}")
-    depth, depth_single = got["depth/nyu"]["metrics"]["values"], expected["depth/nyu"]["metrics"]["values"]
+    depth, depth_single = got["depth/nyu"].metrics.values, expected["depth/nyu"].metrics.values
     assert depth == pytest.approx(depth_single, rel=METRIC_RTOL)
     # an argmax is insensitive to such differences here (a pixel flips only if its top two logits tie)
-    assert got["linseg/voc21"]["metrics"] == expected["linseg/voc21"]["metrics"]
+    assert got["linseg/voc21"].metrics == expected["linseg/voc21"].metrics
 
 
 def _failing_rank(rank: int, argv: list[str], logs: str) -> None:
@@ -259,7 +260,7 @@ def test_killed_rank_leaves_no_result_and_a_rerun_completes(data_root, one_templ
     (tmp_path / "seen").mkdir()  # the same command again (in forked ranks: seconds, not a fresh torchrun)
     run_ranks(2, _cli_rank, argv, str(tmp_path / "seen"), errors_dir=tmp_path / "errors")
     record = _record(results)
-    assert record["status"]["num_samples"] == 10 and record["timings"]["processes"] == 2
+    assert record.status.num_samples == 10 and record.timings.processes == 2
 
 
 def test_plain_progress_prints_one_line_per_interval_and_one_at_the_end():

@@ -100,20 +100,28 @@ def scratch():
 
 # -- result files ------------------------------------------------------------------------------------------
 def valid_result() -> dict:
-    from phreg_bench.results.records import measured_record
+    from phreg_bench.results.records import (
+        BackboneRef,
+        MethodRef,
+        Protocol,
+        Provenance,
+        ResultRecord,
+        RunIdentity,
+        TaskRef,
+        Timings,
+    )
     from phreg_bench.results.store import ResultStore, read_result
+    from phreg_bench.tasks.base import TaskOutcome
 
-    record = measured_record(task={"name": "synthetic/segmentation", "family": "synthetic", "version": "1",
-                                   "spec_hash": "h"},
-                             backbone={"name": "tiny-vit", "weights_id": "w", "weights_sha256": "s"},
-                             method={"name": "raw", "config": {}}, protocol={"name": "default", "settings": {}},
-                             seed=0, limit=None, precision="fp32")
-    record.update(metrics={"main": "mIoU", "higher_is_better": True, "values": {"mIoU": 50.0}, "per_class": {}},
-                  status={"complete": True, "num_samples": 2, "limit": None}, timings={"total_s": 1.0},
-                  provenance={"seed": 0})
+    identity = RunIdentity(TaskRef("synthetic/segmentation", "synthetic", "1", "h"),
+                           BackboneRef({"name": "tiny-vit", "weights_id": "w", "weights_sha256": "s"}),
+                           MethodRef("raw", {}), Protocol("default", {}, None), seed=0, limit=None, precision="fp32")
+    record = ResultRecord.measured(identity, outcome=TaskOutcome("mIoU", {"mIoU": 50.0}, 2), higher_is_better=True,
+                                   expected_samples=None, timings=Timings(1.0),
+                                   provenance=Provenance({}, {}, {}, [], "t0", "t1"))
     folder = Path(tempfile.mkdtemp())
     try:
-        return read_result(ResultStore(folder).write(record))
+        return read_result(ResultStore(folder).write(record)).to_json()
     finally:
         shutil.rmtree(folder)
 

@@ -8,8 +8,20 @@ import pytest
 
 from phreg_bench.leaderboard import build_table, to_html, to_markdown, write_index
 from phreg_bench.registries import SUITES
-from phreg_bench.results.records import measured_record, reported_record
+from phreg_bench.results.records import (
+    BackboneRef,
+    Citation,
+    MethodRef,
+    Metrics,
+    Protocol,
+    Provenance,
+    ResultRecord,
+    RunIdentity,
+    TaskRef,
+    Timings,
+)
 from phreg_bench.results.store import ResultStore, write_json_atomic
+from phreg_bench.tasks.base import TaskOutcome
 
 SUITE = {"description": "two tasks", "tasks": ["synthetic/segmentation", "synthetic/other"]}
 
@@ -40,17 +52,17 @@ def measured(store: ResultStore, backbone: str, method: str, task: str, value: f
     preset = spec.default_protocol if protocol == "default" else protocol
     settings = {**family.resolve_settings(spec, preset if preset in spec.protocols else None, RunContext(),
                                           overrides), "name": protocol}
-    record = measured_record(
-        task={"name": task, "family": "synthetic", "version": version, "spec_hash": spec_hash or spec.spec_hash()},
-        backbone={"name": backbone, "architecture": "vit", "weights_id": "w", "weights_sha256": sha,
-                  "extra": extra or {}},
-        method={"name": method, "config": method_config or {}}, protocol={"name": protocol, "settings": settings},
+    identity = RunIdentity(
+        task=TaskRef(task, "synthetic", version, spec_hash or spec.spec_hash()),
+        backbone=BackboneRef({"name": backbone, "architecture": "vit", "weights_id": "w", "weights_sha256": sha,
+                              "extra": extra or {}}),
+        method=MethodRef(method, method_config or {}), protocol=Protocol(protocol, settings, None),
         seed=seed, limit=None if complete else 2, precision=precision,
     )
-    record.update(metrics={"main": "mIoU", "higher_is_better": True, "values": {"mIoU": value}, "per_class": {}},
-                  status={"complete": complete, "num_samples": 2, "expected_samples": 4,
-                          "limit": None if complete else 2},
-                  timings={}, provenance={"finished_at": finished, "seed": seed})
+    record = ResultRecord.measured(
+        identity, outcome=TaskOutcome("mIoU", {"mIoU": value}, num_samples=4 if complete else 2),
+        higher_is_better=True, expected_samples=4, timings=Timings(None),
+        provenance=Provenance({}, {}, {}, [], started_at=finished, finished_at=finished))
     return store.write(record)
 
 
@@ -112,11 +124,11 @@ def test_reported_rows_are_marked_and_kept_apart(tmp_path):
     store = ResultStore(tmp_path)
     files = [measured(store, "vit", "raw", "synthetic/segmentation", 40.0)]
     for task, value in (("synthetic/segmentation", 60.0), ("synthetic/other", 30.0)):
-        record = reported_record(task={"name": task, "family": "synthetic", "version": "1"}, backbone="vit",
-                                 method="raw", protocol="default", main_metric="mIoU", higher_is_better=True,
-                                 values={"mIoU": value}, citation={"source": "arXiv:0000", "table": "1"})
+        record = ResultRecord.reported(task=TaskRef(task, "synthetic", "1", None), backbone="vit", method="raw",
+                                       protocol="default", metrics=Metrics("mIoU", True, {"mIoU": value}),
+                                       citation=Citation("arXiv:0000", "1"))
         path = tmp_path / "reported" / f"{task.replace('/', '_')}.json"
-        write_json_atomic(path, record)
+        write_json_atomic(path, record.to_json())
         files.append(path)
     board = build_table(files, "s", SUITE)
     kinds = {r["kind"]: r for r in board["rows"]}

@@ -21,41 +21,73 @@ import pytest
 from phreg_bench.leaderboard import build_table, write_boards
 from phreg_bench.leaderboard_page import natural_compare, to_html, to_markdown
 from phreg_bench.registries import SUITES, TASK_FAMILIES, TASKS
-from phreg_bench.results.records import measured_record
+from phreg_bench.results.records import (
+    BackboneRef,
+    MethodRef,
+    Protocol,
+    Provenance,
+    ResultRecord,
+    RunIdentity,
+    TaskRef,
+    Timings,
+)
 from phreg_bench.results.shipped import reported_dir
 from phreg_bench.results.store import ResultStore, result_files
-from phreg_bench.tasks.base import RunContext
+from phreg_bench.tasks.base import RunContext, TaskOutcome
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SEG = {"description": "two segmentation tasks", "tasks": ["synthetic/segmentation", "synthetic/other"]}
 DEPTH = {"description": "a probe task (RMSE) and a segmentation task", "tasks": ["synthetic/depth", "synthetic/other"]}
 
 
+class SyntheticProbe(TASK_FAMILIES.get("synthetic")):
+    """A family that trains a probe: the run's budget is a fixed setting and the row variant (as in linseg)."""
+
+    name = "synthetic-probe"
+    settings_class = None
+    variant_keys = ("budget",)
+
+    def fixed_settings(self, ctx: RunContext) -> dict[str, Any]:
+        return {"budget": ctx.budget}
+
+    def row_variant(self, settings: dict[str, Any]) -> str | None:
+        return settings["budget"]
+
+    def recorded_preset(self, spec, settings: dict[str, Any]) -> dict[str, Any]:
+        return self.resolve_settings(spec, settings["name"], RunContext(budget=settings["budget"]))
+
+
 @pytest.fixture(autouse=True)
 def extra_synthetic_tasks(monkeypatch):
-    """Two more registered tasks so that boards can have several columns."""
+    """Two more registered tasks so that boards can have several columns (``synthetic/depth`` trains a probe)."""
     base = TASKS.entry("synthetic/segmentation")
-    for name in ("synthetic/other", "synthetic/depth"):
-        monkeypatch.setitem(TASKS._entries, name, type(base)(name=name, target=replace(base.target, name=name)))
+    family = TASK_FAMILIES.entry("synthetic")
+    monkeypatch.setitem(TASK_FAMILIES._entries, SyntheticProbe.name,
+                        type(family)(name=SyntheticProbe.name, target=SyntheticProbe))
+    for name, family_name in (("synthetic/other", "synthetic"), ("synthetic/depth", SyntheticProbe.name)):
+        spec = replace(base.target, name=name, family=family_name)
+        monkeypatch.setitem(TASKS._entries, name, type(base)(name=name, target=spec))
     yield
 
 
 def measured(store: ResultStore, backbone: str, method: str, task: str, value: float, *, metric: str = "mIoU",
              higher: bool = True, budget: str | None = None, protocol: str = "default", version: str = "1",
-             family: str = "synthetic") -> Path:
-    """A complete measured result; ``budget`` given: a run that trains a probe (settings carry the budget)."""
+             family: str | None = None) -> Path:
+    """A complete measured result; ``budget``: the run's budget, for a task whose family trains a probe."""
     # the settings the task's preset resolves to, as a run records them
-    settings = TASK_FAMILIES.get(family)().resolve_settings(TASKS.get(task), protocol, RunContext())
-    if budget is not None:
-        settings["budget"] = budget
-    record = measured_record(
-        task={"name": task, "family": family, "version": version, "spec_hash": TASKS.get(task).spec_hash()},
-        backbone={"name": backbone, "weights_id": "w", "weights_sha256": "s"},
-        method={"name": method, "config": {}}, protocol={"name": protocol, "settings": settings}, seed=0, limit=None,
-        precision="fp32")
-    record.update(metrics={"main": metric, "higher_is_better": higher, "values": {metric: value}, "per_class": {}},
-                  status={"complete": True, "num_samples": 4, "expected_samples": 4, "limit": None},
-                  timings={}, provenance={"finished_at": "2026-01-01T00:00:00+00:00", "seed": 0})
+    spec = TASKS.get(task)
+    runner = TASK_FAMILIES.get(family or spec.family)()
+    settings = runner.resolve_settings(spec, protocol, RunContext(budget=budget or "full"))
+    identity = RunIdentity(
+        task=TaskRef(task, family or spec.family, version, spec.spec_hash()),
+        backbone=BackboneRef({"name": backbone, "weights_id": "w", "weights_sha256": "s"}),
+        method=MethodRef(method, {}), protocol=Protocol(protocol, settings, runner.row_variant(settings)), seed=0,
+        limit=None, precision="fp32")
+    finished = "2026-01-01T00:00:00+00:00"
+    record = ResultRecord.measured(
+        identity, outcome=TaskOutcome(metric, {metric: value}, num_samples=4), higher_is_better=higher,
+        expected_samples=4, timings=Timings(None),
+        provenance=Provenance({}, {}, {}, [], started_at=finished, finished_at=finished))
     return store.write(record)
 
 

@@ -204,9 +204,9 @@ def test_runs_end_to_end_on_ovseg_and_linseg_fixtures(tmp_path):
                  "--data-root", str(tmp_path / "probe"), *overrides, *common]) == 0
     assert main(["results", "validate", str(results)]) == 0
     records = [read_result(path) for path in sorted(results.rglob("*.json"))]
-    assert sorted(r["task"]["name"] for r in records) == ["linseg/voc21", "ovseg/voc21"]
+    assert sorted(r.identity.task.name for r in records) == ["linseg/voc21", "ovseg/voc21"]
     for record in records:
-        config = record["method"]["config"]
-        assert record["method"]["name"] == "dvt" and config["grid"] == [4, 4] and config["num_blocks"] == 1
+        config = record.identity.method.config
+        assert record.identity.method.name == "dvt" and config["grid"] == [4, 4] and config["num_blocks"] == 1
         assert len(config["denoiser_sha256"]) == 64 and config["inner"]["name"] == "raw"
-        assert json.dumps(record, allow_nan=False)
+        assert json.dumps(record.to_json(), allow_nan=False)

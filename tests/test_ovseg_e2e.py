@@ -102,18 +102,18 @@ def _check_results(results, pairs, limit):
     seen = set()
     for path in files:
         record = read_result(path)  # schema validation, strict JSON
-        task = TASKS.get(record["task"]["name"])
-        protocol = record["protocol"]["name"]
-        settings = record["protocol"]["settings"]
+        task = TASKS.get(record.identity.task.name)
+        protocol = record.identity.protocol.name
+        settings = record.identity.protocol.settings
         overridden = {"resize", "templates"}
         assert {k: settings[k] for k in task.protocols[protocol] if k not in overridden} == \
             {k: v for k, v in task.protocols[protocol].items() if k not in overridden}
         assert settings["resize"] == 40
-        assert record["status"]["num_samples"] == limit and record["status"]["complete"] is False
-        values = record["metrics"]["values"]
-        assert {"mIoU", "mAcc", "aAcc"} <= set(values) and record["metrics"]["main"] == "mIoU"
-        assert len(record["metrics"]["per_class"]) == DATA_CLASSES[task.dataset]
-        seen.add((record["method"]["name"], protocol))
+        assert record.status.num_samples == limit and record.status.complete is False
+        values = record.metrics.values
+        assert {"mIoU", "mAcc", "aAcc"} <= set(values) and record.metrics.main == "mIoU"
+        assert len(record.metrics.per_class) == DATA_CLASSES[task.dataset]
+        seen.add((record.identity.method.name, protocol))
     assert seen == set(pairs)
 
 

@@ -30,13 +30,14 @@ def test_records_are_valid_reported_results(tmp_path):
     out = records()
     assert len(out) == len(TABLE1) * len(TASKS)
     for record in out:
-        assert record["kind"] == "reported" and record["protocol"]["name"] == "phreg"
-        assert record["citation"]["source"] == "arXiv:2505.21501" and "Table 1" in record["citation"]["table"]
-        assert "provenance" not in record and "timings" not in record
-    phreg_voc = next(r for r in out if r["method"]["name"] == "phreg" and r["task"]["name"] == "ovseg/voc21")
-    assert phreg_voc["metrics"]["values"] == {"mIoU": 63.01, "pearson": 0.013}
-    dvt_ade = next(r for r in out if r["method"]["name"] == "naclip+dvt" and r["task"]["name"] == "ovseg/ade20k")
-    assert dvt_ade["metrics"]["values"] == {"mIoU": 17.54}  # the unreadable Pearson value is left out
+        assert record.kind == "reported" and record.identity.protocol.name == "phreg"
+        assert record.citation.source == "arXiv:2505.21501" and "Table 1" in record.citation.table
+        assert "provenance" not in record.to_json() and "timings" not in record.to_json()
+    phreg_voc = next(r for r in out if r.identity.method.name == "phreg" and r.identity.task.name == "ovseg/voc21")
+    assert phreg_voc.metrics.values == {"mIoU": 63.01, "pearson": 0.013}
+    dvt_ade = next(r for r in out
+                   if r.identity.method.name == "naclip+dvt" and r.identity.task.name == "ovseg/ade20k")
+    assert dvt_ade.metrics.values == {"mIoU": 17.54}  # the unreadable Pearson value is left out
     paths = write(tmp_path)
     for path in paths:
         read_result(path)

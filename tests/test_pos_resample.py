@@ -396,22 +396,21 @@ def test_adapter_records_and_keeps_its_policy(tmp_path):
 
 # -- identity, defaults, options ------------------------------------------------------------------------------
 def test_policy_enters_the_backbone_identity_and_the_config_hash():
-    from phreg_bench.results.records import measured_record
+    from phreg_bench.results.records import BackboneRef, MethodRef, Protocol, RunIdentity, TaskRef
 
     def record(policy):
         backbone = BACKBONES.get("tiny-vit")(None, seed=0, pos_resample=policy)
         info = backbone.info.to_dict()
-        return info, measured_record(task={"name": "t", "family": "f", "version": "1", "spec_hash": "x"},
-                                     backbone=info, method={"name": "raw", "config": {}},
-                                     protocol={"name": "p", "settings": {"a": 1}}, seed=0, limit=None,
-                                     precision="fp32")
+        return info, RunIdentity(TaskRef("t", "f", "1", "x"), BackboneRef(info), MethodRef("raw", {}),
+                                 Protocol("p", {"a": 1}), seed=0, limit=None, precision="fp32")
 
     info, default = record(None)
     assert info["pos_resample"] == "bicubic"
     same, offset = record("bicubic")[1], record("bicubic-offset")[1]
-    assert same["config_hash"] == default["config_hash"]
-    assert offset["config_hash"] != default["config_hash"]
-    assert offset["backbone"]["weights_sha256"] == default["backbone"]["weights_sha256"]  # same weights
+    assert same.config_hash == default.config_hash
+    assert offset.config_hash != default.config_hash
+    weights = [identity.backbone.description["weights_sha256"] for identity in (offset, default)]
+    assert weights[0] == weights[1]  # same weights
 
 
 def test_catalogue_defaults_follow_the_references():

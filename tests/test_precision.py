@@ -92,7 +92,7 @@ def _check(seen, families: set[str]) -> None:
 def test_synthetic_autocasts_only_the_backbone(tmp_path, spies):
     records = _run(tmp_path, ["synthetic/segmentation"], {"image_size": 32, "num_train": 4, "num_val": 2})
     _check(spies, {"synthetic"})
-    assert records[0]["precision"] == "bf16"
+    assert records[0].identity.precision == "bf16"
 
 
 def test_probe_heads_losses_and_metrics_stay_fp32(tmp_path, spies):
@@ -104,7 +104,7 @@ def test_probe_heads_losses_and_metrics_stay_fp32(tmp_path, spies):
     _check(spies, {"linseg", "depth", "seg"})
     assert any(where == "linseg head" and len(state["dtypes"]) == 1 and step > 2
                for step, (where, state) in enumerate(spies["fp32"]))  # gradients were inspected too
-    assert {r["precision"] for r in records} == {"bf16"}
+    assert {r.identity.precision for r in records} == {"bf16"}
 
 
 def test_ovseg_autocasts_only_the_image_tower(tmp_path, spies):
@@ -124,7 +124,7 @@ def test_precision_without_autocast_runs_and_records_fp32(tmp_path, monkeypatch)
     request = RunRequest(backbone="tiny-vit", tasks=["synthetic/segmentation"], results_dir=tmp_path,
                          protocol_overrides={"image_size": 32, "num_train": 4, "num_val": 2})
     result = run(request, RunContext(precision="fp16"), log=logs.append)[0]
-    assert read_result(result.path)["precision"] == "fp32"
+    assert read_result(result.path).identity.precision == "fp32"
     assert any("no fp16 autocast" in line for line in logs)
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from phreg_bench.results.hashing import config_hash
-from phreg_bench.results.records import reported_record
-from phreg_bench.results.schema import ResultError, dumps_strict, loads_strict, validate
+from phreg_bench.results.records import Citation, Metrics, ResultRecord, TaskRef
+from phreg_bench.results.schema import ResultError, dumps_strict, loads_strict
 from phreg_bench.results.store import ResultStore, read_result, write_json_atomic
 from phreg_bench.runner import RunRequest, run
 from phreg_bench.tasks.base import RunContext
@@ -31,23 +31,24 @@ def small_run(tmp_path: Path, **ctx_kwargs) -> Path:
 def test_measured_record_round_trips_and_validates(tmp_path):
     path = small_run(tmp_path)
     record = read_result(path)
-    assert loads_strict(dumps_strict(record)) == record
-    assert record["kind"] == "measured" and record["status"]["complete"]
-    assert record["protocol"]["settings"]["image_size"] == 32
-    assert record["provenance"]["package_versions"]["torch"] == metadata.version("torch")
-    assert set(record["provenance"]) >= {"git", "hardware", "command", "seed", "started_at", "finished_at"}
-    assert 0 <= record["metrics"]["values"]["mIoU"] <= 100
+    assert ResultRecord.from_json(loads_strict(dumps_strict(record.to_json())), migrate=False) == record
+    assert loads_strict(path.read_text()) == record.to_json()  # the file is exactly the record
+    assert record.kind == "measured" and record.status.complete
+    assert record.identity.protocol.settings["image_size"] == 32
+    assert record.provenance.package_versions["torch"] == metadata.version("torch")
+    assert set(record.to_json()["provenance"]) >= {"git", "hardware", "command", "seed", "started_at",
+                                                   "finished_at"}
+    assert 0 <= record.metrics.values["mIoU"] <= 100
 
 
 def test_nan_is_rejected_on_write_and_on_read(tmp_path):
-    record = reported_record(task={"name": "ovseg/voc21", "family": "ovseg", "version": "1"},
-                             backbone="b", method="raw", protocol="phreg", main_metric="mIoU",
-                             higher_is_better=True, values={"mIoU": 1.0}, citation={"source": "x"})
-    record["metrics"]["values"]["mIoU"] = float("nan")
+    record = ResultRecord.reported(task=TaskRef("ovseg/voc21", "ovseg", "1", None), backbone="b", method="raw",
+                                   protocol="phreg", metrics=Metrics("mIoU", True, {"mIoU": float("nan")}),
+                                   citation=Citation("x")).to_json()
     with pytest.raises(ResultError):
         dumps_strict(record)
     with pytest.raises(ResultError):
-        validate(record)
+        ResultRecord.from_json(record)
     text = json.dumps(record)  # Python writes NaN by default: the reader must refuse it
     with pytest.raises(ResultError, match="NaN"):
         loads_strict(text)
@@ -55,9 +56,9 @@ def test_nan_is_rejected_on_write_and_on_read(tmp_path):
 
 def test_validation_names_the_problem():
     with pytest.raises(ResultError, match="schema_version"):
-        validate({"schema_version": 99})
+        ResultRecord.from_json({"schema_version": 99})
     with pytest.raises(ResultError, match="citation"):
-        validate({"schema_version": 1, "kind": "reported", "task": {}, "backbone": {}, "method": {},
+        ResultRecord.from_json({"schema_version": 1, "kind": "reported", "task": {}, "backbone": {}, "method": {},
                   "protocol": {}, "metrics": {}, "status": {}, "config_hash": "x"})
 
 
@@ -87,7 +88,7 @@ def test_config_hash_ignores_device_workers_and_batch_size_but_not_protocol(tmp_
     first = small_run(tmp_path / "a", batch_size=2, num_workers=0)
     second = small_run(tmp_path / "b", batch_size=4, num_workers=3, device=torch.device("cpu"))
     assert first.name == second.name
-    assert read_result(first)["config_hash"] == read_result(second)["config_hash"]
+    assert read_result(first).identity.config_hash == read_result(second).identity.config_hash
     third = small_run(tmp_path / "c", overrides={**SMALL, "num_val": 3})
     assert third.name != first.name
 
@@ -113,7 +114,81 @@ def test_a_bf16_run_is_not_skipped_as_done_after_an_fp32_run(tmp_path):
     assert (first.status, second.status) == ("done", "done"), logs
     assert first.path != second.path and not any("already done" in line for line in logs)
     fp32, bf16 = read_result(first.path), read_result(second.path)
-    assert fp32["config_hash"] != bf16["config_hash"]
-    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")  # what ran (CPU autocast has bf16)
+    assert fp32.identity.config_hash != bf16.identity.config_hash
+    assert (fp32.identity.precision, bf16.identity.precision) == ("fp32", "bf16")  # what ran (CPU autocast has bf16)
     again = run(request, RunContext(precision="bf16"), log=logs.append)[0]
     assert again.status == "skipped" and again.path == second.path
+
+
+def test_a_failed_task_writes_an_error_record_that_a_rerun_replaces(tmp_path, monkeypatch):
+    """A failed task leaves an error record (no metrics, the error, timings so far, provenance); `only-missing`
+    treats it as not done, and the rerun's result replaces it in the same file."""
+    from phreg_bench.tasks.synthetic import SyntheticSegmentation
+
+    def broken(self, model, spec, settings, ctx):
+        raise RuntimeError("out of cheese")
+
+    logs: list[str] = []
+    request = RunRequest(backbone="tiny-vit", tasks=["synthetic/segmentation"], results_dir=tmp_path,
+                         protocol_overrides=SMALL)
+    with monkeypatch.context() as patch:
+        patch.setattr(SyntheticSegmentation, "run", broken)
+        failed = run(request, RunContext(), log=logs.append)[0]
+    assert failed.status == "failed" and failed.error == "RuntimeError: out of cheese"
+    (path,) = ResultStore(tmp_path).iter_files()
+    record = read_result(path)
+    assert record.failed and record.metrics is None and not record.status.complete
+    assert (record.status.error.type, record.status.error.message) == ("RuntimeError", "out of cheese")
+    assert record.timings.total_s is not None and record.provenance.finished_at and record.record_sha256
+    data = loads_strict(path.read_text())
+    assert "metrics" not in data and data["status"]["error"] == {"type": "RuntimeError", "message": "out of cheese"}
+    assert not ResultStore(tmp_path).is_done(path)
+    again = run(request, RunContext(), log=logs.append)[0]
+    assert again.status == "done" and again.path == path
+    assert not read_result(path).failed and read_result(path).metrics.values["mIoU"] >= 0
+
+
+def test_error_records_are_listed_by_results_show_and_kept_off_the_leaderboard(tmp_path, monkeypatch, capsys):
+    from phreg_bench.cli import main
+    from phreg_bench.leaderboard import build_table
+    from phreg_bench.tasks.synthetic import SyntheticSegmentation
+
+    def broken(self, model, spec, settings, ctx):
+        raise ValueError("bad scene")
+
+    monkeypatch.setattr(SyntheticSegmentation, "run", broken)
+    request = RunRequest(backbone="tiny-vit", tasks=["synthetic/segmentation"], results_dir=tmp_path,
+                         protocol_overrides=SMALL)
+    run(request, RunContext(), log=lambda message: None)
+    (path,) = ResultStore(tmp_path).iter_files()
+    assert main(["results", "show", str(tmp_path)]) == 0
+    assert "error: ValueError: bad scene" in capsys.readouterr().out
+    board = build_table([path], "synthetic", {"tasks": ["synthetic/segmentation"]})
+    assert board["rows"] == []
+    assert board["excluded"] == [{"file": str(path), "reason": "failed run: ValueError: bad scene"}]
+
+
+def test_files_of_earlier_versions_are_migrated_on_read(tmp_path):
+    """Before the family declared its row variant the record had no ``protocol.variant``; before precision
+    was recorded there was no ``precision`` (and it was not hashed): both still load, unchanged in hash."""
+    path = small_run(tmp_path)
+    data = loads_strict(path.read_text())
+    old = {key: value for key, value in data.items() if key not in ("record_sha256", "precision")}
+    old["protocol"] = {key: value for key, value in old["protocol"].items() if key != "variant"}
+    old["config_hash"] = ResultRecord.from_json(old, strict=False).identity.config_hash  # hashed without precision
+    record = ResultRecord.from_json(old)
+    assert record.identity.protocol.variant is None and record.identity.precision is None
+    assert record.precision_ran == "fp32"
+    with pytest.raises(ResultError, match="protocol.variant"):
+        ResultRecord.from_json(old, migrate=False)
+    probe = dict(old, protocol={"name": "paper", "settings": {"name": "paper", "budget": "quick",
+                                                              "train_features": "full"}})
+    assert ResultRecord.from_json(probe, strict=False).identity.protocol.variant == "quick/full"
+
+
+def test_strict_reading_refuses_unknown_fields(tmp_path):
+    data = loads_strict(small_run(tmp_path).read_text())
+    data.pop("record_sha256")
+    with pytest.raises(ResultError, match="unknown key"):
+        ResultRecord.from_json({**data, "score": 1})
+    assert ResultRecord.from_json({**data, "score": 1}, strict=False).metrics.main == "mIoU"

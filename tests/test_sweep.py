@@ -129,7 +129,7 @@ def test_local_sweep_runs_the_matrix_resumes_and_reports_failures(tmp_path, caps
     assert main(["sweep", str(sweep_file)]) == 0
     assert "sweep: 8 done, 0 skipped (already done), 0 failed" in _statuses(capsys)
     records = [read_result(path) for path in result_files(tmp_path / "results")]
-    assert len(records) == 8 and len({r["config_hash"] for r in records}) == 8
+    assert len(records) == 8 and len({r.identity.config_hash for r in records}) == 8
     assert (tmp_path / "results" / "leaderboard" / "synthetic.md").exists()
 
     assert main(["sweep", str(sweep_file)]) == 0  # a rerun: every combination is already there
@@ -158,4 +158,6 @@ def test_submitit_local_executor_runs_and_reports(tmp_path, capsys):
     assert "sweep: 1 done, 0 skipped (already done), 1 failed" in text
     match = re.search(r"FAILED planted-vit__raw__linseg_voc21__\S+: exit status 1; log: (\S+) / (\S+)", text)
     assert match and "DatasetError" in Path(match[2]).read_text()
-    assert len(result_files(tmp_path / "results")) == 1
+    records = [read_result(path) for path in result_files(tmp_path / "results")]
+    finished = [r for r in records if not r.failed]  # the failed task left an error record beside it
+    assert len(finished) == 1 and [r.status.error.type for r in records if r.failed] == ["DatasetError"]

@@ -363,4 +363,4 @@ def test_cli_find_writes_the_neurons_and_run_uses_them(tmp_path, capsys):
                  "--protocol-override", "num_train=4", "--protocol-override", "num_val=2"]) == 0
     (path,) = results.rglob("*.json")
     record = read_result(path)
-    assert record["method"]["name"] == "ttr" and record["method"]["config"]["num_neurons"] == 10
+    assert record.identity.method.name == "ttr" and record.identity.method.config["num_neurons"] == 10

@@ -14,11 +14,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phreg_bench.checkpoints.hub_spec import HubSpec
 from phreg_core.adapter_io import AdapterMismatchError, adapter_paths, read_sidecar
 from phreg_core.errors import PhregError
+
+if TYPE_CHECKING:
+    from phreg_bench.results.records import ResultRecord
 
 __all__ = ["PushError", "fetch_adapter", "model_card", "push_adapter"]
 
@@ -62,14 +65,14 @@ def _base_hub_repo(base_name: str | None) -> str | None:
     return None
 
 
-def _results_table(results: list[dict[str, Any]]) -> list[str]:
+def _results_table(results: list[ResultRecord]) -> list[str]:
     lines = ["| task | protocol | metric | value | samples | complete |", "|---|---|---|---|---|---|"]
     for record in results:
-        metrics = record["metrics"]
-        value = metrics["values"][metrics["main"]]
-        lines.append(f"| {record['task']['name']} | {record['protocol']['name']} | {metrics['main']} | "
-                     f"{value:.4g} | {record['status']['num_samples']} | "
-                     f"{'yes' if record['status']['complete'] else 'no'} |")
+        identity, status = record.identity, record.status
+        metric, value = ("", f"error: {status.error.type}") if status.error is not None else \
+            (record.metrics.main, f"{record.metrics.score.value:.4g}")
+        lines.append(f"| {identity.task.name} | {identity.protocol.name} | {metric} | {value} | "
+                     f"{status.num_samples} | {'yes' if status.complete else 'no'} |")
     return lines
 
 
@@ -78,7 +81,7 @@ def _value(value: Any) -> str:
 
 
 def model_card(sidecar: dict[str, Any], repo_id: str, *, tensors_sha256: str,
-               results: list[dict[str, Any]] | None = None, subfolder: str | None = None) -> str:
+               results: list[ResultRecord] | None = None, subfolder: str | None = None) -> str:
     """The ``README.md`` of a pushed adapter: base backbone, weights sha, student, recipe, diagnostics, results."""
     base = sidecar.get("base", {})
     student = sidecar.get("student", {})
@@ -155,7 +158,7 @@ def _verified_sidecar(folder: Path) -> tuple[dict[str, Any], Path, Path]:
     return sidecar, tensors, sidecar_path
 
 
-def _folder_results(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+def _folder_results(folder: Path) -> list[tuple[Path, ResultRecord]]:
     from phreg_bench.results.store import read_result, result_files
 
     found = []

@@ -1,15 +1,20 @@
 """`phreg-bench results {show,validate}`.
 
 Both read every file they are given: an invalid file is reported (standard error for ``show``) and the
-others are still shown or checked; the exit status is 1 when any file is invalid or none was found.
+others are still shown or checked (``show`` lists a failed run's error record with its error); the exit
+status is 1 when any file is invalid or none was found.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from phreg_bench.cli import OptionError, add_row, make_table, note, print_table, say
+
+if TYPE_CHECKING:
+    from phreg_bench.results.records import ResultRecord
 
 
 def register(subparsers) -> None:
@@ -34,7 +39,7 @@ def _files(path: Path) -> list[Path]:
     return result_files(path)
 
 
-def _read_all(path: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+def _read_all(path: Path) -> tuple[list[tuple[Path, ResultRecord]], list[str]]:
     """``([(file, record)], [error messages])`` for every result file under ``path``."""
     from phreg_bench.results.schema import ResultError
     from phreg_bench.results.store import read_result
@@ -48,16 +53,24 @@ def _read_all(path: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
     return records, errors
 
 
+def _status(record: ResultRecord) -> tuple[str, str, str]:
+    """``(main metric, value, complete)`` cells; a failed run shows its error instead of a value."""
+    if record.status.error is not None:
+        return "", f"error: {record.status.error.type}: {record.status.error.message}", "no"
+    assert record.metrics is not None
+    score = record.metrics.score
+    return score.metric, f"{score.value:.4g}", "yes" if record.status.complete else "no"
+
+
 def handle_show(args: argparse.Namespace) -> int:
     records, errors = _read_all(args.path)
     if records:
         table = make_table(str(args.path), ("task", "backbone", "method", "protocol", "kind", "main", "value",
                                             "complete"))
         for _, record in records:
-            metrics = record["metrics"]
-            add_row(table, record["task"]["name"], record["backbone"]["name"], record["method"]["name"],
-                    record["protocol"]["name"], record["kind"], metrics["main"],
-                    f"{metrics['values'][metrics['main']]:.4g}", "yes" if record["status"]["complete"] else "no")
+            identity = record.identity
+            add_row(table, identity.task.name, identity.backbone.name, identity.method.name, identity.protocol.name,
+                    record.kind, *_status(record))
         print_table(table)
     for error in errors:
         note("INVALID ", error, style="red")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from phreg_bench.results.records import reported_record
+from phreg_bench.results.records import Citation, Metrics, ResultRecord, TaskRef
 from phreg_bench.results.store import ResultStore
 
-CITATION = {"source": "arXiv:2505.21501", "table": "Table 2",
-            "title": "Vision Transformers with Self-Distilled Registers (NeurIPS 2025 camera-ready)"}
+CITATION = Citation(source="arXiv:2505.21501", table="Table 2",
+                    title="Vision Transformers with Self-Distilled Registers (NeurIPS 2025 camera-ready)")
 PROTOCOL = "paper"
 
 # (backbone, method): (VOC mIoU, VOC mAcc, ADE mIoU, ADE mAcc, RMSE, AbsRel, delta1)
@@ -48,7 +48,7 @@ TASKS = {  # task name -> (family, version, main metric, higher is better)
 }
 
 
-def records() -> list[dict]:
+def records() -> list[ResultRecord]:
     out = []
     for (backbone, method), row in TABLE2.items():
         voc_miou, voc_macc, ade_miou, ade_macc, rmse, absrel, delta1 = row
@@ -56,10 +56,9 @@ def records() -> list[dict]:
                   "linseg/ade20k": {"mIoU": ade_miou, "mAcc": ade_macc},
                   "depth/nyu": {"RMSE": rmse, "AbsRel": absrel, "delta1": delta1}}
         for task, (family, version, main, higher) in TASKS.items():
-            out.append(reported_record(
-                task={"name": task, "family": family, "version": version}, backbone=backbone, method=method,
-                protocol=PROTOCOL, main_metric=main, higher_is_better=higher, values=values[task],
-                citation=CITATION))
+            out.append(ResultRecord.reported(
+                task=TaskRef(task, family, version, None), backbone=backbone, method=method, protocol=PROTOCOL,
+                metrics=Metrics(main, higher, values[task]), citation=CITATION))
     return out
 
 

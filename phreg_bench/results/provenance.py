@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from phreg_bench.results.records import Provenance
+
 PACKAGES = ("phreg-bench", "torch", "torchvision", "timm", "open_clip_torch", "numpy", "safetensors")
 
 
@@ -66,13 +68,8 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def provenance(command: list[str] | None, seed: int, started_at: str, finished_at: str) -> dict[str, Any]:
-    return {
-        "package_versions": package_versions(),
-        "git": git_state(),
-        "hardware": hardware(),
-        "command": command if command is not None else sys.argv,
-        "seed": seed,
-        "started_at": started_at,
-        "finished_at": finished_at,
-    }
+def provenance(command: list[str] | None, started_at: str, finished_at: str) -> Provenance:
+    """This run's provenance (``command`` default: ``sys.argv``; times in UTC ISO 8601, see :func:`utc_now`)."""
+    return Provenance(package_versions=package_versions(), git=git_state(), hardware=hardware(),
+                      command=list(command if command is not None else sys.argv), started_at=started_at,
+                      finished_at=finished_at)

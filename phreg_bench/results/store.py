@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from phreg_bench.results.hashing import canonical_json, config_hash
-from phreg_bench.results.schema import ResultError, dumps_strict, loads_strict, validate
+from phreg_bench.results.records import ResultRecord, RunIdentity, record_checksum
+from phreg_bench.results.schema import ResultError, dumps_strict, loads_strict
 from phreg_core.atomic import write_text_atomic
 from phreg_core.errors import MissingFileError
 
@@ -22,54 +21,15 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
     write_text_atomic(path, dumps_strict(record))
 
 
-def record_checksum(record: dict[str, Any]) -> str:
-    """sha256 of the record without its ``record_sha256`` field (canonical JSON): edits after writing show."""
-    return hashlib.sha256(canonical_json({k: v for k, v in record.items() if k != "record_sha256"}).encode()
-                          ).hexdigest()
-
-
-def expected_config_hash(record: dict[str, Any]) -> str:
-    """The config hash of a validated record's identity fields, computed as :mod:`records` computes it.
-
-    Measured records: seed from ``provenance.seed``, limit from ``status.limit``, the precision that ran from
-    ``precision``; reported: seed 0, no limit, no precision.
-    """
-    if record["kind"] == "measured":
-        seed, limit = record["provenance"].get("seed"), record["status"].get("limit")
-    else:
-        seed, limit = 0, None
-    if type(seed) is not int or not (limit is None or type(limit) is int):
-        raise ResultError("provenance.seed must be an integer and status.limit an integer or null")
-    try:
-        return config_hash(task=record["task"], backbone=record["backbone"], method=record["method"],
-                           protocol=record["protocol"]["settings"], seed=seed, limit=limit,
-                           precision=record.get("precision"))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ResultError(f"the identity fields cannot be hashed ({type(error).__name__}: {error})") from error
-
-
-def check_integrity(record: dict[str, Any]) -> dict[str, Any]:
-    """Refuse a record whose ``config_hash`` does not match its identity fields, or whose checksum (written
-    by :meth:`ResultStore.write`) does not match its content: the file was edited after it was written."""
-    expected = expected_config_hash(record)
-    if record["config_hash"] != expected:
-        raise ResultError(f"config_hash {record['config_hash'][:12]}… does not match the task, backbone, method, "
-                          f"protocol, seed, limit and precision recorded in the file ({expected[:12]}…): it was "
-                          "edited after it was written; rerun the task instead of editing its result")
-    if "record_sha256" in record and record["record_sha256"] != record_checksum(record):
-        raise ResultError("record_sha256 does not match the content (metrics or other fields were edited after "
-                          "the file was written); rerun the task instead of editing its result")
-    return record
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """Read, validate and integrity-check one result file; every error is a :class:`ResultError` naming it."""
+def read_result(path: Path) -> ResultRecord:
+    """Read one result file through :meth:`ResultRecord.from_json` (validated, migrated, integrity-checked);
+    every error is a :class:`ResultError` naming the file."""
     try:
         text = path.read_bytes()
     except OSError as error:
         raise ResultError(f"{path}: cannot be read ({error.strerror or error})") from error
     try:
-        return check_integrity(validate(loads_strict(text)))
+        return ResultRecord.from_json(loads_strict(text))
     except RecursionError as error:
         raise ResultError(f"{path}: nested too deeply to be a result file") from error
     except ResultError as error:
@@ -99,33 +59,34 @@ class ResultStore:
 
     root: Path
 
-    def path_for(self, record: dict[str, Any]) -> Path:
-        family, _, dataset = record["task"]["name"].partition("/")
-        name = f"{family}__{dataset}__{slug(record['protocol']['name'])}__{record['config_hash'][:12]}.json"
-        return self.root / slug(record["backbone"]["name"]) / slug(record["method"]["name"]) / name
+    def path_for(self, identity: RunIdentity) -> Path:
+        family, _, dataset = identity.task.name.partition("/")
+        name = f"{family}__{dataset}__{slug(identity.protocol.name)}__{identity.config_hash[:12]}.json"
+        return self.root / slug(identity.backbone.name) / slug(identity.method.name) / name
 
     def is_done(self, path: Path) -> bool:
-        """A finished, valid result exists (an invalid file counts as missing and is recomputed)."""
+        """A finished, valid result exists. An invalid file and an error record (a failed run) count as
+        missing, so that a rerun computes them again."""
         if not path.exists():
             return False
         try:
-            read_result(path)
+            return not read_result(path).failed
         except ResultError:
             return False
-        return True
 
-    def write(self, record: dict[str, Any]) -> Path:
-        """Validate and write atomically (a measured record gets its ``record_sha256`` checksum); returns the path.
+    def write(self, record: ResultRecord) -> Path:
+        """Write atomically (a measured record gets its ``record_sha256`` checksum); returns the path.
 
-        Reported records (quoted numbers, regenerated by ``python -m phreg_bench.reported``) carry no checksum.
+        The JSON written is read back through :meth:`ResultRecord.from_json` first, so a record no reader
+        would accept is never written. Reported records (quoted numbers, regenerated by
+        ``python -m phreg_bench.reported``) carry no checksum.
         """
-        stored = loads_strict(dumps_strict(validate(record)))  # exactly what a reader will see
-        if record["kind"] == "measured":
-            stored.pop("record_sha256", None)
-            record["record_sha256"] = stored["record_sha256"] = record_checksum(stored)
-        check_integrity(stored)
-        path = self.path_for(record)
-        write_json_atomic(path, record)
+        data = loads_strict(dumps_strict(replace(record, record_sha256=None).to_json()))
+        if record.kind == "measured":  # the checksum of exactly what a reader will see
+            data["record_sha256"] = record_checksum(data)
+        ResultRecord.from_json(data, migrate=False)
+        path = self.path_for(record.identity)
+        write_json_atomic(path, data)
         return path
 
     def remove_stale_temp_files(self, older_than_s: float = 60.0) -> int:

@@ -43,13 +43,17 @@ class RunContext:
 
 @dataclass
 class TaskOutcome:
-    """What a task run measured."""
+    """What a task run measured: the family's hand-off to the result record
+    (:meth:`phreg_bench.results.records.ResultRecord.measured` turns it into ``metrics``, ``status.num_samples``,
+    ``timings.phases`` and ``extra``)."""
 
     main_metric: str
     metrics: dict[str, float]  # includes the main metric
     num_samples: int
     per_class: dict[str, float | None] = field(default_factory=dict)  # None: class absent (NaN in mmseg)
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. cache mode, feature-cache hits
+    # facts about the run, recorded as the record's ``extra`` (informative: neither hashed nor scored), e.g.
+    # feature-cache hits, resolved sizes, skipped files; strict JSON values only
+    extra: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
 
@@ -64,6 +68,7 @@ class TaskFamily:
     name: str = ""
     needs_text: bool = False
     settings_class: type[Settings] | None = None
+    variant_keys: tuple[str, ...] = ()  # the settings :meth:`row_variant` names (not listed again as overrides)
 
     def applies_to(self, backbone: Backbone) -> bool:
         return backbone.has_text or not self.needs_text
@@ -100,6 +105,18 @@ class TaskFamily:
             return {**preset, **overrides, **fixed}
         return self.settings_class.resolve(task=spec.name, protocol=name, preset=preset, overrides=overrides,
                                            fixed=fixed).to_dict()
+
+    def row_variant(self, settings: dict[str, Any]) -> str | None:
+        """What keeps a leaderboard row of this family apart from the same run under another schedule (probe
+        families: budget and feature mode, e.g. ``quick/full``), from resolved settings; recorded as the
+        result's ``protocol.variant``. ``None``: the family has no variant."""
+        return None
+
+    def recorded_preset(self, spec: TaskSpec, settings: dict[str, Any]) -> dict[str, Any]:
+        """The resolved preset (no overrides) that recorded ``settings`` started from, so that a reader can
+        tell the overrides apart. Raises :class:`~phreg_bench.tasks.settings.ProtocolError` like
+        :meth:`resolve_settings`."""
+        return self.resolve_settings(spec, settings["name"], RunContext())
 
     def check_settings(self, settings: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
         """Re-validate resolved settings at the start of :meth:`run` (a direct caller may have edited them)."""

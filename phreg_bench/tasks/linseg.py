@@ -134,6 +134,16 @@ class ProbeFamily(TaskFamily):
     def fixed_settings(self, ctx: RunContext) -> dict[str, Any]:
         return {"budget": ctx.budget}
 
+    variant_keys = ("budget", "train_features")
+
+    def row_variant(self, settings: dict[str, Any]) -> str | None:
+        """``<budget>`` or ``<budget>/<train_features>``: runs on another schedule or feature mode are other rows."""
+        variant = str(settings["budget"])
+        return f"{variant}/{settings['train_features']}" if settings.get("train_features") else variant
+
+    def recorded_preset(self, spec: TaskSpec, settings: dict[str, Any]) -> dict[str, Any]:
+        return self.resolve_settings(spec, settings["name"], RunContext(budget=settings.get("budget", "full")))
+
 
 def resolve_input_size(setting: Any, patch_size: int) -> int:
     """``auto``: 518 for patch-14 backbones (DINOv2 protocol), 448 otherwise (CLIP protocol, patch 16).
