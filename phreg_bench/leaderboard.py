@@ -74,7 +74,7 @@ def _precision(record: dict[str, Any]) -> str | None:
 def _settings_deviation(record: dict[str, Any], spec) -> dict[str, Any]:
     """Recorded protocol settings that differ from the task's preset (overrides), key -> recorded value.
 
-    Raises :class:`~phreg_bench.tasks.settings.ProtocolError` when the preset cannot be resolved.
+    Raises :class:`~phreg_bench.protocol_settings.ProtocolError` when the preset cannot be resolved.
     """
     if record["kind"] != "measured":
         return {}  # a paper's number: only its protocol name and budget are known
@@ -141,8 +141,8 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
     results that differ in any of these are separate rows, the difference named in ``Row.variant``. Only a
     result of the same identity and task is superseded (the newest is kept).
     """
+    from phreg_bench.protocol_settings import ProtocolError
     from phreg_bench.registries import TASKS
-    from phreg_bench.tasks.settings import ProtocolError
 
     tasks = list(suite["tasks"])
     excluded: list[dict[str, str]] = []

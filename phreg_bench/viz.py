@@ -235,8 +235,8 @@ def model_panel(name: str, model, image: Tensor, query: str | None = None) -> Pa
     patches = model.forward_tokens(image, project=False).patches[0].float().cpu()
     heatmap = None
     if query is not None and model.backbone.has_text:
-        from phreg_bench.tasks.ovseg import template_file
-        from phreg_bench.text import encode_names, read_templates
+        from phreg_bench.tasks.ovseg.family import template_file
+        from phreg_bench.tasks.ovseg.text import encode_names, read_templates
 
         text = encode_names(model.encode_text, [query], read_templates(template_file("imagenet_templates.txt")))
         projected = model.forward_tokens(image, project=True).patches[0].float()

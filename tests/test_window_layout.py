@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phreg_bench.backbones.builtin import build_tiny_vit
-from phreg_bench.inference import (
+from phreg_bench.registries import METHODS, TASK_FAMILIES, TASKS
+from phreg_bench.tasks.base import RunContext
+from phreg_bench.tasks.linseg import slide_windows
+from phreg_bench.tasks.ovseg.harness import (
     HarnessSettings,
     OVSegPredictor,
     WindowLayoutError,
     check_window_settings,
     window_boxes,
 )
-from phreg_bench.registries import METHODS, TASK_FAMILIES, TASKS
-from phreg_bench.tasks.base import RunContext
-from phreg_bench.tasks.linseg import slide_windows
-from phreg_bench.text import ClassQueries
+from phreg_bench.tasks.ovseg.text import ClassQueries
 
 
 def covered(height: int, width: int, boxes) -> np.ndarray:

@@ -189,7 +189,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.pos_resample is not None and args.backbone is None:
         raise CliError("--pos-resample needs --backbone (the built-in default run keeps its models' own policy)")
     if args.backbone is None and args.tasks is None and args.suite is None:
-        from phreg_bench.default_run import run_default
+        from phreg_bench.cli._default import run_default
 
         check_default_run(args)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

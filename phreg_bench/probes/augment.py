@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phreg_bench import inference
 from phreg_bench.datasets.base import IGNORE_INDEX
+from phreg_bench.tasks.ovseg import harness as inference
 
 
 # -- resampling ---------------------------------------------------------------------------------------

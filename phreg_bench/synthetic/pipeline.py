@@ -52,8 +52,8 @@ DISPLAY_SIZE = 160  # the input panel shows the same scene rendered sharper than
 
 
 # The sources whose code computes the proof table: a change to any of them recomputes it.
-_SOURCES = ("synthetic/pipeline.py", "synthetic/proof.py", "synthetic/scenes.py", "synthetic/probes.py",
-            "backbones/planted.py", "methods/tta.py", "methods/phreg.py")
+_SOURCES = ("synthetic/pipeline.py", "synthetic/proof.py", "synthetic/scenes.py", "synthetic/closed_form.py",
+            "synthetic/planted.py", "methods/tta.py", "methods/phreg.py")
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -15,7 +15,7 @@ Rows (the paper's Table 3 structure, plus the two references that only a synthet
 
 Columns: the high-norm outlier rate of the final patch tokens (``phreg_core.diagnostics``: norm > 2× the
 image's median), its reduction against the raw teacher, the closed-form linear probes' segmentation mIoU
-and depth RMSE (:mod:`phreg_bench.synthetic.probes`), the worst-1 % cosine of a model's patch tokens to the
+and depth RMSE (:mod:`phreg_bench.synthetic.closed_form`), the worst-1 % cosine of a model's patch tokens to the
 twin's, and the share of the planted neurons' firing that lands on the student's registers.
 
 The twin is the truth for the artifacts, not an upper bound for the probes: the 10-view average (and a
@@ -169,7 +169,7 @@ def _features(model_fn: Callable[[Tensor], Tensor], images: Tensor, batch: int =
 
 def register_share(student, images: Tensor) -> float | None:
     """Percent of the planted neurons' firing that lands on ``student``'s registers."""
-    from phreg_bench.backbones.planted import firing_maps
+    from phreg_bench.synthetic.planted import firing_maps
 
     if student.num_registers == 0:
         return None
@@ -185,7 +185,7 @@ def register_share(student, images: Tensor) -> float | None:
 def evaluate(name: str, model_fn: Callable[[Tensor], Tensor], probe: Scenes, evaluation: Scenes,
              twin_eval: Tensor, raw_rate: float | None) -> Row:
     """Every column of one row, from a function ``normalised images -> patch grid``."""
-    from phreg_bench.synthetic.probes import depth_probe, segmentation_probe
+    from phreg_bench.synthetic.closed_form import depth_probe, segmentation_probe
     from phreg_core.diagnostics import outlier_rate
     from phreg_core.losses import token_cosine
 
@@ -232,7 +232,7 @@ def plain(backbone) -> Callable[[Tensor], Tensor]:
 
 
 def build_world(config: ProofConfig) -> World:
-    from phreg_bench.backbones.planted import build_planted_vit
+    from phreg_bench.synthetic.planted import build_planted_vit
 
     teacher = build_planted_vit(**config.backbone_options)
     twin = build_planted_vit(artifacts=False, **config.backbone_options)
@@ -278,7 +278,7 @@ def find_ttr_neurons(world: World, batch: int = 64) -> dict[str, Any]:
 
 def finder_quality(document: dict[str, Any], backbone) -> dict[str, Any]:
     """Precision / recall of the found neurons against the planted ones (``register_neuron_indices``)."""
-    from phreg_bench.backbones.planted import register_neuron_indices
+    from phreg_bench.synthetic.planted import register_neuron_indices
 
     truth = {(layer, unit) for layer, units in register_neuron_indices(backbone.vision.model).items() for unit in units}
     found = [(row["layer"], row["neuron"]) for row in document["neurons"]]
@@ -292,9 +292,9 @@ def finder_quality(document: dict[str, Any], backbone) -> dict[str, Any]:
 def ttr_row(world: World, neurons: str | Path | dict[str, Any], raw_rate: float | None) -> Row:
     """The ``test-time registers`` row: the benchmark's ``ttr`` method with ``neurons`` (a file or document);
     its last column is the share of the planted neurons' firing on the appended register."""
-    from phreg_bench.backbones.planted import firing_maps
     from phreg_bench.methods.ttr import write_neurons
     from phreg_bench.registries import METHODS
+    from phreg_bench.synthetic.planted import firing_maps
 
     if isinstance(neurons, dict):
         with tempfile.TemporaryDirectory(prefix="phreg-ttr-") as folder:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from phreg_bench.backbones.base import Backbone
-from phreg_bench.tasks.settings import OVERRIDE_FLAG, ProtocolError, Settings
+from phreg_bench.protocol_settings import OVERRIDE_FLAG, ProtocolError, Settings
 from phreg_bench.tasks.specs import TaskSpec as TaskSpec  # declared beside its YAML reader (no torch there)
 from phreg_core.distributed import DistEnv
 
@@ -55,7 +55,7 @@ class TaskOutcome:
 class TaskFamily:
     """Base class of ``ovseg``, ``linseg``, ``depth`` and the built-in synthetic families.
 
-    ``settings_class`` (a :class:`~phreg_bench.tasks.settings.NamedSettings` subclass) declares every protocol
+    ``settings_class`` (a :class:`~phreg_bench.protocol_settings.NamedSettings` subclass) declares every protocol
     setting with its type and range. A family without one (a third-party family) accepts exactly the keys
     of its presets, unconverted.
     """
@@ -85,7 +85,7 @@ class TaskFamily:
                          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The full resolved protocol settings (preset + overrides, validated) recorded in the result and hashed.
 
-        Raises :class:`~phreg_bench.tasks.settings.ProtocolError` for an unknown protocol or key, or a value
+        Raises :class:`~phreg_bench.protocol_settings.ProtocolError` for an unknown protocol or key, or a value
         of the wrong type or range.
         """
         name, preset = self.preset(spec, protocol, ctx)

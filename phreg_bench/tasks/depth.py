@@ -43,9 +43,9 @@ from phreg_bench.probes.heads import BinsDepthHead
 from phreg_bench.probes.losses import GRADIENT_LAYOUTS, gradient_loss, sig_loss
 from phreg_bench.probes.schedules import cosine_warmup_lr, one_cycle_beta1, set_lr
 from phreg_bench.progress import track
+from phreg_bench.protocol_settings import Settings, require
 from phreg_bench.tasks.base import RunContext, TaskOutcome, TaskSpec
 from phreg_bench.tasks.linseg import ProbeFamily, ProbeSettings, _infinite_order, _train_limit
-from phreg_bench.tasks.settings import Settings, require
 from phreg_core.distributed import DistEnv, all_sum_int, shard
 from phreg_core.errors import ConfigError
 

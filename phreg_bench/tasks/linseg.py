@@ -32,7 +32,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from phreg_bench.inference import check_window_settings
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.augment import rescale_size, resize_image, resize_label, seg_train_augment
 from phreg_bench.probes.cache import ArraySpec
@@ -41,8 +40,9 @@ from phreg_bench.probes.heads import LinearSegHead
 from phreg_bench.probes.losses import seg_cross_entropy
 from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
+from phreg_bench.protocol_settings import NamedSettings, ProtocolError, require
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.settings import NamedSettings, ProtocolError, require
+from phreg_bench.tasks.ovseg.harness import check_window_settings
 from phreg_core.distributed import shard
 from phreg_core.errors import ConfigError
 from phreg_core.images import open_image
@@ -162,10 +162,10 @@ WINDOW_OPTION_NAMES = ("input_size", "slide_stride")  # the window size and stri
 def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
     """mmseg ``slide_inference`` window boxes ``(y1, y2, x1, x2)``; the last window is flush with the edge.
 
-    The project's one layout (:func:`phreg_bench.inference.window_boxes`); settings that leave pixels
+    The project's one layout (:func:`phreg_bench.tasks.ovseg.harness.window_boxes`); settings that leave pixels
     uncovered (``slide_stride > input_size``) raise, naming those options.
     """
-    from phreg_bench.inference import window_boxes
+    from phreg_bench.tasks.ovseg.harness import window_boxes
 
     return window_boxes(height, width, crop, stride, names=WINDOW_OPTION_NAMES)
 

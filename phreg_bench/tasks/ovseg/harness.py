@@ -47,7 +47,7 @@ from torch import Tensor
 
 from phreg_bench.metrics.segmentation import count_values
 from phreg_bench.precision import autocast
-from phreg_bench.text import ClassQueries, SynonymPlan
+from phreg_bench.tasks.ovseg.text import ClassQueries, SynonymPlan
 from phreg_core.errors import ConfigError, PhregError
 
 WINDOW_PADS = ("none", "center")

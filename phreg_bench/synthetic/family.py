@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from phreg_bench.metrics.segmentation import SegmentationMetric, gather_in_order, metrics_from_confusion
 from phreg_bench.precision import autocast
 from phreg_bench.progress import track
+from phreg_bench.protocol_settings import NamedSettings, require
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.settings import NamedSettings, require
 from phreg_core.distributed import all_sum_, shard
 
 
