@@ -29,10 +29,11 @@ import time
 import numpy as np
 import torch
 
+from phreg_bench.geometry import window_boxes
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.precision import autocast, resolve_precision
 from phreg_bench.registries import BACKBONES, METHODS, TASKS
-from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor, window_boxes
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
 from phreg_bench.tasks.ovseg.text import ClassQueries, read_class_names
 from phreg_bench.tasks.specs import class_file
 

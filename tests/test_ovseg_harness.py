@@ -8,15 +8,9 @@ import torch
 import torch.nn.functional as F
 from fixtures_seg import tiny_clip_backbone
 
+from phreg_bench.geometry import rescale_size, resize_image, window_boxes
 from phreg_bench.registries import METHODS
-from phreg_bench.tasks.ovseg.harness import (
-    HarnessSettings,
-    OVSegPredictor,
-    classify,
-    rescale_size,
-    resize_image,
-    window_boxes,
-)
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor, classify
 from phreg_bench.tasks.ovseg.text import ClassQueries
 
 

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from fixtures_seg import tiny_clip_backbone
 from torch import nn
 
+from phreg_bench.geometry import rescale_size
 from phreg_bench.registries import METHODS
-from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor, rescale_size
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
 from phreg_bench.tasks.ovseg.text import ClassQueries
 
 NUM_REGISTERS = 16

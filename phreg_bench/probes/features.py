@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.geometry import center_pad
 from phreg_bench.precision import autocast
 from phreg_bench.probes.cache import CacheEntry, FeatureCache
 from phreg_bench.progress import track
@@ -80,15 +80,6 @@ def to_tensor(images: np.ndarray | Tensor) -> Tensor:
     """``[B, H, W, 3]`` pixels in 0..255 (uint8 or float) -> float ``[B, 3, H, W]`` in [0, 1]."""
     tensor = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     return tensor.permute(0, 3, 1, 2).float() / 255.0
-
-
-def center_pad(images: Tensor, multiple: int) -> Tensor:
-    """Zero-pad (in normalised space) H and W up to a multiple, split evenly (DINOv2 ``CenterPadding``)."""
-    pads = []
-    for size in (images.shape[-1], images.shape[-2]):
-        extra = -size % multiple
-        pads += [extra // 2, extra - extra // 2]
-    return F.pad(images, pads) if any(pads) else images
 
 
 @torch.inference_mode()

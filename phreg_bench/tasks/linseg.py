@@ -32,8 +32,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from phreg_bench.geometry import check_window_settings, rescale_size, resize_image_array, resize_label, window_boxes
 from phreg_bench.probes import features as feats
-from phreg_bench.probes.augment import rescale_size, resize_image, resize_label, seg_train_augment
+from phreg_bench.probes.augment import seg_train_augment
 from phreg_bench.probes.cache import ArraySpec
 from phreg_bench.probes.ddp import check_batch_split, data_parallel, local_part, scale_to_global, unwrap
 from phreg_bench.probes.heads import LinearSegHead
@@ -42,7 +43,6 @@ from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
 from phreg_bench.protocol_settings import NamedSettings, ProtocolError, require
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.ovseg.harness import check_window_settings
 from phreg_core.distributed import shard
 from phreg_core.errors import ConfigError
 from phreg_core.images import open_image
@@ -159,17 +159,6 @@ def resolve_stride(setting: Any, size: int) -> int:
 WINDOW_OPTION_NAMES = ("input_size", "slide_stride")  # the window size and stride as --protocol-override names
 
 
-def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg ``slide_inference`` window boxes ``(y1, y2, x1, x2)``; the last window is flush with the edge.
-
-    The project's one layout (:func:`phreg_bench.tasks.ovseg.harness.window_boxes`); settings that leave pixels
-    uncovered (``slide_stride > input_size``) raise, naming those options.
-    """
-    from phreg_bench.tasks.ovseg.harness import window_boxes
-
-    return window_boxes(height, width, crop, stride, names=WINDOW_OPTION_NAMES)
-
-
 def image_size(dataset, index: int) -> tuple[int, int]:
     """``(H, W)`` of a sample, from the image header when the reader lists paths."""
     pairs = getattr(dataset, "pairs", None)
@@ -192,10 +181,10 @@ class ViewTable:
         rows, resized, originals = [], [], []
         for index in range(len(dataset)):
             height, width = image_size(dataset, index)
-            h, w = rescale_size(height, width, (long_max, size))
+            h, w = rescale_size(height, width, min(long_max, size), max(long_max, size))  # mmcv scale order
             originals.append((height, width))
             resized.append((h, w))
-            boxes = slide_windows(h, w, size, stride)
+            boxes = window_boxes(h, w, size, stride, names=WINDOW_OPTION_NAMES)
             if windows == "center":
                 boxes = [boxes[len(boxes) // 2]]
             for box in boxes:
@@ -309,7 +298,7 @@ class LinearProbeSegmentation(ProbeFamily):
                     loaded.clear()
                     item = dataset[int(sample)]
                     h, w = views.resized[sample]
-                    loaded[sample] = (resize_image(item.image, (h, w)),
+                    loaded[sample] = (resize_image_array(item.image, (h, w)),
                                       resize_label(item.label, (h, w)) if labels else None)
                 image, label = loaded[sample]
                 window = np.full((size, size, 3), mean, dtype=np.float32)

@@ -6,5 +6,6 @@
 ``text``    the text side: template files, synonym class files, class embeddings and their cache
 ==========  ====================================================================================
 
-The paper's Table 1 numbers are in :mod:`phreg_bench.reported`.
+The image geometry the harness shares with the probes (resizing, window layout, padding) is
+:mod:`phreg_bench.geometry`; the paper's Table 1 numbers are in :mod:`phreg_bench.reported`.
 """

@@ -20,11 +20,12 @@ from typing import Any, Literal
 import torch
 
 from phreg_bench.datasets.base import DatasetError
+from phreg_bench.geometry import check_window_settings
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.progress import track
 from phreg_bench.protocol_settings import NamedSettings, require
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor, check_window_settings
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
 from phreg_bench.tasks.ovseg.text import class_queries, file_sha256, read_class_names, read_templates
 from phreg_bench.tasks.sharding import gather_messages, rank_zero_first
 from phreg_bench.tasks.specs import class_file, spec_root
