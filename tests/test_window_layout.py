@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from phreg_bench.backbones.builtin import build_tiny_vit
 from phreg_bench.geometry import WindowLayoutError, check_window_settings, window_boxes
+from phreg_bench.probes.protocol import WINDOW_OPTION_NAMES
 from phreg_bench.registries import METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.tasks.base import RunContext
-from phreg_bench.tasks.linseg import WINDOW_OPTION_NAMES
 from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
 from phreg_bench.tasks.ovseg.text import ClassQueries
 

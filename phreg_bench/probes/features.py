@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,9 +20,20 @@ from phreg_bench.geometry import center_pad
 from phreg_bench.precision import autocast
 from phreg_bench.probes.cache import CacheEntry, FeatureCache
 from phreg_bench.progress import track
-from phreg_bench.tasks.base import RunContext
-from phreg_core.distributed import all_sum_int, all_true, barrier, broadcast_bytes
+from phreg_core.distributed import DistEnv, all_sum_int, all_true, barrier, broadcast_bytes
 from phreg_core.errors import ConfigError, PhregError
+
+
+class FeatureRun(Protocol):
+    """What the feature helpers read of a run: :class:`~phreg_bench.tasks.base.RunContext` has all of it, so a
+    task passes its context as it is and this library does not depend on the task layer."""
+
+    cache_dir: Path  # where persistent feature caches live (temporary ones too, under torchrun)
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16: autocast of the backbone forward only
+    progress: Any  # a rich.progress.Progress or None (phreg_bench.progress.track)
+    options: dict[str, Any]  # family extras; ``feature_cache=False`` disables the persistent cache
+    dist: DistEnv  # the torchrun process group
 
 
 class CacheShareError(PhregError):
@@ -45,7 +56,7 @@ def model_identity(model) -> dict[str, Any]:
     }
 
 
-def open_cache(ctx: RunContext, model) -> tuple[FeatureCache, str]:
+def open_cache(ctx: FeatureRun, model) -> tuple[FeatureCache, str]:
     """The run's feature cache, and why it is (not) persistent.
 
     Without a weights sha256 the features cannot be content-addressed safely, so they live in a temporary
@@ -58,7 +69,7 @@ def open_cache(ctx: RunContext, model) -> tuple[FeatureCache, str]:
     return FeatureCache(ctx.cache_dir), "persistent"
 
 
-def _temporary(ctx: RunContext) -> FeatureCache:
+def _temporary(ctx: FeatureRun) -> FeatureCache:
     """A cache for this run only. Under ``torchrun`` every rank must see the same one: rank 0 makes a folder
     in ``--cache-dir`` (a shared filesystem across nodes) and sends its path; rank 0 removes it on close."""
     if not ctx.dist.distributed:
@@ -70,7 +81,7 @@ def _temporary(ctx: RunContext) -> FeatureCache:
     return FeatureCache(Path(broadcast_bytes(ctx.dist, path).decode()), temporary=True, owner=ctx.dist.is_main)
 
 
-def cache_fields(model, ctx: RunContext, **fields: Any) -> dict[str, Any]:
+def cache_fields(model, ctx: FeatureRun, **fields: Any) -> dict[str, Any]:
     """Everything that changes the cached bytes (beyond the caller's geometry/dataset fields)."""
     return {"model": model_identity(model), "code_version": FEATURE_CODE_VERSION,
             "precision": ctx.precision, "device_type": ctx.device.type, **fields}
@@ -83,7 +94,7 @@ def to_tensor(images: np.ndarray | Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch: bool = False,
+def extract(model, images: np.ndarray | Tensor, ctx: FeatureRun, *, pad_to_patch: bool = False,
             with_cls: bool = False) -> tuple[Tensor, Tensor | None]:
     """Patch features ``[B, C, h, w]`` (and the CLS token ``[B, C]``) of 0..255 ``[B, H, W, 3]`` images, fp32.
 
@@ -104,7 +115,7 @@ def extract(model, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch
 
 
 def fill(entry: CacheEntry, produce: Callable[[np.ndarray], dict[str, np.ndarray]], batch_rows: int,
-         ctx: RunContext, description: str) -> dict[str, Any]:
+         ctx: FeatureRun, description: str) -> dict[str, Any]:
     """Compute and store every missing row of ``entry``; returns counts and seconds.
 
     Under ``torchrun`` the rows are cut into fixed blocks of ``batch_rows`` and rank ``r`` computes the missing
