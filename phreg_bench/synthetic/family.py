@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,18 +21,9 @@ from phreg_bench.metrics.segmentation import SegmentationMetric, gather_in_order
 from phreg_bench.precision import autocast
 from phreg_bench.progress import track
 from phreg_bench.protocol_settings import NamedSettings, require
+from phreg_bench.synthetic.scenes import CLASS_NAMES, render_batch
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_core.distributed import all_sum_, shard
-
-
-def scene_batch(indices: list[int], size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[B, 3, S, S]`` in [0, 1] and labels ``[B, S, S]`` for the given scene indices."""
-    from phreg_bench.synthetic.scenes import render
-
-    scenes = [render(index, size=size, seed=seed) for index in indices]
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    labels = torch.from_numpy(np.stack([s.labels for s in scenes])).long()
-    return images, labels
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -75,8 +65,6 @@ class SyntheticSegmentation(TaskFamily):
     settings_class = SyntheticSettings
 
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
-        from phreg_bench.synthetic.scenes import CLASS_NAMES
-
         settings = self.check_settings(settings, spec)
 
         size, seed = int(settings["image_size"]), int(settings["scene_seed"])
@@ -130,7 +118,8 @@ class SyntheticSegmentation(TaskFamily):
     @staticmethod
     @torch.inference_mode()
     def _features(model, indices: list[int], size: int, seed: int, ctx: RunContext):
-        images, labels = scene_batch(indices, size, seed)
+        scenes = render_batch(indices, size, seed)
+        images, labels = scenes.images, scenes.labels
         images = model.backbone.normalize(images.to(ctx.device))
         with autocast(ctx.device, ctx.precision):  # the backbone forward only; prototypes and metrics in fp32
             feats = model.forward_tokens(images, project=False).patches

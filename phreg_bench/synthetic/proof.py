@@ -36,11 +36,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from phreg_bench.synthetic.scenes import CLASS_NAMES, render
+from phreg_bench.synthetic.scenes import CLASS_NAMES, SceneBatch, render_batch
 
 DISTILL_START, PROBE_START, EVAL_START = 0, 10_000, 100_000
 TTR = "test-time registers"
@@ -93,21 +92,6 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Scenes:
-    images: Tensor  # normalised [B, 3, S, S]
-    labels: Tensor  # [B, S, S]
-    depth: Tensor  # [B, S, S]
-
-
-def load_scenes(start: int, count: int, size: int, seed: int, normalize: Callable[[Tensor], Tensor]) -> Scenes:
-    """Render ``count`` scenes from index ``start`` and normalise them for a backbone."""
-    scenes = [render(start + i, size, seed) for i in range(count)]
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    return Scenes(normalize(images), torch.from_numpy(np.stack([s.labels for s in scenes])),
-                  torch.from_numpy(np.stack([s.depth for s in scenes])))
 
 
 def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, config: ProofConfig,
@@ -182,7 +166,7 @@ def register_share(student, images: Tensor) -> float | None:
     return 100.0 * float(firing[:, : student.num_registers].sum() / firing.sum().clamp(min=1e-12))
 
 
-def evaluate(name: str, model_fn: Callable[[Tensor], Tensor], probe: Scenes, evaluation: Scenes,
+def evaluate(name: str, model_fn: Callable[[Tensor], Tensor], probe: SceneBatch, evaluation: SceneBatch,
              twin_eval: Tensor, raw_rate: float | None) -> Row:
     """Every column of one row, from a function ``normalised images -> patch grid``."""
     from phreg_bench.synthetic.closed_form import depth_probe, segmentation_probe
@@ -222,7 +206,7 @@ class World:
 
     teacher: Any  # Backbone with the artifact mechanism on
     twin: Any  # the same weights, mechanism off
-    scenes: dict[str, Scenes]  # "distill", "probe", "eval"
+    scenes: dict[str, SceneBatch]  # "distill", "probe", "eval"; images normalised for the teacher
     twin_eval: Tensor  # the twin's patch tokens on the evaluation scenes
 
 
@@ -237,10 +221,11 @@ def build_world(config: ProofConfig) -> World:
     teacher = build_planted_vit(**config.backbone_options)
     twin = build_planted_vit(artifacts=False, **config.backbone_options)
     size = teacher.info.native_resolution[0]
-    scenes = {name: load_scenes(first, count, size, config.scene_seed, teacher.normalize)
-              for name, first, count in (("distill", DISTILL_START, config.num_distill),
-                                         ("probe", PROBE_START, config.num_probe),
-                                         ("eval", EVAL_START, config.num_eval))}
+    scenes = {}
+    for name, first, count in (("distill", DISTILL_START, config.num_distill), ("probe", PROBE_START, config.num_probe),
+                               ("eval", EVAL_START, config.num_eval)):
+        batch = render_batch(range(first, first + count), size, config.scene_seed)
+        scenes[name] = replace(batch, images=teacher.normalize(batch.images))
     return World(teacher, twin, scenes, _features(plain(twin), scenes["eval"].images))
 
 
