@@ -131,8 +131,8 @@ def run_synthetic_proof(out_dir: str | os.PathLike, progress=None, *, config: Pr
 
 def _run_synthetic_proof(out: Path, progress, config: ProofConfig, log: Callable[[str], None],
                  figures: bool) -> dict[str, Any]:
+    from phreg_bench.methods.catalogue import METHODS
     from phreg_bench.methods.ttr import write_neurons
-    from phreg_bench.registries import METHODS
     from phreg_bench.synthetic.scenes import CLASS_NAMES
 
     finished = finished_summary(out, config, figures)

@@ -277,8 +277,8 @@ def finder_quality(document: dict[str, Any], backbone) -> dict[str, Any]:
 def ttr_row(world: World, neurons: str | Path | dict[str, Any], raw_rate: float | None) -> Row:
     """The ``test-time registers`` row: the benchmark's ``ttr`` method with ``neurons`` (a file or document);
     its last column is the share of the planted neurons' firing on the appended register."""
+    from phreg_bench.methods.catalogue import METHODS
     from phreg_bench.methods.ttr import write_neurons
-    from phreg_bench.registries import METHODS
     from phreg_bench.synthetic.planted import firing_maps
 
     if isinstance(neurons, dict):

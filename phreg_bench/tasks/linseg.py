@@ -109,7 +109,7 @@ class LinearProbeSegmentation(ProbeFamily):
 
     # -- the run --------------------------------------------------------------------------------------
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
-        from phreg_bench.registries import DATASETS
+        from phreg_bench.datasets.catalogue import DATASETS
 
         settings = self.check_settings(settings, spec)
         info = model.backbone.info

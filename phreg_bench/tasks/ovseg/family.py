@@ -114,7 +114,7 @@ class OpenVocabSegmentation(TaskFamily):
     settings_class = OVSegSettings
 
     def run(self, model, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
-        from phreg_bench.registries import DATASETS
+        from phreg_bench.datasets.catalogue import DATASETS
 
         resolved = OVSegSettings.from_dict(settings, where=f"{spec.name} settings")
         harness = resolved.harness()
