@@ -56,11 +56,11 @@ def run_ours(args: argparse.Namespace, images: list[Path], start: float) -> dict
     import torch
     from PIL import Image
 
-    from phreg_bench.inference import HarnessSettings, OVSegPredictor
     from phreg_bench.registries import BACKBONES, METHODS
-    from phreg_bench.tasks.ovseg import template_file
+    from phreg_bench.tasks.ovseg.family import template_file
+    from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
+    from phreg_bench.tasks.ovseg.text import class_queries, read_class_names, read_templates
     from phreg_bench.tasks.specs import class_file
-    from phreg_bench.text import class_queries, read_class_names, read_templates
 
     settings = _settings(args.protocol)
     device = torch.device(args.device)

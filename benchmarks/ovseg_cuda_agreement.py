@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from phreg_bench.inference import HarnessSettings, OVSegPredictor
 from phreg_bench.registries import BACKBONES, METHODS, TASKS
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
+from phreg_bench.tasks.ovseg.text import ClassQueries, read_class_names
 from phreg_bench.tasks.specs import class_file
-from phreg_bench.text import ClassQueries, read_class_names
 
 
 def main() -> None:

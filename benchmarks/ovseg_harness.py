@@ -29,12 +29,13 @@ import time
 import numpy as np
 import torch
 
-from phreg_bench.inference import HarnessSettings, OVSegPredictor, window_boxes
+from phreg_bench.geometry import window_boxes
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.precision import resolve_precision
 from phreg_bench.registries import BACKBONES, METHODS, TASKS
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
+from phreg_bench.tasks.ovseg.text import ClassQueries, read_class_names
 from phreg_bench.tasks.specs import class_file
-from phreg_bench.text import ClassQueries, read_class_names
 
 
 def sync(device: torch.device) -> None:

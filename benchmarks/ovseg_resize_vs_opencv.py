@@ -1,7 +1,7 @@
 """How close the harness's resize is to mmseg's (OpenCV ``INTER_LINEAR`` on uint8), where OpenCV is installed.
 
 mmseg's ``Resize(keep_ratio=True)`` calls ``mmcv.imrescale`` → ``cv2.resize(..., INTER_LINEAR)`` on the
-uint8 image. :func:`phreg_bench.inference.resize_image` uses torch's half-pixel bilinear resize rounded to
+uint8 image. :func:`phreg_bench.geometry.resize_image` uses torch's half-pixel bilinear resize rounded to
 integers. Prints, per case, the share of pixel values that differ and the largest difference (grey levels)::
 
     python benchmarks/ovseg_resize_vs_opencv.py
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from phreg_bench.inference import rescale_size, resize_image
+from phreg_bench.geometry import rescale_size, resize_image
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from phreg_bench.probes.augment import hsv8_to_rgb, resize_image, resize_label, rgb_to_hsv8, rotate
+from phreg_bench.geometry import resize_image_array, resize_label
+from phreg_bench.probes.augment import hsv8_to_rgb, rgb_to_hsv8, rotate
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
         print(f"{name:<34} max |diff| {diff.max():4d}   mean {diff.mean():.4f}   exact {np.mean(diff == 0):.4f}")
 
     for size in ((518, 691), (259, 345), (1036, 1381)):
-        ours = resize_image(smooth, size)
+        ours = resize_image_array(smooth, size)
         theirs = cv2.resize(smooth, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         report(f"resize bilinear -> {size}", ours, theirs)
         report(f"resize nearest (labels) -> {size}", resize_label(label, size),

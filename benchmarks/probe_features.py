@@ -22,16 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phreg_bench.inference import rescale_size, window_boxes
+from phreg_bench.geometry import rescale_size, window_boxes
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.cache import ArraySpec, FeatureCache
 from phreg_bench.probes.heads import BinsDepthHead, LinearSegHead
 from phreg_bench.probes.losses import seg_cross_entropy
+from phreg_bench.probes.protocol import resolve_input_size, resolve_stride
 from phreg_bench.registries import METHODS
 from phreg_bench.runner import build_backbone
 from phreg_bench.tasks.base import RunContext
 from phreg_bench.tasks.depth import depth_loss, padded_grid
-from phreg_bench.tasks.linseg import resolve_input_size, resolve_stride
 
 
 def _sync(device: torch.device) -> None:

@@ -1,7 +1,7 @@
 """Text-embedding time of the ovseg harness: cold, warm (cache hit) and the reference harness's way.
 
 Reference (NACLIP / SCLIP / PH-Reg ``segmentor.py``): for each query name, tokenise its 80 templates at the
-full 77-token context and encode them as one batch. Ours (:func:`phreg_bench.text.class_queries`): every
+full 77-token context and encode them as one batch. Ours (:func:`phreg_bench.tasks.ovseg.text.class_queries`): every
 prompt of every name at once, sorted by length, in batches the text tower trims to their longest prompt,
 then the same per-name averaging; a warm run reads the content-addressed cache.
 
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from phreg_bench.registries import BACKBONES
+from phreg_bench.tasks.ovseg.text import class_queries, read_class_names, read_templates
 from phreg_bench.tasks.specs import class_file, spec_root
-from phreg_bench.text import class_queries, read_class_names, read_templates
 
 
 def reference_encoding(tower, names: list[str], templates: list[str]) -> torch.Tensor:

@@ -80,7 +80,7 @@ def _settings_deviation(record: ResultRecord, family: TaskFamily, spec) -> dict[
     """Recorded protocol settings that differ from the task's preset (overrides), key -> recorded value; the
     settings the family's row variant names are left out (the variant keeps those rows apart).
 
-    Raises :class:`~phreg_bench.tasks.settings.ProtocolError` when the preset cannot be resolved.
+    Raises :class:`~phreg_bench.protocol_settings.ProtocolError` when the preset cannot be resolved.
     """
     if record.kind != "measured":
         return {}  # a paper's number: only its protocol name and budget are known
@@ -165,8 +165,8 @@ def collect(files: list[Path], suite: dict[str, Any]) -> tuple[list[Row], list[d
     result of the same identity and task is superseded (the newest is kept). Error records (failed runs) are
     never scored: they are listed as excluded with their error.
     """
+    from phreg_bench.protocol_settings import ProtocolError
     from phreg_bench.registries import TASK_FAMILIES, TASKS
-    from phreg_bench.tasks.settings import ProtocolError
 
     tasks = list(suite["tasks"])
     excluded: list[dict[str, str]] = []

@@ -18,12 +18,12 @@ import torch
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.datasets.base import resolve_data_root
 from phreg_bench.precision import resolve_precision
+from phreg_bench.protocol_settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
 from phreg_bench.registries import BACKBONES, DATASETS, METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.results.provenance import provenance, utc_now
 from phreg_bench.results.records import BackboneRef, MethodRef, Protocol, ResultRecord, RunIdentity, TaskRef, Timings
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
 from phreg_core.distributed import broadcast_flag
 from phreg_core.errors import ConfigError, PhregError
 

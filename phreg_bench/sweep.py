@@ -41,8 +41,8 @@ from typing import Any, Literal
 
 import yaml
 
+from phreg_bench.protocol_settings import _Invalid, convert
 from phreg_bench.results.store import slug
-from phreg_bench.tasks.settings import _Invalid, convert
 from phreg_core.errors import PhregError
 
 EXECUTORS = ("local", "slurm", "submitit-local")

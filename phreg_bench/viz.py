@@ -237,8 +237,8 @@ def model_panel(name: str, model: DenseModel, image: Tensor, query: str | None =
     patches = model.forward_tokens(image)[0].patches[0].cpu()
     heatmap = None
     if query is not None and model.has_text:
-        from phreg_bench.tasks.ovseg import template_file
-        from phreg_bench.text import encode_names, read_templates
+        from phreg_bench.tasks.ovseg.family import template_file
+        from phreg_bench.tasks.ovseg.text import encode_names, read_templates
 
         text = encode_names(model.encode_text, [query], read_templates(template_file("imagenet_templates.txt")))
         projected = model.forward_tokens(image, project=True)[0].patches[0]

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from phreg_bench.cli.run import add_runtime_options, resolve_batch_size
+from phreg_bench.cli._options import add_runtime_options, resolve_batch_size
 
 
 def test_default_batch_size_is_per_device_type():

@@ -131,7 +131,7 @@ def test_phreg_debug_shows_the_traceback_of_a_user_error(capsys, monkeypatch):
 
 
 def test_phreg_debug_shows_the_traceback_of_a_failed_task(tmp_path, capsys, monkeypatch):
-    from phreg_bench.tasks.synthetic import SyntheticSegmentation
+    from phreg_bench.synthetic.family import SyntheticSegmentation
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("deep inside a task")

@@ -53,7 +53,7 @@ def _record(results: Path) -> ResultRecord:
 
 def _cli_rank(rank: int, argv: list[str], seen_dir: str) -> None:
     """One rank: record which images this rank loads, then run the real command line."""
-    from phreg_bench.tasks import ovseg
+    from phreg_bench.tasks.ovseg import family as ovseg
 
     original = ovseg._Guarded.__getitem__
 

@@ -313,7 +313,7 @@ def test_target_cache_files_from_bytes_are_misses(scratch, data):
 @FUZZ
 @given(data=st.data())
 def test_text_cache_files_from_bytes_are_misses(scratch, data):
-    from phreg_bench.text import TextEmbeddingCache
+    from phreg_bench.tasks.ovseg.text import TextEmbeddingCache
 
     cache = TextEmbeddingCache(scratch / "text")
     cache.save("k" * 64, torch.nn.functional.normalize(torch.ones(3, 4), dim=-1), {"tower": "fuzz"})

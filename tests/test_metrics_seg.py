@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from phreg_bench.datasets.base import reduce_zero_label
-from phreg_bench.inference import HarnessSettings, classify
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric, metrics_from_confusion, pixel_pearson
-from phreg_bench.text import ClassQueries
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, classify
+from phreg_bench.tasks.ovseg.text import ClassQueries
 
 
 def test_hand_computed_iou_with_ignore_and_absent_class():
@@ -175,7 +175,7 @@ def _previous_synthetic_metrics(pred: torch.Tensor, target: torch.Tensor, num_cl
 def test_built_in_task_numbers_are_unchanged_by_the_shared_metric_code():
     """The synthetic task now counts and scores through metrics.segmentation (as the proof table does); every
     number, absent classes included, is bit-identical to its former own implementation."""
-    from phreg_bench.tasks.synthetic import confusion_matrix, iou_metrics
+    from phreg_bench.synthetic.family import confusion_matrix, iou_metrics
 
     generator = torch.Generator().manual_seed(1)
     for _ in range(300):

@@ -8,16 +8,10 @@ import torch
 import torch.nn.functional as F
 from fixtures_seg import tiny_clip_backbone
 
-from phreg_bench.inference import (
-    HarnessSettings,
-    OVSegPredictor,
-    classify,
-    rescale_size,
-    resize_image,
-    window_boxes,
-)
+from phreg_bench.geometry import rescale_size, resize_image, window_boxes
 from phreg_bench.registries import METHODS
-from phreg_bench.text import ClassQueries
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor, classify
+from phreg_bench.tasks.ovseg.text import ClassQueries
 
 
 def test_rescale_size_follows_mmcv_keep_ratio():
@@ -184,7 +178,7 @@ def test_predict_classes_reuses_buffers_without_changing_results(setup, crop):
 
 
 def test_upsample_into_a_buffer_equals_interpolate():
-    from phreg_bench.inference import upsample
+    from phreg_bench.tasks.ovseg.harness import upsample
 
     grid = torch.randn(2, 5, 7, 9)
     for size in ((7, 9), (30, 41), (5, 4)):

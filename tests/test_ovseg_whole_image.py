@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from fixtures_seg import tiny_clip_backbone
 from torch import nn
 
-from phreg_bench.inference import HarnessSettings, OVSegPredictor, rescale_size
+from phreg_bench.geometry import rescale_size
 from phreg_bench.registries import METHODS
-from phreg_bench.text import ClassQueries
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
+from phreg_bench.tasks.ovseg.text import ClassQueries
 
 NUM_REGISTERS = 16
 

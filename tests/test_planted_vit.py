@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phreg_bench.backbones.planted import PlantedSpec, RegisterNeurons, firing_maps
 from phreg_bench.runner import build_backbone
+from phreg_bench.synthetic.planted import PlantedSpec, RegisterNeurons, firing_maps
 from phreg_bench.synthetic.scenes import FIRST_OBJECT, SKY, WALL, render
 from phreg_core.diagnostics import outlier_rate
 

@@ -445,7 +445,7 @@ def test_unknown_policy_is_one_clear_error_before_work():
 
 def test_cli_option_is_validated_and_reaches_the_backbone(capsys):
     from phreg_bench.cli import CliError, build_parser
-    from phreg_bench.cli.run import with_pos_resample
+    from phreg_bench.cli._options import with_pos_resample
 
     parser = build_parser()
     for command in (["run", "--backbone", "tiny-vit", "--tasks", "x"], ["distill", "-b", "tiny-vit", "--out", "o"],

@@ -53,7 +53,8 @@ def spies(monkeypatch):
     from phreg_bench.metrics import depth as depth_metrics
     from phreg_bench.metrics import segmentation
     from phreg_bench.probes import heads
-    from phreg_bench.tasks import depth, linseg, synthetic
+    from phreg_bench.synthetic import family as synthetic
+    from phreg_bench.tasks import depth, linseg
 
     def params_and_grads(head, *inputs):
         grads = [p.grad for p in head.parameters() if p.grad is not None]

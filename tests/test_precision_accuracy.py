@@ -13,14 +13,14 @@ import pytest
 import torch
 from fixtures_seg import make_voc, tiny_clip_backbone
 
-from phreg_bench.inference import HarnessSettings, OVSegPredictor, classify
 from phreg_bench.metrics.segmentation import SegmentationMetric
 from phreg_bench.precision import FEATURE_REL_BOUND, OVSEG_LOGIT_BOUND, OVSEG_MIOU_BOUND
 from phreg_bench.probes import features as feats
 from phreg_bench.registries import BACKBONES, DATASETS, METHODS, TASKS
 from phreg_bench.tasks.base import RunContext
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor, classify
+from phreg_bench.tasks.ovseg.text import class_queries, read_class_names
 from phreg_bench.tasks.specs import class_file
-from phreg_bench.text import class_queries, read_class_names
 
 
 @pytest.fixture(scope="module")

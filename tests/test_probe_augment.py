@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from phreg_bench.geometry import rescale_size
 from phreg_bench.probes.augment import (
     depth_train_augment,
     hsv8_to_rgb,
     random_crop,
-    rescale_size,
     rgb_to_hsv8,
     rotate,
     seg_train_augment,
@@ -25,8 +25,8 @@ def test_hsv8_matches_opencv_conventions_and_round_trips():
 
 
 def test_rescale_size_is_mmcv_keep_ratio():
-    assert rescale_size(375, 500, (2048, 518)) == (518, 691)
-    assert rescale_size(100, 1000, (2048, 518)) == (205, 2048)  # long side capped at 2048
+    assert rescale_size(375, 500, 518, 2048) == (518, 691)
+    assert rescale_size(100, 1000, 518, 2048) == (205, 2048)  # long side capped at 2048
 
 
 def test_random_crop_prefers_crops_with_more_than_one_dominant_class():

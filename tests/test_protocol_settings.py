@@ -10,10 +10,10 @@ import pytest
 
 from phreg_bench import runner
 from phreg_bench.cli import main
+from phreg_bench.protocol_settings import ProtocolError
 from phreg_bench.registries import TASK_FAMILIES, TASKS
 from phreg_bench.runner import RunRequest, resolve_task_settings, run
 from phreg_bench.tasks.base import RunContext
-from phreg_bench.tasks.settings import ProtocolError
 from phreg_core.errors import PhregError
 
 FAMILY_TASKS = ["ovseg/voc21", "linseg/voc21", "depth/nyu", "synthetic/segmentation"]

@@ -123,7 +123,7 @@ def test_a_bf16_run_is_not_skipped_as_done_after_an_fp32_run(tmp_path):
 def test_a_failed_task_writes_an_error_record_that_a_rerun_replaces(tmp_path, monkeypatch):
     """A failed task leaves an error record (no metrics, the error, timings so far, provenance); `only-missing`
     treats it as not done, and the rerun's result replaces it in the same file."""
-    from phreg_bench.tasks.synthetic import SyntheticSegmentation
+    from phreg_bench.synthetic.family import SyntheticSegmentation
 
     def broken(self, model, spec, settings, ctx):
         raise RuntimeError("out of cheese")
@@ -151,7 +151,7 @@ def test_a_failed_task_writes_an_error_record_that_a_rerun_replaces(tmp_path, mo
 def test_error_records_are_listed_by_results_show_and_kept_off_the_leaderboard(tmp_path, monkeypatch, capsys):
     from phreg_bench.cli import main
     from phreg_bench.leaderboard import build_table
-    from phreg_bench.tasks.synthetic import SyntheticSegmentation
+    from phreg_bench.synthetic.family import SyntheticSegmentation
 
     def broken(self, model, spec, settings, ctx):
         raise ValueError("bad scene")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phreg_bench.synthetic.layouts import VAL_START, voc_palette, write_all
 from phreg_bench.synthetic.scenes import render
+from phreg_bench.synthetic.writers import VAL_START, voc_palette, write_all
 
 SIZE = 32
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from phreg_bench.synthetic import pipeline
-from phreg_bench.synthetic.pipeline import FULL, headline, run_default
+from phreg_bench.synthetic.pipeline import FULL, headline, run_synthetic_proof
 from phreg_bench.synthetic.proof import TTR, ProofConfig
 
 pytestmark = pytest.mark.slow  # two pipeline runs (distillation, probes, figures)
@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow  # two pipeline runs (distillation, probes, figure
 TINY = ProofConfig(num_distill=16, num_probe=16, num_eval=8, steps=6, variants=(FULL,))
 
 
-def test_run_default_writes_everything_and_resumes(tmp_path, monkeypatch):
+def test_run_synthetic_proof_writes_everything_and_resumes(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
-    summary = run_default(tmp_path, config=TINY, log=lambda line: None, threads=1)
+    summary = run_synthetic_proof(tmp_path, config=TINY, log=lambda line: None, threads=1)
     assert torch.get_num_threads() == threads  # restored
     names = [row["name"] for row in summary["rows"]]
     assert names == ["teacher (raw)", "teacher + TTA (10 views)", FULL, TTR, "twin (no artifacts)"]
@@ -38,13 +38,13 @@ def test_run_default_writes_everything_and_resumes(tmp_path, monkeypatch):
     # a second call finds the finished run with the same inputs: the table is read back, nothing recomputed
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "build_world", refuse)
-        again = run_default(tmp_path, config=TINY, log=lambda line: None, figures=False)
+        again = run_synthetic_proof(tmp_path, config=TINY, log=lambda line: None, figures=False)
     assert again["reused"] is True and again["rows"] == summary["rows"] and again["table"] == summary["table"]
     # another adapter is another input: the table is recomputed (the finished distillation is not redone)
     (tmp_path / "summary.json").write_text((tmp_path / "summary.json").read_text().replace(
         summary["inputs"]["adapter_sha256"], "0" * 64))
     lines = []
-    third = run_default(tmp_path, config=TINY, log=lines.append, figures=False)
+    third = run_synthetic_proof(tmp_path, config=TINY, log=lines.append, figures=False)
     assert third["reused"] is False and any("distillation already complete" in line for line in lines)
 
     def numbers_of(rows):

@@ -12,8 +12,7 @@ from fixtures_seg import OpenClipTextTower, make_voc, tiny_clip, tiny_clip_backb
 
 from phreg_bench.registries import METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.tasks.base import RunContext
-from phreg_bench.tasks.specs import class_file
-from phreg_bench.text import (
+from phreg_bench.tasks.ovseg.text import (
     TemplateFileError,
     cache_key,
     class_queries,
@@ -21,6 +20,7 @@ from phreg_bench.text import (
     read_class_names,
     read_templates,
 )
+from phreg_bench.tasks.specs import class_file
 
 TEMPLATES = ["a photo of a {c}.", "a bad photo of the {c}.", "itap of a {c}."]
 CUPL = {"cat": ["a small furry cat curled on a sofa.", "a cat with pointed ears."],

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from fixtures_seg import OpenClipTextTower, tiny_clip
 
-from phreg_bench.tasks.specs import class_file, spec_root
-from phreg_bench.text import (
+from phreg_bench.tasks.ovseg.text import (
     TextEmbeddingCache,
     cache_key,
     class_queries,
@@ -16,6 +15,7 @@ from phreg_bench.text import (
     read_class_names,
     read_templates,
 )
+from phreg_bench.tasks.specs import class_file, spec_root
 
 
 @pytest.fixture(scope="module")

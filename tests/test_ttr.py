@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from phreg_bench.backbones.planted import build_planted_vit, firing_maps, register_neuron_indices
 from phreg_bench.runner import build_backbone
+from phreg_bench.synthetic.planted import build_planted_vit, firing_maps, register_neuron_indices
 from phreg_bench.synthetic.scenes import render
 from phreg_core.diagnostics import outlier_rate
 from phreg_core.losses import token_cosine

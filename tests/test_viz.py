@@ -84,8 +84,8 @@ def test_viz_command(tmp_path):
 
 def test_viz_command_reads_images_and_datasets(tmp_path):
     from phreg_bench.cli import main
-    from phreg_bench.synthetic.layouts import write_voc
     from phreg_bench.synthetic.scenes import render
+    from phreg_bench.synthetic.writers import write_voc
 
     Image.fromarray(render(1, 50).image).save(tmp_path / "photo.png")
     write_voc(tmp_path / "data", n_train=1, n_val=2, size=40)

@@ -12,17 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phreg_bench.backbones.builtin import build_tiny_vit
-from phreg_bench.inference import (
-    HarnessSettings,
-    OVSegPredictor,
-    WindowLayoutError,
-    check_window_settings,
-    window_boxes,
-)
+from phreg_bench.geometry import WindowLayoutError, check_window_settings, window_boxes
+from phreg_bench.probes.protocol import WINDOW_OPTION_NAMES
 from phreg_bench.registries import METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.tasks.base import RunContext
-from phreg_bench.tasks.linseg import slide_windows
-from phreg_bench.text import ClassQueries
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
+from phreg_bench.tasks.ovseg.text import ClassQueries
 
 
 def covered(height: int, width: int, boxes) -> np.ndarray:
@@ -59,14 +54,14 @@ def test_layout_covers_every_pixel_exactly_when_stride_is_at_most_crop(height, w
     boxes = window_boxes(height, width, crop, stride)
     assert boxes == mmseg_grid(height, width, crop, stride)  # the layout itself is unchanged
     assert covered(height, width, boxes).min() >= 1
-    assert slide_windows(height, width, crop, stride) == boxes  # linseg uses the same layout
+    assert window_boxes(height, width, crop, stride, names=WINDOW_OPTION_NAMES) == boxes  # linseg's names, same layout
 
 
 def test_refusal_names_the_options_as_typed():
     with pytest.raises(WindowLayoutError, match=r"stride=400 is larger than crop=336.*--protocol-override stride"):
         check_window_settings(336, 400)
     with pytest.raises(WindowLayoutError, match=r"slide_stride=600 is larger than input_size=518"):
-        slide_windows(1000, 1000, 518, 600)
+        window_boxes(1000, 1000, 518, 600, names=WINDOW_OPTION_NAMES)
     with pytest.raises(WindowLayoutError, match="stride=0"):
         window_boxes(10, 10, 4, 0)
 

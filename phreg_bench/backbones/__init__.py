@@ -13,5 +13,6 @@
 ``builtin``                 the offline built-in ``tiny-vit``
 ==========================  ===========================================================================
 
-Third-party backbones: see ``examples/third_party_backbone``.
+The built-in ``planted-vit`` / ``planted-vit-twin`` (the synthetic world's ground truth) are catalogued here
+and built by :mod:`phreg_bench.synthetic.planted`. Third-party backbones: see ``examples/third_party_backbone``.
 """

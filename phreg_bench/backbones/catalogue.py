@@ -187,11 +187,11 @@ BACKBONES.add("hf-hub:", "phreg_bench.backbones.open_clip_backbones:build_hf_hub
               summary="a Hugging Face repo: open_clip (open_clip_config.json) or timm, e.g. "
                       "hf-hub:apple/DFN2B-CLIP-ViT-B-16")
 
-# -- planted-artifact ViT and its twin (issue 7: the synthetic world; phreg_bench/backbones/planted.py) --------
-BACKBONES.add("planted-vit", "phreg_bench.backbones.planted:build_planted_vit", family="builtin",
+# -- planted-artifact ViT and its twin (issue 7: the synthetic world; phreg_bench/synthetic/planted.py) --------
+BACKBONES.add("planted-vit", "phreg_bench.synthetic.planted:build_planted_vit", family="builtin",
               summary="5-block ViT with planted register-neuron artifacts (known truth; the default run's teacher)",
               patch_size=4, width=64, depth=5, heads=4, resolution=40, text=False, registers=0, pos_resample=BUILTIN)
-BACKBONES.add("planted-vit-twin", "phreg_bench.backbones.planted:build_planted_twin", family="builtin",
+BACKBONES.add("planted-vit-twin", "phreg_bench.synthetic.planted:build_planted_twin", family="builtin",
               summary="planted-vit with the artifact mechanism off (same weights): the artifact-free reference",
               patch_size=4, width=64, depth=5, heads=4, resolution=40, text=False, registers=0, pos_resample=BUILTIN)
 

@@ -18,7 +18,7 @@ from phreg_core.errors import ConfigError
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False,
           **options: Any) -> Backbone:
-    from phreg_bench.registries import BACKBONES
+    from phreg_bench.backbones.catalogue import BACKBONES
 
     if not argument:
         raise ConfigError("backbone 'phreg:' needs a base, e.g. phreg:tiny-vit or phreg:open_clip:ViT-B-16/openai")

@@ -57,7 +57,7 @@ def _base_hub_repo(base_name: str | None) -> str | None:
     """The hub repo of a catalogue base backbone (for the card's ``base_model``), if it has one."""
     if not base_name:
         return None
-    from phreg_bench.registries import BACKBONES
+    from phreg_bench.backbones.catalogue import BACKBONES
 
     for entry in BACKBONES:
         if base_name == entry.name or base_name in entry.aliases:

@@ -1,7 +1,9 @@
 """The ``phreg-bench`` command line.
 
 Every module in this package that defines ``register(subparsers)`` is a subcommand; ``register`` adds its
-parser and sets ``handler`` (a function ``(args) -> int``) as a default.
+parser and sets ``handler`` (a function ``(args) -> int``) as a default. Modules whose name starts with ``_``
+are not subcommands: ``_options`` (option types and groups, ``KEY=VALUE`` parsing, device and batch-size
+resolution shared by several subcommands) and ``_default`` (the built-in default of ``phreg-bench run``).
 
 Output: results, tables and paths go to standard output (:data:`out`); progress, notes and errors go to
 standard error (:data:`console`), so ``phreg-bench run > run.log`` keeps the results. Outside a terminal

@@ -1,13 +1,26 @@
-"""Value checks shared by the subcommands: ``argparse`` types that refuse a bad value while the command line
-is parsed (exit status 2, the option named by argparse), before anything is built or read.
+"""What several subcommands share about their options.
+
+* value checks: ``argparse`` types that refuse a bad value while the command line is parsed (exit status 2,
+  the option named by argparse), before anything is built or read;
+* option groups: :func:`add_runtime_options` (device, precision, batch size, workers, seed) and
+  :func:`add_pos_resample_option`, with :func:`with_pos_resample`;
+* ``KEY=VALUE`` lists (:func:`parse_assignments`) and the resolution of ``--device`` / ``--batch-size``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
-__all__ = ["device_name", "fraction", "non_negative_int", "positive_float", "positive_int", "resolve_device"]
+import yaml
+
+from phreg_bench.cli import CliError, OptionError
+from phreg_core.pos_embed import POLICY_NAMES
+
+__all__ = ["add_pos_resample_option", "add_runtime_options", "device_name", "fraction", "non_negative_int",
+           "parse_assignments", "positive_float", "positive_int", "resolve_batch_size", "resolve_device",
+           "with_pos_resample"]
 
 
 def _int(text: str) -> int:
@@ -85,8 +98,6 @@ def resolve_device(name: str):
     """``auto`` -> CUDA if available, else CPU; any other name is checked as by :func:`device_name`."""
     import torch
 
-    from phreg_bench.cli import OptionError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -103,3 +114,49 @@ def resolve_batch_size(value: int | None, device) -> int:
     """``--batch-size`` (already checked >= 1 by the parser), or the default for ``device``'s type (a
     ``torch.device``; 8 for types not measured)."""
     return value if value is not None else DEFAULT_BATCH_SIZE.get(device.type, 8)
+
+
+def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars)."""
+    parsed: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            parsed[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as error:
+            raise CliError(f"{flag} {item}: the value is not a YAML scalar ({' '.join(str(error).split())})") \
+                from error
+    return parsed
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by commands that run models (device, precision, batch size, ...)."""
+    parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="autocast dtype of the backbone forward only; heads, losses and metrics stay fp32. "
+                        "Part of the result identity (default: fp32)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="images (ovseg: sliding windows) per forward pass (default: 1 on CPU, 8 on CUDA; on "
+                        "2 CPU cores 8 windows at a time took 1.16-1.26x as long as one at a time for ViT-B/16, "
+                        "measured by benchmarks/window_batch.py)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loading workers (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
+
+
+def add_pos_resample_option(parser: argparse.ArgumentParser) -> None:
+    """``--pos-resample NAME``: the positional-embedding resampling policy of the backbone(s)."""
+    parser.add_argument("--pos-resample", choices=POLICY_NAMES, metavar="NAME",
+                        help="positional-embedding resampling at other input sizes, one of "
+                        f"{', '.join(POLICY_NAMES)} (default: the backbone's reference policy; recorded)")
+
+
+def with_pos_resample(options: dict[str, Any], policy: str | None) -> dict[str, Any]:
+    """Backbone factory options plus ``pos_resample`` from ``--pos-resample`` (one place to give it)."""
+    if policy is None:
+        return options
+    if options.get("pos_resample") not in (None, policy):
+        raise CliError(f"--pos-resample {policy} contradicts --backbone-option pos_resample="
+                       f"{options['pos_resample']}; give the policy once")
+    return {**options, "pos_resample": policy}

@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 def handle_import(args: argparse.Namespace) -> int:
     from phreg_bench.checkpoints.official import import_official
-    from phreg_bench.cli.run import parse_assignments
+    from phreg_bench.cli._options import parse_assignments
     from phreg_bench.registries import BACKBONES
 
     if not args.file.is_file():

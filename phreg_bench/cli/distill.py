@@ -17,8 +17,15 @@ import os
 from pathlib import Path
 
 from phreg_bench.cli import OptionError, say
-from phreg_bench.cli._options import device_name, fraction, non_negative_int, positive_float, positive_int
-from phreg_bench.cli.run import add_pos_resample_option, with_pos_resample
+from phreg_bench.cli._options import (
+    add_pos_resample_option,
+    device_name,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    with_pos_resample,
+)
 from phreg_core.recipe import DEFAULT_REGISTERS, PRECISIONS, RECIPES, Recipe, RunOptions
 
 # option -> Recipe field, for the recipe options the command line may override (unset: the preset's value)

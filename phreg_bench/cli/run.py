@@ -7,63 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from phreg_bench.cli import CliError, OptionError, add_row, console, make_table, note, print_table, say
 from phreg_bench.cli._options import (
-    device_name,
-    non_negative_int,
+    add_pos_resample_option,
+    add_runtime_options,
+    parse_assignments,
     positive_int,
     resolve_batch_size,
     resolve_device,
+    with_pos_resample,
 )
-from phreg_core.pos_embed import POLICY_NAMES
-
-
-def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars)."""
-    parsed: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"{flag} expects KEY=VALUE, got {item!r}")
-        try:
-            parsed[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError as error:
-            raise CliError(f"{flag} {item}: the value is not a YAML scalar ({' '.join(str(error).split())})") \
-                from error
-    return parsed
-
-
-def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by commands that run models (device, precision, batch size, ...)."""
-    parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda, cuda:N or auto (default: auto)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="autocast dtype of the backbone forward only; heads, losses and metrics stay fp32. "
-                        "Part of the result identity (default: fp32)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="images (ovseg: sliding windows) per forward pass (default: 1 on CPU, 8 on CUDA; on "
-                        "2 CPU cores 8 windows at a time took 1.16-1.26x as long as one at a time for ViT-B/16, "
-                        "measured by benchmarks/window_batch.py)")
-    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loading workers (default: 0)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (recorded; default: 0)")
-
-
-def add_pos_resample_option(parser: argparse.ArgumentParser) -> None:
-    """``--pos-resample NAME``: the positional-embedding resampling policy of the backbone(s)."""
-    parser.add_argument("--pos-resample", choices=POLICY_NAMES, metavar="NAME",
-                        help="positional-embedding resampling at other input sizes, one of "
-                        f"{', '.join(POLICY_NAMES)} (default: the backbone's reference policy; recorded)")
-
-
-def with_pos_resample(options: dict[str, Any], policy: str | None) -> dict[str, Any]:
-    """Backbone factory options plus ``pos_resample`` from ``--pos-resample`` (one place to give it)."""
-    if policy is None:
-        return options
-    if options.get("pos_resample") not in (None, policy):
-        raise CliError(f"--pos-resample {policy} contradicts --backbone-option pos_resample="
-                       f"{options['pos_resample']}; give the policy once")
-    return {**options, "pos_resample": policy}
 
 
 def join_process_group(device: str):
@@ -189,7 +142,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.pos_resample is not None and args.backbone is None:
         raise CliError("--pos-resample needs --backbone (the built-in default run keeps its models' own policy)")
     if args.backbone is None and args.tasks is None and args.suite is None:
-        from phreg_bench.default_run import run_default
+        from phreg_bench.cli._default import run_default
 
         check_default_run(args)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

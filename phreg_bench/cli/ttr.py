@@ -60,7 +60,7 @@ def register(subparsers) -> None:
 
 def handle_find(args: argparse.Namespace) -> int:
     from phreg_bench.cli import console
-    from phreg_bench.cli.run import resolve_device
+    from phreg_bench.cli._options import resolve_device
     from phreg_bench.methods.ttr import find_neurons, write_neurons
     from phreg_bench.progress import make_progress
     from phreg_bench.registries import BACKBONES

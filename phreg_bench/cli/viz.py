@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from phreg_bench.cli import CliError, OptionError, note, say
-from phreg_bench.cli._options import device_name, non_negative_int, positive_int
-from phreg_bench.cli.run import add_pos_resample_option, with_pos_resample
+from phreg_bench.cli._options import (
+    add_pos_resample_option,
+    device_name,
+    non_negative_int,
+    parse_assignments,
+    positive_int,
+    resolve_device,
+    with_pos_resample,
+)
 
 DEFAULT_BACKBONE = "planted-vit"
 
@@ -99,8 +106,6 @@ def model_geometry(image: np.ndarray, size: int, multiple: int):
 
 def parse_method(spec: str) -> tuple[str, dict, str]:
     """``"tta:views=10,inner=naclip"`` -> ``("tta", {"views": 10, "inner": "naclip"}, spec)``."""
-    from phreg_bench.cli.run import parse_assignments
-
     name, _, rest = spec.partition(":")
     if not name:
         raise CliError(f"--method {spec!r}: expected NAME or NAME:KEY=VALUE,...")
@@ -108,7 +113,6 @@ def parse_method(spec: str) -> tuple[str, dict, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.cli._options import resolve_device
     from phreg_bench.methods.options import validate_method_options
     from phreg_bench.registries import METHODS
     from phreg_bench.runner import build_backbone

@@ -197,7 +197,7 @@ def load_denoiser_file(source: str | Path) -> DenoiserFile:
 # -- does a denoiser belong to a backbone? --------------------------------------------------------------------
 def _catalogue_geometry(base: str) -> tuple[str, dict[str, Any]] | None:
     """``(catalogue name, metadata)`` of a backbone named ``base`` (catalogue name, alias or timm name)."""
-    from phreg_bench.registries import BACKBONES
+    from phreg_bench.backbones.catalogue import BACKBONES
 
     for entry in BACKBONES:
         named = base == entry.name or base in entry.aliases or base == entry.metadata.get("argument")
@@ -294,7 +294,7 @@ class DVTModel(DenseModel):
 def build(backbone: Backbone, denoiser: str | None = None, base: str | None = None, inner: str = "raw",
           **inner_options: Any) -> DenseModel:
     """DVT's stage-2 denoiser (``denoiser=PATH`` or ``hf-hub:…``) on ``backbone``; see the module docstring."""
-    from phreg_bench.registries import METHODS
+    from phreg_bench.methods.catalogue import METHODS
 
     if denoiser is None:
         raise ConfigError("method 'dvt' needs its denoiser weights: -o denoiser=PATH (DVT's released .pth, e.g. "

@@ -169,7 +169,7 @@ def validate_method_options(method: str, options: dict[str, Any]) -> dict[str, A
     Returns the converted options for methods with a schema, else ``options`` unchanged. Raises
     :class:`MethodOptionError` naming the method, or ``RegistryError`` for an unknown method.
     """
-    from phreg_bench.registries import METHODS
+    from phreg_bench.methods.catalogue import METHODS
 
     factory = METHODS.get(method)
     schema = getattr(factory, "option_schema", None)

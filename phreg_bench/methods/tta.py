@@ -62,7 +62,7 @@ class TTAModel(DenseModel):
 
 def _inner_options(given: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
     """Check the options ``tta`` does not take as options of its inner method (named as ``tta``'s)."""
-    from phreg_bench.registries import METHODS
+    from phreg_bench.methods.catalogue import METHODS
 
     inner = given.get("inner", "raw")
     if METHODS.canonical(inner) == "tta":
@@ -91,7 +91,7 @@ OPTIONS = {
 @method_options("tta", forward=_inner_options, **OPTIONS)
 def build(backbone: Backbone, views: int = DEFAULT_VIEWS, inner: str = "raw", shift_frac: float = DEFAULT_SHIFT_FRAC,
           seed: int = 0, **inner_options: Any) -> DenseModel:
-    from phreg_bench.registries import METHODS
+    from phreg_bench.methods.catalogue import METHODS
 
     inner_model = METHODS.get(inner)(backbone, **inner_options)
     return TTAModel(backbone, inner_model, int(views), float(shift_frac), int(seed))

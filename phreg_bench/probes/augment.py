@@ -9,9 +9,10 @@ Depth, Monocular-Depth-Estimation-Toolbox pipeline of PH-Reg's ``vitb_nyu_linear
 ``NYUCrop`` -> ``RandomRotate(prob=0.5, degree=2.5)`` -> ``RandomFlip(0.5)`` -> ``RandomCrop((416, 544))`` ->
 ``ColorAug(prob=0.5, gamma=[0.9, 1.1], brightness=[0.75, 1.25], color=[0.9, 1.1])``.
 
-Resampling uses PyTorch (bilinear without antialiasing for images, floor-nearest for labels, like OpenCV's
-``INTER_LINEAR`` / ``INTER_NEAREST``); OpenCV's fixed-point rounding is not reproduced bit for bit. The
-8-bit HSV conversion of ``PhotoMetricDistortion`` follows OpenCV's documented formulas (H in 0..179).
+Resampling is :mod:`phreg_bench.geometry`'s, in PyTorch (bilinear without antialiasing for images,
+floor-nearest for labels, like OpenCV's ``INTER_LINEAR`` / ``INTER_NEAREST``); OpenCV's fixed-point rounding is
+not reproduced bit for bit. The 8-bit HSV conversion of ``PhotoMetricDistortion`` follows OpenCV's documented
+formulas (H in 0..179).
 """
 
 from __future__ import annotations
@@ -22,31 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from phreg_bench import inference
 from phreg_bench.datasets.base import IGNORE_INDEX
-
-
-# -- resampling ---------------------------------------------------------------------------------------
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of ``uint8 [H, W, 3]`` to ``(h, w)`` with the zero-shot harness's resampling."""
-    if image.shape[:2] == tuple(size):
-        return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    return inference.resize_image(tensor, size)[0].permute(1, 2, 0).to(torch.uint8).numpy()
-
-
-def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest resize of an ``[H, W]`` map (labels or depth) to ``(h, w)`` (floor-nearest, as OpenCV)."""
-    if label.shape == tuple(size):
-        return label
-    tensor = torch.from_numpy(np.ascontiguousarray(label))[None, None]
-    out = F.interpolate(tensor.double(), size=size, mode="nearest")
-    return out[0, 0].to(tensor.dtype).numpy()
-
-
-def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """mmcv ``rescale_size`` (keep_ratio) for a ``(long, short)`` scale: ``(new_h, new_w)``."""
-    return inference.rescale_size(height, width, min(scale), max(scale))
+from phreg_bench.geometry import rescale_size, resize_image_array, resize_label
 
 
 # -- segmentation -------------------------------------------------------------------------------------
@@ -54,8 +32,8 @@ def random_resize(image, label, rng: np.random.Generator, scale=(2048, 518), rat
     """mmcv ``RandomResize`` with ``ratio_range``: scale the target (long, short) by U(ratio_range)."""
     ratio = rng.uniform(*ratio_range)
     target = (int(scale[0] * ratio), int(scale[1] * ratio))
-    size = rescale_size(*image.shape[:2], target)
-    return resize_image(image, size), resize_label(label, size)
+    size = rescale_size(*image.shape[:2], min(target), max(target))  # mmcv: scale = (long, short) in any order
+    return resize_image_array(image, size), resize_label(label, size)
 
 
 def _crop_box(shape, crop, rng):

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from phreg_bench.tasks.settings import OVERRIDE_FLAG, ProtocolError
+from phreg_bench.protocol_settings import OVERRIDE_FLAG, ProtocolError
 from phreg_core.distributed import DistEnv
 
 

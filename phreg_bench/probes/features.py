@@ -10,19 +10,30 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.geometry import center_pad
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.probes.cache import CacheEntry, FeatureCache
 from phreg_bench.progress import track
-from phreg_bench.tasks.base import RunContext
-from phreg_core.distributed import all_sum_int, all_true, barrier, broadcast_bytes
+from phreg_core.distributed import DistEnv, all_sum_int, all_true, barrier, broadcast_bytes
 from phreg_core.errors import ConfigError, PhregError
+
+
+class FeatureRun(Protocol):
+    """What the feature helpers read of a run: :class:`~phreg_bench.tasks.base.RunContext` has all of it, so a
+    task passes its context as it is and this library does not depend on the task layer."""
+
+    cache_dir: Path  # where persistent feature caches live (temporary ones too, under torchrun)
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16: autocast of the backbone forward only
+    progress: Any  # a rich.progress.Progress or None (phreg_bench.progress.track)
+    options: dict[str, Any]  # family extras; ``feature_cache=False`` disables the persistent cache
+    dist: DistEnv  # the torchrun process group
 
 
 class CacheShareError(PhregError):
@@ -32,7 +43,7 @@ class CacheShareError(PhregError):
 FEATURE_CODE_VERSION = "1"
 
 
-def open_cache(ctx: RunContext, model: DenseModel) -> tuple[FeatureCache, str]:
+def open_cache(ctx: FeatureRun, model: DenseModel) -> tuple[FeatureCache, str]:
     """The run's feature cache, and why it is (not) persistent.
 
     Without a weights sha256 the features cannot be content-addressed safely, so they live in a temporary
@@ -45,7 +56,7 @@ def open_cache(ctx: RunContext, model: DenseModel) -> tuple[FeatureCache, str]:
     return FeatureCache(ctx.cache_dir), "persistent"
 
 
-def _temporary(ctx: RunContext) -> FeatureCache:
+def _temporary(ctx: FeatureRun) -> FeatureCache:
     """A cache for this run only. Under ``torchrun`` every rank must see the same one: rank 0 makes a folder
     in ``--cache-dir`` (a shared filesystem across nodes) and sends its path; rank 0 removes it on close."""
     if not ctx.dist.distributed:
@@ -57,7 +68,7 @@ def _temporary(ctx: RunContext) -> FeatureCache:
     return FeatureCache(Path(broadcast_bytes(ctx.dist, path).decode()), temporary=True, owner=ctx.dist.is_main)
 
 
-def cache_fields(model: DenseModel, ctx: RunContext, **fields: Any) -> dict[str, Any]:
+def cache_fields(model: DenseModel, ctx: FeatureRun, **fields: Any) -> dict[str, Any]:
     """Everything that changes the cached bytes (beyond the caller's geometry/dataset fields): the model's
     :meth:`~DenseModel.feature_identity`, the precision its forward runs at, the device type."""
     return {"model": model.feature_identity(), "code_version": FEATURE_CODE_VERSION,
@@ -70,17 +81,8 @@ def to_tensor(images: np.ndarray | Tensor) -> Tensor:
     return tensor.permute(0, 3, 1, 2).float() / 255.0
 
 
-def center_pad(images: Tensor, multiple: int) -> Tensor:
-    """Zero-pad (in normalised space) H and W up to a multiple, split evenly (DINOv2 ``CenterPadding``)."""
-    pads = []
-    for size in (images.shape[-1], images.shape[-2]):
-        extra = -size % multiple
-        pads += [extra // 2, extra - extra // 2]
-    return F.pad(images, pads) if any(pads) else images
-
-
 @torch.inference_mode()
-def extract(model: DenseModel, images: np.ndarray | Tensor, ctx: RunContext, *, pad_to_patch: bool = False,
+def extract(model: DenseModel, images: np.ndarray | Tensor, ctx: FeatureRun, *, pad_to_patch: bool = False,
             with_cls: bool = False) -> tuple[Tensor, Tensor | None]:
     """Unprojected final patch features ``[B, embed_dim, h, w]`` and, with ``with_cls``, the CLS token
     ``[B, embed_dim]`` (else ``None``), float32 on ``ctx.device``, of 0..255 ``[B, H, W, 3]`` images.
@@ -104,7 +106,7 @@ def extract(model: DenseModel, images: np.ndarray | Tensor, ctx: RunContext, *, 
 
 
 def fill(entry: CacheEntry, produce: Callable[[np.ndarray], dict[str, np.ndarray]], batch_rows: int,
-         ctx: RunContext, description: str) -> dict[str, Any]:
+         ctx: FeatureRun, description: str) -> dict[str, Any]:
     """Compute and store every missing row of ``entry``; returns counts and seconds.
 
     Under ``torchrun`` the rows are cut into fixed blocks of ``batch_rows`` and rank ``r`` computes the missing

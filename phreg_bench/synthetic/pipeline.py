@@ -1,6 +1,6 @@
 """The built-in default's PH-Reg part: distil the planted-artifact ViT, evaluate it, draw the figures.
 
-:func:`run_default` is what ``phreg-bench run`` (no arguments) calls before it runs the leaderboard tasks:
+:func:`run_synthetic_proof` is what ``phreg-bench run`` (no arguments) calls before it runs the leaderboard tasks:
 
 1. builds ``planted-vit`` (artifacts on) and ``planted-vit-twin`` (same weights, artifacts off);
 2. distils a PH-Reg student (16 registers, 10-view TTA targets, official unlock set) on 128 synthetic
@@ -52,8 +52,8 @@ DISPLAY_SIZE = 160  # the input panel shows the same scene rendered sharper than
 
 
 # The sources whose code computes the proof table: a change to any of them recomputes it.
-_SOURCES = ("synthetic/pipeline.py", "synthetic/proof.py", "synthetic/scenes.py", "synthetic/probes.py",
-            "backbones/planted.py", "methods/tta.py", "methods/phreg.py")
+_SOURCES = ("synthetic/pipeline.py", "synthetic/proof.py", "synthetic/scenes.py", "synthetic/closed_form.py",
+            "synthetic/planted.py", "methods/tta.py", "methods/phreg.py")
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -109,7 +109,7 @@ def draw_figures(models: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]
     return paths
 
 
-def run_default(out_dir: str | os.PathLike, progress=None, *, config: ProofConfig | None = None,
+def run_synthetic_proof(out_dir: str | os.PathLike, progress=None, *, config: ProofConfig | None = None,
                 log: Callable[[str], None] = print, figures: bool = True, threads: int | None = 1) -> dict[str, Any]:
     """Distil, evaluate and draw (see the module docstring); returns the summary that is also written.
 
@@ -124,15 +124,15 @@ def run_default(out_dir: str | os.PathLike, progress=None, *, config: ProofConfi
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_default(Path(out_dir), progress, config or ProofConfig(variants=(FULL,)), log, figures)
+        return _run_synthetic_proof(Path(out_dir), progress, config or ProofConfig(variants=(FULL,)), log, figures)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run_default(out: Path, progress, config: ProofConfig, log: Callable[[str], None],
+def _run_synthetic_proof(out: Path, progress, config: ProofConfig, log: Callable[[str], None],
                  figures: bool) -> dict[str, Any]:
+    from phreg_bench.methods.catalogue import METHODS
     from phreg_bench.methods.ttr import write_neurons
-    from phreg_bench.registries import METHODS
     from phreg_bench.synthetic.scenes import CLASS_NAMES
 
     finished = finished_summary(out, config, figures)

@@ -15,7 +15,7 @@ Rows (the paper's Table 3 structure, plus the two references that only a synthet
 
 Columns: the high-norm outlier rate of the final patch tokens (``phreg_core.diagnostics``: norm > 2× the
 image's median), its reduction against the raw teacher, the closed-form linear probes' segmentation mIoU
-and depth RMSE (:mod:`phreg_bench.synthetic.probes`), the worst-1 % cosine of a model's patch tokens to the
+and depth RMSE (:mod:`phreg_bench.synthetic.closed_form`), the worst-1 % cosine of a model's patch tokens to the
 twin's, and the share of the planted neurons' firing that lands on the student's registers.
 
 The twin is the truth for the artifacts, not an upper bound for the probes: the 10-view average (and a
@@ -36,11 +36,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from phreg_bench.synthetic.scenes import CLASS_NAMES, render
+from phreg_bench.synthetic.scenes import CLASS_NAMES, SceneBatch, render_batch
 from phreg_core.recipe import DEFAULT_REGISTERS, Recipe
 
 DISTILL_START, PROBE_START, EVAL_START = 0, 10_000, 100_000
@@ -94,21 +93,6 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Scenes:
-    images: Tensor  # normalised [B, 3, S, S]
-    labels: Tensor  # [B, S, S]
-    depth: Tensor  # [B, S, S]
-
-
-def load_scenes(start: int, count: int, size: int, seed: int, normalize: Callable[[Tensor], Tensor]) -> Scenes:
-    """Render ``count`` scenes from index ``start`` and normalise them for a backbone."""
-    scenes = [render(start + i, size, seed) for i in range(count)]
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    return Scenes(normalize(images), torch.from_numpy(np.stack([s.labels for s in scenes])),
-                  torch.from_numpy(np.stack([s.depth for s in scenes])))
 
 
 def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, config: ProofConfig,
@@ -170,7 +154,7 @@ def _features(model_fn: Callable[[Tensor], Tensor], images: Tensor, batch: int =
 
 def register_share(student, images: Tensor) -> float | None:
     """Percent of the planted neurons' firing that lands on ``student``'s registers."""
-    from phreg_bench.backbones.planted import firing_maps
+    from phreg_bench.synthetic.planted import firing_maps
 
     if student.num_registers == 0:
         return None
@@ -183,10 +167,10 @@ def register_share(student, images: Tensor) -> float | None:
     return 100.0 * float(firing[:, : student.num_registers].sum() / firing.sum().clamp(min=1e-12))
 
 
-def evaluate(name: str, model_fn: Callable[[Tensor], Tensor], probe: Scenes, evaluation: Scenes,
+def evaluate(name: str, model_fn: Callable[[Tensor], Tensor], probe: SceneBatch, evaluation: SceneBatch,
              twin_eval: Tensor, raw_rate: float | None) -> Row:
     """Every column of one row, from a function ``normalised images -> patch grid``."""
-    from phreg_bench.synthetic.probes import depth_probe, segmentation_probe
+    from phreg_bench.synthetic.closed_form import depth_probe, segmentation_probe
     from phreg_core.diagnostics import outlier_rate
     from phreg_core.losses import token_cosine
 
@@ -223,7 +207,7 @@ class World:
 
     teacher: Any  # Backbone with the artifact mechanism on
     twin: Any  # the same weights, mechanism off
-    scenes: dict[str, Scenes]  # "distill", "probe", "eval"
+    scenes: dict[str, SceneBatch]  # "distill", "probe", "eval"; images normalised for the teacher
     twin_eval: Tensor  # the twin's patch tokens on the evaluation scenes
 
 
@@ -233,15 +217,16 @@ def plain(backbone) -> Callable[[Tensor], Tensor]:
 
 
 def build_world(config: ProofConfig) -> World:
-    from phreg_bench.backbones.planted import build_planted_vit
+    from phreg_bench.synthetic.planted import build_planted_vit
 
     teacher = build_planted_vit(**config.backbone_options)
     twin = build_planted_vit(artifacts=False, **config.backbone_options)
     size = teacher.info.native_resolution[0]
-    scenes = {name: load_scenes(first, count, size, config.scene_seed, teacher.normalize)
-              for name, first, count in (("distill", DISTILL_START, config.num_distill),
-                                         ("probe", PROBE_START, config.num_probe),
-                                         ("eval", EVAL_START, config.num_eval))}
+    scenes = {}
+    for name, first, count in (("distill", DISTILL_START, config.num_distill), ("probe", PROBE_START, config.num_probe),
+                               ("eval", EVAL_START, config.num_eval)):
+        batch = render_batch(range(first, first + count), size, config.scene_seed)
+        scenes[name] = replace(batch, images=teacher.normalize(batch.images))
     return World(teacher, twin, scenes, _features(plain(twin), scenes["eval"].images))
 
 
@@ -279,7 +264,7 @@ def find_ttr_neurons(world: World, batch: int = 64) -> dict[str, Any]:
 
 def finder_quality(document: dict[str, Any], backbone) -> dict[str, Any]:
     """Precision / recall of the found neurons against the planted ones (``register_neuron_indices``)."""
-    from phreg_bench.backbones.planted import register_neuron_indices
+    from phreg_bench.synthetic.planted import register_neuron_indices
 
     truth = {(layer, unit) for layer, units in register_neuron_indices(backbone.vision.model).items() for unit in units}
     found = [(row["layer"], row["neuron"]) for row in document["neurons"]]
@@ -293,9 +278,9 @@ def finder_quality(document: dict[str, Any], backbone) -> dict[str, Any]:
 def ttr_row(world: World, neurons: str | Path | dict[str, Any], raw_rate: float | None) -> Row:
     """The ``test-time registers`` row: the benchmark's ``ttr`` method with ``neurons`` (a file or document);
     its last column is the share of the planted neurons' firing on the appended register."""
-    from phreg_bench.backbones.planted import firing_maps
+    from phreg_bench.methods.catalogue import METHODS
     from phreg_bench.methods.ttr import write_neurons
-    from phreg_bench.registries import METHODS
+    from phreg_bench.synthetic.planted import firing_maps
 
     if isinstance(neurons, dict):
         with tempfile.TemporaryDirectory(prefix="phreg-ttr-") as folder:

@@ -15,11 +15,16 @@ tests and 448 px for real backbones.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from phreg_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CLASS_NAMES = ("ground", "wall", "sky", "disc", "box", "triangle", "ring", "cross", "diamond")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -205,6 +210,20 @@ def render(index: int, size: int = 64, seed: int = 0) -> Scene:
     return Scene(np.clip(np.rint(image), 0, 255).astype(np.uint8), labels, depth.astype(np.float32))
 
 
-def render_batch(indices, size: int = 64, seed: int = 0) -> list[Scene]:
-    """Render several scenes (a convenience for tests and in-memory datasets)."""
-    return [render(int(i), size, seed) for i in indices]
+@dataclass
+class SceneBatch:
+    """Several rendered scenes as tensors (:func:`render_batch`)."""
+
+    images: Tensor  # float32 [B, 3, S, S] in [0, 1] (a caller may replace them by normalised ones)
+    labels: Tensor  # int64 [B, S, S], indices into CLASS_NAMES
+    depth: Tensor  # float32 [B, S, S], metres
+
+
+def render_batch(indices: Iterable[int], size: int = 64, seed: int = 0) -> SceneBatch:
+    """The scenes ``indices`` rendered at ``size`` px: the one loader of the built-in task and the proof."""
+    import torch
+
+    scenes = [render(int(i), size, seed) for i in indices]
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    return SceneBatch(images, torch.from_numpy(np.stack([s.labels for s in scenes])),
+                      torch.from_numpy(np.stack([s.depth for s in scenes])))

@@ -16,7 +16,7 @@ import torch
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.methods.base import DenseModel
-from phreg_bench.tasks.settings import OVERRIDE_FLAG, ProtocolError, Settings
+from phreg_bench.protocol_settings import OVERRIDE_FLAG, ProtocolError, Settings
 from phreg_bench.tasks.specs import TaskSpec as TaskSpec  # declared beside its YAML reader (no torch there)
 from phreg_core.distributed import DistEnv
 
@@ -60,7 +60,7 @@ class TaskOutcome:
 class TaskFamily:
     """Base class of ``ovseg``, ``linseg``, ``depth`` and the built-in synthetic families.
 
-    ``settings_class`` (a :class:`~phreg_bench.tasks.settings.NamedSettings` subclass) declares every protocol
+    ``settings_class`` (a :class:`~phreg_bench.protocol_settings.NamedSettings` subclass) declares every protocol
     setting with its type and range. A family without one (a third-party family) accepts exactly the keys
     of its presets, unconverted.
     """
@@ -91,7 +91,7 @@ class TaskFamily:
                          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The full resolved protocol settings (preset + overrides, validated) recorded in the result and hashed.
 
-        Raises :class:`~phreg_bench.tasks.settings.ProtocolError` for an unknown protocol or key, or a value
+        Raises :class:`~phreg_bench.protocol_settings.ProtocolError` for an unknown protocol or key, or a value
         of the wrong type or range.
         """
         name, preset = self.preset(spec, protocol, ctx)
@@ -114,7 +114,7 @@ class TaskFamily:
 
     def recorded_preset(self, spec: TaskSpec, settings: dict[str, Any]) -> dict[str, Any]:
         """The resolved preset (no overrides) that recorded ``settings`` started from, so that a reader can
-        tell the overrides apart. Raises :class:`~phreg_bench.tasks.settings.ProtocolError` like
+        tell the overrides apart. Raises :class:`~phreg_bench.protocol_settings.ProtocolError` like
         :meth:`resolve_settings`."""
         return self.resolve_settings(spec, settings["name"], RunContext())
 

@@ -37,7 +37,7 @@ TASKS: Registry[TaskSpec] = Registry(
     "task", "phreg_bench.tasks", instance_of="phreg_bench.tasks.specs:TaskSpec", builtins=_builtin_specs)
 SUITES: Registry[dict[str, Any]] = Registry("suite", instance_of=dict, builtins=_builtin_suites)
 
-TASK_FAMILIES.add("synthetic", "phreg_bench.tasks.synthetic:SyntheticSegmentation")
-TASK_FAMILIES.add("ovseg", "phreg_bench.tasks.ovseg:OpenVocabSegmentation")
+TASK_FAMILIES.add("synthetic", "phreg_bench.synthetic.family:SyntheticSegmentation")
+TASK_FAMILIES.add("ovseg", "phreg_bench.tasks.ovseg.family:OpenVocabSegmentation")
 TASK_FAMILIES.add("linseg", "phreg_bench.tasks.linseg:LinearProbeSegmentation")
 TASK_FAMILIES.add("depth", "phreg_bench.tasks.depth:LinearProbeDepth")

@@ -42,11 +42,12 @@ from phreg_bench.probes.cache import ArraySpec
 from phreg_bench.probes.ddp import check_batch_split, data_parallel, local_part, unwrap, zero_loss
 from phreg_bench.probes.heads import BinsDepthHead
 from phreg_bench.probes.losses import GRADIENT_LAYOUTS, gradient_loss, sig_loss
+from phreg_bench.probes.protocol import ProbeSettings, infinite_order, train_limit
 from phreg_bench.probes.schedules import cosine_warmup_lr, one_cycle_beta1, set_lr
 from phreg_bench.progress import track
+from phreg_bench.protocol_settings import Settings, require
 from phreg_bench.tasks.base import RunContext, TaskOutcome, TaskSpec
-from phreg_bench.tasks.linseg import ProbeFamily, ProbeSettings, _infinite_order, _train_limit
-from phreg_bench.tasks.settings import Settings, require
+from phreg_bench.tasks.probe_family import ProbeFamily
 from phreg_core.distributed import DistEnv, all_sum_int, shard
 from phreg_core.errors import ConfigError
 
@@ -147,7 +148,7 @@ class LinearProbeDepth(ProbeFamily):
         check_batch_split(int(settings["batch_size"]), ctx.dist, group=int(settings["loss_group_size"]), task=spec.name)
         try:
             train_set = NYUv2Depth(ctx.data_root, "train", source=settings["train_source"],
-                                   limit=_train_limit(settings, ctx))
+                                   limit=train_limit(settings, ctx.limit))
         except DatasetError as error:
             if settings["train_source"] != "sync":
                 raise
@@ -339,7 +340,7 @@ def _to_device(ctx, *arrays):
 
 def _cached_batches(entry, settings, ctx):
     batch, iters = int(settings["batch_size"]), int(settings["iters"])
-    order = _infinite_order(entry.num_rows, batch * iters, ctx.seed)
+    order = infinite_order(entry.num_rows, batch * iters, ctx.seed)
     group = int(settings["loss_group_size"])
     for step in range(iters):
         rows = local_part(order[step * batch:(step + 1) * batch], ctx.dist, group=group)  # this rank's groups
@@ -369,7 +370,7 @@ class _AugmentedDepth(torch.utils.data.Dataset):
 
 def _online_batches(model: DenseModel, dataset: NYUv2Depth, crop, settings, ctx):
     batch, iters = int(settings["batch_size"]), int(settings["iters"])
-    order = _infinite_order(len(dataset), batch * iters, ctx.seed)
+    order = infinite_order(len(dataset), batch * iters, ctx.seed)
     dataset.close()  # an open HDF5 handle must not be shared with forked loader workers
     group = int(settings["loss_group_size"])
     steps = [local_part(np.arange(step * batch, (step + 1) * batch), ctx.dist, group=group).tolist()

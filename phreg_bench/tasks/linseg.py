@@ -21,75 +21,43 @@ Test features are always deterministic (the same windows the paper evaluates) an
 Cache size (measured, ViT-B at 518, fp16): 2.26 MiB per view, about 9 MiB per 500x375 training image with
 ``slide`` windows (VOC train_aug ~95 GiB, ADE20K ~180 GiB); ``center`` halves that, ``full`` needs none.
 ``RunContext.limit`` caps the training images as well as the evaluated ones (the result is marked partial).
+The protocol this family shares with ``depth`` (settings, budget, fixed views, sampling) is
+:mod:`phreg_bench.probes.protocol`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from phreg_bench.inference import check_window_settings
+from phreg_bench.geometry import check_window_settings, resize_image_array, resize_label
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.probes import features as feats
-from phreg_bench.probes.augment import rescale_size, resize_image, resize_label, seg_train_augment
+from phreg_bench.probes.augment import seg_train_augment
 from phreg_bench.probes.cache import ArraySpec
 from phreg_bench.probes.ddp import check_batch_split, data_parallel, local_part, scale_to_global, unwrap
 from phreg_bench.probes.heads import LinearSegHead
 from phreg_bench.probes.losses import seg_cross_entropy
+from phreg_bench.probes.protocol import (
+    WINDOW_OPTION_NAMES,
+    ProbeSettings,
+    ViewTable,
+    infinite_order,
+    manifest,
+    resolve_input_size,
+    resolve_stride,
+    train_limit,
+)
 from phreg_bench.probes.schedules import poly_lr, set_lr
 from phreg_bench.progress import track
-from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.settings import NamedSettings, ProtocolError, require
+from phreg_bench.protocol_settings import require
+from phreg_bench.tasks.base import RunContext, TaskOutcome, TaskSpec
+from phreg_bench.tasks.probe_family import ProbeFamily
 from phreg_core.distributed import shard
-from phreg_core.errors import ConfigError
-from phreg_core.images import open_image
-
-PAPER_STRIDE = 341  # slide stride with crop 518 [PH-Reg voc21_cfg.py test_cfg]
-PAPER_CROP = 518
-
-
-def resolve_budget(settings: dict[str, Any], budget: str) -> dict[str, Any]:
-    """Flatten ``settings['budgets'][budget]`` into the settings and record the budget name."""
-    budgets = settings.pop("budgets", None)
-    if budgets is not None:
-        if budget not in budgets:
-            raise ProtocolError(f"--budget {budget}: not defined for this task (known: {', '.join(budgets)})")
-        settings.update(budgets[budget])
-    settings["budget"] = budget
-    return settings
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProbeSettings(NamedSettings):
-    """What both probe families (``linseg``, ``depth``) share: budget, feature mode, optimiser, schedule length.
-
-    ``budget`` is the run's ``--budget`` (its values are flattened into the preset), never an override.
-    """
-
-    RESERVED: ClassVar[tuple[str, ...]] = ("name", "budget")
-    budget: str
-    train_features: Literal["cached", "full"] = "cached"  # see the module docstring
-    cache_dtype: Literal["float16", "float32"] = "float16"  # storage dtype of cached features
-    batch_size: int
-    iters: int
-    max_train_images: int | None = None  # cap on training images (quick budgets)
-    lr: float
-    weight_decay: float
-    betas: tuple[float, float]
-    head_batchnorm: bool
-
-    def validate(self) -> None:
-        require("batch_size", self.batch_size > 0, f"must be > 0, got {self.batch_size}")
-        require("iters", self.iters > 0, f"must be > 0, got {self.iters}")
-        require("max_train_images", self.max_train_images is None or self.max_train_images > 0,
-                f"must be null or > 0, got {self.max_train_images}")
-        require("lr", self.lr > 0, f"must be > 0, got {self.lr}")
-        require("weight_decay", self.weight_decay >= 0, f"must be >= 0, got {self.weight_decay}")
-        require("betas", all(0 <= b < 1 for b in self.betas), f"must be two values in [0, 1), got {self.betas}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,102 +90,6 @@ class LinsegSettings(ProbeSettings):
         require("cat_max_ratio", 0 < self.cat_max_ratio <= 1, f"must be in (0, 1], got {self.cat_max_ratio}")
 
 
-class ProbeFamily(TaskFamily):
-    """The probe families' shared settings resolution: the run's budget flattened into the preset."""
-
-    def preset(self, spec: TaskSpec, protocol: str | None, ctx: RunContext) -> tuple[str, dict[str, Any]]:
-        name, settings = spec.protocol(protocol)
-        settings = resolve_budget(settings, ctx.budget)
-        settings.pop("budget")  # set by fixed_settings, after the overrides
-        return name, settings
-
-    def fixed_settings(self, ctx: RunContext) -> dict[str, Any]:
-        return {"budget": ctx.budget}
-
-    variant_keys = ("budget", "train_features")
-
-    def row_variant(self, settings: dict[str, Any]) -> str | None:
-        """``<budget>`` or ``<budget>/<train_features>``: runs on another schedule or feature mode are other rows."""
-        variant = str(settings["budget"])
-        return f"{variant}/{settings['train_features']}" if settings.get("train_features") else variant
-
-    def recorded_preset(self, spec: TaskSpec, settings: dict[str, Any]) -> dict[str, Any]:
-        return self.resolve_settings(spec, settings["name"], RunContext(budget=settings.get("budget", "full")))
-
-
-def resolve_input_size(setting: Any, patch_size: int) -> int:
-    """``auto``: 518 for patch-14 backbones (DINOv2 protocol), 448 otherwise (CLIP protocol, patch 16).
-
-    Reference notes §2.2: "Input size: CLIP models 448x448, DINOv2 518x518".
-    """
-    size = (518 if patch_size == 14 else 448) if setting == "auto" else int(setting)
-    if size % patch_size:
-        raise ConfigError(f"input size {size} is not a multiple of the patch size {patch_size}; "
-                         "set it with --protocol-override input_size=N")
-    return size
-
-
-def resolve_stride(setting: Any, size: int) -> int:
-    """``auto``: the published 341 at 518, the same overlap ratio (341/518) at other sizes.
-
-    Only the 518/341 pair is published (PH-Reg DINOv2 configs); the CLIP stride is UNCONFIRMED.
-    """
-    if setting != "auto":
-        return int(setting)
-    return PAPER_STRIDE if size == PAPER_CROP else max(1, round(size * PAPER_STRIDE / PAPER_CROP))
-
-
-WINDOW_OPTION_NAMES = ("input_size", "slide_stride")  # the window size and stride as --protocol-override names
-
-
-def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg ``slide_inference`` window boxes ``(y1, y2, x1, x2)``; the last window is flush with the edge.
-
-    The project's one layout (:func:`phreg_bench.inference.window_boxes`); settings that leave pixels
-    uncovered (``slide_stride > input_size``) raise, naming those options.
-    """
-    from phreg_bench.inference import window_boxes
-
-    return window_boxes(height, width, crop, stride, names=WINDOW_OPTION_NAMES)
-
-
-def image_size(dataset, index: int) -> tuple[int, int]:
-    """``(H, W)`` of a sample, from the image header when the reader lists paths."""
-    pairs = getattr(dataset, "pairs", None)
-    if pairs is not None:
-        with open_image(pairs[index][1]) as image:  # header only; bad files raise one line naming them
-            return image.height, image.width
-    return tuple(dataset[index].image.shape[:2])
-
-
-@dataclass
-class ViewTable:
-    """Fixed S x S views of a split: rows ``(sample, y1, y2, x1, x2, flip)`` on the resized images."""
-
-    rows: np.ndarray  # int64 [R, 6]
-    resized: list[tuple[int, int]]  # per sample (h', w') after the keep-ratio resize
-    originals: list[tuple[int, int]]
-
-    @classmethod
-    def build(cls, dataset, size: int, stride: int, long_max: int, windows: str, flips: bool) -> ViewTable:
-        rows, resized, originals = [], [], []
-        for index in range(len(dataset)):
-            height, width = image_size(dataset, index)
-            h, w = rescale_size(height, width, (long_max, size))
-            originals.append((height, width))
-            resized.append((h, w))
-            boxes = slide_windows(h, w, size, stride)
-            if windows == "center":
-                boxes = [boxes[len(boxes) // 2]]
-            for box in boxes:
-                for flip in ((0, 1) if flips else (0,)):
-                    rows.append((index, *box, flip))
-        return cls(np.asarray(rows, dtype=np.int64).reshape(-1, 6), resized, originals)
-
-    def rows_of(self, sample: int) -> np.ndarray:
-        return np.flatnonzero(self.rows[:, 0] == sample)
-
-
 def _mean_pixel(model: DenseModel) -> np.ndarray:
     return np.asarray(model.mean, dtype=np.float32) * 255.0
 
@@ -240,7 +112,7 @@ class LinearProbeSegmentation(ProbeFamily):
     def run(self, model: DenseModel, spec: TaskSpec, settings: dict[str, Any], ctx: RunContext) -> TaskOutcome:
         """Train a linear head (float32) on ``model``'s frozen unprojected final patch tokens ``[B, embed_dim,
         h, w]`` and evaluate it by sliding windows. See :meth:`TaskFamily.run`; metrics in percent."""
-        from phreg_bench.registries import DATASETS
+        from phreg_bench.datasets.catalogue import DATASETS
 
         settings = self.check_settings(settings, spec)
         size = resolve_input_size(settings["input_size"], model.patch_size)
@@ -250,7 +122,7 @@ class LinearProbeSegmentation(ProbeFamily):
         mode = settings["train_features"]
         check_batch_split(int(settings["batch_size"]), ctx.dist, task=spec.name)
         reader = DATASETS.get(spec.dataset)
-        train_set = reader(ctx.data_root, split=settings["train_split"], limit=_train_limit(settings, ctx))
+        train_set = reader(ctx.data_root, split=settings["train_split"], limit=train_limit(settings, ctx.limit))
         val_set = reader(ctx.data_root, split=spec.split, limit=ctx.limit)
         num_classes = int(reader.num_classes)
         resolved = {"input_size": size, "slide_stride": stride, "grid": size // model.patch_size,
@@ -306,7 +178,7 @@ class LinearProbeSegmentation(ProbeFamily):
         if labels:
             arrays["labels"] = ArraySpec((size, size), "uint8")
         fields = feats.cache_fields(model, ctx, task="linseg", dataset=getattr(dataset, "name", type(dataset).__name__),
-                                    split=split, manifest=_manifest(dataset), views=_views_digest(views),
+                                    split=split, manifest=manifest(dataset), views=_views_digest(views),
                                     geometry={"input_size": size, "resize": "keep-ratio bilinear",
                                               "pad": "mean pixel"})
         entry = cache.entry(fields, arrays, len(views.rows))
@@ -320,7 +192,7 @@ class LinearProbeSegmentation(ProbeFamily):
                     loaded.clear()
                     item = dataset[int(sample)]
                     h, w = views.resized[sample]
-                    loaded[sample] = (resize_image(item.image, (h, w)),
+                    loaded[sample] = (resize_image_array(item.image, (h, w)),
                                       resize_label(item.label, (h, w)) if labels else None)
                 image, label = loaded[sample]
                 window = np.full((size, size, 3), mean, dtype=np.float32)
@@ -363,7 +235,7 @@ class LinearProbeSegmentation(ProbeFamily):
         head.train()
         optimizer = self._optimizer(head, settings)
         batch, iters = int(settings["batch_size"]), int(settings["iters"])
-        order = _infinite_order(entry.num_rows, batch * iters, ctx.seed)
+        order = infinite_order(entry.num_rows, batch * iters, ctx.seed)
         for step in track(range(iters), f"{name}: train head (cached)", progress=ctx.progress):
             rows = local_part(order[step * batch:(step + 1) * batch], ctx.dist)  # this rank's part
             # move the stored dtypes (fp16 / uint8), widen on the device: half the host-to-device traffic
@@ -375,7 +247,7 @@ class LinearProbeSegmentation(ProbeFamily):
         head.train()
         optimizer = self._optimizer(head, settings)
         batch, iters = int(settings["batch_size"]), int(settings["iters"])
-        order = _infinite_order(len(dataset), batch * iters, ctx.seed)
+        order = infinite_order(len(dataset), batch * iters, ctx.seed)
         data = _AugmentedSeg(dataset, order, size, ctx.seed, settings)
         # stream positions of each step's global batch; this rank loads and encodes its part only
         steps = [local_part(np.arange(step * batch, (step + 1) * batch), ctx.dist).tolist() for step in range(iters)]
@@ -431,31 +303,6 @@ class _AugmentedSeg(torch.utils.data.Dataset):
         image, label = seg_train_augment(item.image, item.label, rng, self.size, ratio_range=self.ratio_range,
                                          cat_max_ratio=self.cat_max_ratio)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(label.astype(np.int64))
-
-
-def _infinite_order(num_items: int, length: int, seed: int) -> np.ndarray:
-    """Concatenated random permutations (mmengine ``InfiniteSampler(shuffle=True)``), ``length`` long."""
-    if num_items == 0:
-        raise ConfigError("no training samples")
-    rng = np.random.default_rng(seed)
-    epochs = -(-length // num_items)
-    return np.concatenate([rng.permutation(num_items) for _ in range(epochs)])[:length]
-
-
-def _train_limit(settings: dict[str, Any], ctx: RunContext) -> int | None:
-    limits = [value for value in (settings.get("max_train_images"), ctx.limit) if value is not None]
-    return min(int(v) for v in limits) if limits else None
-
-
-def _manifest(dataset) -> str:
-    import hashlib
-
-    if hasattr(dataset, "manifest"):
-        return dataset.manifest()
-    digest = hashlib.sha256()
-    for sample_id, image_path, label_path in getattr(dataset, "pairs", []):
-        digest.update(f"{sample_id}:{image_path.stat().st_size}:{label_path.stat().st_size}\n".encode())
-    return digest.hexdigest()
 
 
 def _views_digest(views: ViewTable) -> str:

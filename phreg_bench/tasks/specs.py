@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from phreg_bench.tasks.settings import PROTOCOL_FLAG, ProtocolError
+from phreg_bench.protocol_settings import PROTOCOL_FLAG, ProtocolError
 from phreg_core.errors import FileFormatError, MissingFileError
 
 
@@ -53,7 +53,7 @@ class TaskSpec:
     def protocol(self, name: str | None) -> tuple[str, dict[str, Any]]:
         """Resolve a protocol preset name (``None``: the spec's default) to its settings.
 
-        Raises :class:`~phreg_bench.tasks.settings.ProtocolError` naming the known presets.
+        Raises :class:`~phreg_bench.protocol_settings.ProtocolError` naming the known presets.
         """
         chosen = name or self.default_protocol
         if chosen not in self.protocols:

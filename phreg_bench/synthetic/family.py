@@ -14,26 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import SegmentationMetric, gather_in_order, metrics_from_confusion
 from phreg_bench.progress import track
+from phreg_bench.protocol_settings import NamedSettings, require
+from phreg_bench.synthetic.scenes import CLASS_NAMES, render_batch
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.settings import NamedSettings, require
 from phreg_core.distributed import all_sum_, shard
-
-
-def scene_batch(indices: list[int], size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[B, 3, S, S]`` in [0, 1] and labels ``[B, S, S]`` for the given scene indices."""
-    from phreg_bench.synthetic.scenes import render
-
-    scenes = [render(index, size=size, seed=seed) for index in indices]
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    labels = torch.from_numpy(np.stack([s.labels for s in scenes])).long()
-    return images, labels
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -79,8 +69,6 @@ class SyntheticSegmentation(TaskFamily):
 
         See :meth:`TaskFamily.run` for the arguments; the metrics are mIoU, mAcc and aAcc in percent.
         """
-        from phreg_bench.synthetic.scenes import CLASS_NAMES
-
         settings = self.check_settings(settings, spec)
 
         size, seed = int(settings["image_size"]), int(settings["scene_seed"])
@@ -136,7 +124,8 @@ class SyntheticSegmentation(TaskFamily):
     def _features(model: DenseModel, indices: list[int], size: int, seed: int,
                   ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised final patch features ``[B, C, h, w]`` (float32, CPU) and labels ``[B, S, S]`` of scenes."""
-        images, labels = scene_batch(indices, size, seed)
+        scenes = render_batch(indices, size, seed)
+        images, labels = scenes.images, scenes.labels
         images = model.normalize(images.to(ctx.device))
         feats = model.forward_tokens(images)[0].patches  # float32 whatever the model's precision
         return F.normalize(feats, dim=1).cpu(), labels

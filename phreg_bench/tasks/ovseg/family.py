@@ -2,8 +2,8 @@
 
 A task spec (``tasks/ovseg/<dataset>.yaml``) names the dataset reader, split, class file and protocol
 presets; the resolved protocol (resize, crop, stride, logit scale, thresholds, templates) is recorded and
-hashed with every result. The harness is :mod:`phreg_bench.inference`, the metrics
-:mod:`phreg_bench.metrics.segmentation`, the text side :mod:`phreg_bench.text`.
+hashed with every result. The harness is :mod:`phreg_bench.tasks.ovseg.harness`, the metrics
+:mod:`phreg_bench.metrics.segmentation`, the text side :mod:`phreg_bench.tasks.ovseg.text`.
 
 ``RunContext.options`` understood here: ``skip_corrupt`` (bool) — skip unreadable or invalid samples and
 count them in ``extra["skipped"]`` instead of failing; ``pearson`` (bool, default True) — also compute the
@@ -20,22 +20,23 @@ from typing import Any, Literal
 import torch
 
 from phreg_bench.datasets.base import DatasetError
-from phreg_bench.inference import HarnessSettings, OVSegPredictor, check_window_settings
+from phreg_bench.geometry import check_window_settings
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.progress import track
+from phreg_bench.protocol_settings import NamedSettings, require
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
-from phreg_bench.tasks.settings import NamedSettings, require
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
+from phreg_bench.tasks.ovseg.text import class_queries, file_sha256, read_class_names, read_templates
 from phreg_bench.tasks.sharding import gather_messages, rank_zero_first
 from phreg_bench.tasks.specs import class_file, spec_root
-from phreg_bench.text import class_queries, file_sha256, read_class_names, read_templates
 from phreg_core.distributed import all_sum_int, shard
 from phreg_core.errors import ConfigError, MissingFileError
 
 
 @dataclass(frozen=True, kw_only=True)
 class OVSegSettings(NamedSettings):
-    """An ovseg protocol: the harness numbers (:class:`~phreg_bench.inference.HarnessSettings`) + templates.
+    """An ovseg protocol: the harness numbers (:class:`~phreg_bench.tasks.ovseg.harness.HarnessSettings`) + templates.
 
     Defaults are the PH-Reg / NACLIP values where a preset leaves a key out (``tasks/ovseg/_base.yaml``).
     """
@@ -119,7 +120,7 @@ class OpenVocabSegmentation(TaskFamily):
         ``model`` needs a text tower (:attr:`DenseModel.has_text`); its forward runs at its own precision. See
         :meth:`TaskFamily.run` for the arguments; the metrics are mIoU, mAcc, aAcc (and Pearson), in percent.
         """
-        from phreg_bench.registries import DATASETS
+        from phreg_bench.datasets.catalogue import DATASETS
 
         resolved = OVSegSettings.from_dict(settings, where=f"{spec.name} settings")
         harness = resolved.harness()

@@ -6,8 +6,8 @@ Per image (reference notes §2.1; ``sinahmr/NACLIP:naclip.py``, ``0raiser0/PH-Re
 2. normalise with the backbone's mean / std;
 3. ``crop > 0``: slide ``crop``×``crop`` windows with ``stride`` (mmseg's ``slide_inference`` grid; all
    windows of an image have one size, so they are batched); ``crop == 0``: the whole image at once.
-   ``stride > crop`` is refused (:func:`check_window_settings`): it leaves pixels no window covers for some
-   image sizes (mmseg asserts against it), whose 0/0 logits would be scored as class 0;
+   ``stride > crop`` is refused (:func:`~phreg_bench.geometry.check_window_settings`): it leaves pixels no
+   window covers for some image sizes (mmseg asserts against it), whose 0/0 logits would be scored as class 0;
 4. per window: L2-normalised patch features @ unit-norm text queries → cosine logits on the patch grid,
    bilinearly upsampled to the window size; windows are summed into the image and divided by the count
    map; the result is bilinearly resized to the original label size (whole-image mode upsamples the grid
@@ -21,11 +21,7 @@ Cost on the CPU: the per-image ``[Q, H, W]`` tensors are written into reused buf
 that size is new pages each time, whose faults cost as much as the interpolation), and the log-sum-exp runs
 over cache-sized bands of rows; ``benchmarks/ovseg_harness.py`` measures the harness against a bare forward.
 
-Resize semantics (documented choice): mmcv's ``imrescale`` size rule exactly (scale factor
-``min(max_long / long side, resize / short side)``, new size ``int(x · f + 0.5)``); the interpolation is
-torch's bilinear with half-pixel centres and no antialiasing — the same sampling as OpenCV's
-``INTER_LINEAR`` — rounded back to integers as OpenCV's uint8 output is. OpenCV's fixed-point arithmetic can
-differ by one grey level on some pixels.
+Resizing and the window layout are :mod:`phreg_bench.geometry`'s (one module for the harness and the probes).
 
 Window sizes that are not a multiple of the patch size (images smaller than the crop, whole-image mode):
 ``window_pad="none"`` drops the trailing pixels as CLIP's strided patch convolution does (NACLIP, SCLIP,
@@ -45,35 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from phreg_bench.geometry import check_window_settings, pad_size, rescale_size, resize_image, window_boxes
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import count_values
-from phreg_bench.text import ClassQueries, SynonymPlan
-from phreg_core.errors import ConfigError, PhregError
+from phreg_bench.tasks.ovseg.text import ClassQueries, SynonymPlan
+from phreg_core.errors import ConfigError
 
 WINDOW_PADS = ("none", "center")
-
-
-class WindowLayoutError(PhregError, ValueError):
-    """Sliding-window settings that would leave pixels uncovered; the message names the options and the fix."""
-
-
-def check_window_settings(crop: int, stride: int, names: tuple[str, str] = ("crop", "stride")) -> None:
-    """Refuse window settings that do not cover every pixel of every image size.
-
-    With windows laid by :func:`window_boxes`, every pixel of every image is covered exactly when
-    ``0 < stride <= crop``: consecutive windows then overlap or touch and the last one is flush with the
-    edge; with ``stride > crop`` the pixels between ``crop`` and ``stride`` of the first window row are
-    uncovered as soon as the image spans three windows. ``names`` are the option names as the user types
-    them in ``--protocol-override`` (``crop``/``stride`` for ovseg, ``input_size``/``slide_stride`` for linseg).
-    """
-    crop_name, stride_name = names
-    if crop <= 0 or stride <= 0:
-        raise WindowLayoutError(f"{crop_name}={crop} and {stride_name}={stride}: sliding windows need both > 0")
-    if stride > crop:
-        raise WindowLayoutError(
-            f"{stride_name}={stride} is larger than {crop_name}={crop}: sliding windows would leave pixels that "
-            f"no window covers (mmseg's slide_inference refuses this too); set --protocol-override "
-            f"{stride_name}=N with N <= {crop}")
 
 
 @dataclass(frozen=True)
@@ -106,54 +80,6 @@ class HarnessSettings:
             raise ConfigError(f"window_pad must be one of {WINDOW_PADS}, got {self.window_pad!r}")
         if not 0.0 <= self.prob_thd <= 1.0:
             raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
-
-
-def rescale_size(height: int, width: int, short: int, max_long: int = 2048) -> tuple[int, int]:
-    """mmcv ``rescale_size`` for ``keep_ratio=True`` with ``scale=(max_long, short)``: ``(new_h, new_w)``."""
-    factor = min(max_long / max(height, width), short / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
-
-
-def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``[B, 3, H, W]`` grey levels (0..255), rounded like OpenCV's uint8 output."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    out = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-    return out.round_().clamp_(0, 255)
-
-
-def axis_windows(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
-    """``(start, end)`` of mmseg's ``slide_inference`` windows along one axis of ``length`` pixels:
-    ``ceil((length - crop) / stride) + 1`` windows every ``stride`` pixels, the last one flush with the edge,
-    each ``min(crop, length)`` long."""
-    count = max(length - crop + stride - 1, 0) // stride + 1
-    spans = []
-    for index in range(count):
-        end = min(index * stride + crop, length)
-        spans.append((max(end - crop, 0), end))
-    return spans
-
-
-def window_boxes(height: int, width: int, crop: int, stride: int,
-                 names: tuple[str, str] = ("crop", "stride")) -> list[tuple[int, int, int, int]]:
-    """``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` windows, row-major: the one window layout of the
-    project (ovseg's harness and the linseg probe use it). Raises :class:`WindowLayoutError` (naming the
-    options ``names``) for settings that leave pixels uncovered, see :func:`check_window_settings`."""
-    check_window_settings(crop, stride, names)
-    return [(y1, y2, x1, x2) for y1, y2 in axis_windows(height, crop, stride)
-            for x1, x2 in axis_windows(width, crop, stride)]
-
-
-def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
-    """ClearCLIP ``compute_padsize``: ``(left, right, top, bottom)`` to reach a multiple of ``patch``."""
-    left = right = top = bottom = 0
-    if width % patch:
-        extra = patch - width % patch
-        left, right = extra // 2, extra - extra // 2
-    if height % patch:
-        extra = patch - height % patch
-        top, bottom = extra // 2, extra - extra // 2
-    return left, right, top, bottom
 
 
 def synonym_max(scores: Tensor, query_class: Tensor, num_classes: int) -> Tensor:
@@ -260,9 +186,10 @@ class OVSegPredictor:
     """Dense cosine logits of one image at its original size, for a method's :class:`DenseModel`.
 
     ``model`` gives projected patch tokens (``forward_tokens(..., project=True)``, width ``D``) at its own
-    precision; ``queries`` holds the unit-norm text queries ``[Q, D]`` (:func:`phreg_bench.text.class_queries`
-    on ``model.encode_text``). ``batch_size`` windows go through the model at once, on ``device``
-    (where ``model`` already is). Everything after the model's forward runs in float32.
+    precision; ``queries`` holds the unit-norm text queries ``[Q, D]``
+    (:func:`~phreg_bench.tasks.ovseg.text.class_queries` on ``model.encode_text``). ``batch_size`` windows go
+    through the model at once, on ``device`` (where ``model`` already is). Everything after the model's
+    forward runs in float32.
     """
 
     def __init__(self, model: DenseModel, queries: ClassQueries, settings: HarnessSettings, *, batch_size: int = 8,

@@ -30,7 +30,7 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
     from phreg_bench.runner import RunRequest, build_backbone, run
-    from phreg_bench.synthetic.pipeline import run_default as run_synthetic_proof
+    from phreg_bench.synthetic.pipeline import run_synthetic_proof
     from phreg_bench.tasks.base import RunContext
 
     results_dir: Path = args.results_dir
