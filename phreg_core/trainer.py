@@ -24,7 +24,7 @@ In-process use (no CLI, in-memory images)::
     teacher = default_teacher(adapter)                      # or any callable images -> [B, C, h, w]
     student = Student(adapter, 16, train_grid=adapter.grid_for(R, R))
     config = DistillConfig.from_recipe("dinov2", epochs=5, out_dir="run", base_name="my-vit",
-                                       base_weights_sha256=backbone.info.weights_sha256)
+                                       base_weights_sha256=backbone.identity.weights_sha256)
     result = distill(teacher, student, TensorImageDataset(images), config)   # images: [N, 3, R, R]
 
 Without ``out_dir`` nothing is written; ``save_adapter`` (``phreg_core.adapter_io``) writes an adapter later.

@@ -40,13 +40,13 @@ def _phreg(backbone, folder):
     student = Student(backbone.vision, 2, seed=0)
     with torch.no_grad():
         student.registers.add_(0.5)  # not the init: the registers must reach the output
-    tensors, _ = save_adapter(student, folder / "adapter.safetensors", base_name=backbone.info.name,
-                              base_weights_sha256=backbone.info.weights_sha256)
+    tensors, _ = save_adapter(student, folder / "adapter.safetensors", base_name=backbone.name,
+                              base_weights_sha256=backbone.identity.weights_sha256)
     return {"adapter": str(tensors)}
 
 
 def _dvt(backbone, folder):
-    reference = random_reference(width=backbone.info.embed_dim, grid=4)
+    reference = random_reference(width=backbone.embed_dim, grid=4)
     return {"denoiser": str(save_dvt_checkpoint(reference, folder / "denoiser.pth"))}
 
 
@@ -75,16 +75,15 @@ def test_every_built_in_method_has_a_contract_case():
 def test_method_contract(method, backbone, tmp_path):
     recipe = OPTIONS.get(method)
     model = METHODS.get(method)(backbone, **(recipe(backbone, tmp_path) if recipe else {}))
-    info = backbone.info
     assert isinstance(model, DenseModel) and model.describe()["name"] == method
     json.loads(canonical_json(model.describe()))  # the config enters the config hash: plain, finite JSON
 
     rows, cols = 4, 5  # not square: a row/column mix-up shows
-    images = backbone.normalize(torch.rand(2, 3, rows * info.patch_size, cols * info.patch_size))
+    images = backbone.normalize(torch.rand(2, 3, rows * backbone.patch_size, cols * backbone.patch_size))
     out = model.forward_tokens(images, project=False)
-    assert out.patches.shape == (2, info.embed_dim, rows, cols) and out.grid == (rows, cols)
-    assert out.prefix.shape[0] == 2 and out.prefix.shape[2] == info.embed_dim
-    assert out.prefix.shape[1] >= 1 + info.num_registers
+    assert out.patches.shape == (2, backbone.embed_dim, rows, cols) and out.grid == (rows, cols)
+    assert out.prefix.shape[0] == 2 and out.prefix.shape[2] == backbone.embed_dim
+    assert out.prefix.shape[1] >= 1 + backbone.num_registers
     assert torch.isfinite(out.patches).all() and torch.isfinite(out.prefix).all()
 
     alone = model.forward_tokens(images[1:], project=False)  # image 1 without image 0 beside it
@@ -92,6 +91,6 @@ def test_method_contract(method, backbone, tmp_path):
     torch.testing.assert_close(alone.prefix, out.prefix[1:], atol=1e-5, rtol=1e-5)
 
     projected = model.forward_tokens(images, project=True)
-    assert projected.patches.shape == (2, info.output_dim, rows, cols)
-    if info.has_text:
-        assert model.encode_text(["a photo of a cat", "a dog"]).shape == (2, info.output_dim)
+    assert projected.patches.shape == (2, backbone.output_dim, rows, cols)
+    if backbone.has_text:
+        assert model.encode_text(["a photo of a cat", "a dog"]).shape == (2, backbone.output_dim)

@@ -89,19 +89,19 @@ def check_distill(args: argparse.Namespace) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.registries import BACKBONES
+    from phreg_bench.backbones.build import build_backbone
     from phreg_core.data import HFImageDataset, ImageFolderDataset
     from phreg_core.student import Student
     from phreg_core.teacher import default_teacher, is_clip_family
     from phreg_core.trainer import RECIPES, DistillConfig, distill
 
     check_distill(args)
-    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init,
-                                            **with_pos_resample({}, args.pos_resample))
+    backbone = build_backbone(args.backbone, weights=args.weights, random_init=args.random_init,
+                              **with_pos_resample({}, args.pos_resample))
     vision = backbone.vision
     recipe = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
     preset = RECIPES[recipe]
-    resolution = _resolution(args.resolution, preset.resolution, vision.patch_size, backbone.info.native_resolution[0])
+    resolution = _resolution(args.resolution, preset.resolution, vision.patch_size, backbone.native_resolution[0])
     config = DistillConfig(
         epochs=args.epochs, batch_size=preset.batch_size if args.batch_size is None else args.batch_size,
         lr=preset.lr if args.lr is None else args.lr, lr_end=preset.lr_end if args.lr_end is None else args.lr_end,
@@ -109,8 +109,8 @@ def handle(args: argparse.Namespace) -> int:
         seed=args.seed, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, out_dir=str(args.out),
         resume=args.resume, device=args.device, precision=args.precision, num_workers=args.num_workers,
         cache_targets=str(args.cache_targets) if args.cache_targets else None, progress=not args.no_progress,
-        base_name=backbone.info.name, base_weights_sha256=backbone.info.weights_sha256,
-        extra={"recipe": recipe, "backbone": backbone.info.to_dict(), "unlock": args.unlock,
+        base_name=backbone.name, base_weights_sha256=backbone.identity.weights_sha256,
+        extra={"recipe": recipe, "backbone": backbone.describe(), "unlock": args.unlock,
                "student_last_block": args.student_last_block},
     )
     fixed = config.cache_targets is not None

@@ -108,10 +108,10 @@ def parse_method(spec: str) -> tuple[str, dict, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from phreg_bench.backbones.build import build_backbone
     from phreg_bench.cli._options import resolve_device
     from phreg_bench.methods.options import validate_method_options
     from phreg_bench.registries import METHODS
-    from phreg_bench.runner import build_backbone
     from phreg_bench.viz import comparison_figure, model_panel, norm_histogram, require_matplotlib
 
     require_matplotlib()
@@ -130,8 +130,8 @@ def handle(args: argparse.Namespace) -> int:
             model = METHODS.get(method)(backbone, **method_options).to(device).eval()
             label = backbone_name if len(methods) == 1 else f"{backbone_name} / {method_label}"
             models.append((label, model))
-    size = args.size or models[0][1].backbone.info.native_resolution[0]
-    patches = {m.backbone.info.patch_size for _, m in models}
+    size = args.size or models[0][1].backbone.native_resolution[0]
+    patches = {m.backbone.patch_size for _, m in models}
     if any(size % p for p in patches):
         raise CliError(f"--size {size} is not a multiple of every patch size {sorted(patches)}")
     if args.query and not any(m.backbone.has_text for _, m in models):

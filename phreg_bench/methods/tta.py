@@ -26,7 +26,7 @@ class TTAModel(DenseModel):
         super().__init__(backbone, "tta", config)
         self.inner = inner
         self.views, self.shift_frac, self.seed = views, shift_frac, seed
-        self.fill = normalised_white(backbone.info.mean, backbone.info.std)
+        self.fill = normalised_white(backbone.mean, backbone.std)
         self._plans: dict[tuple[int, int], ViewPlan] = {}
 
     def plan(self, grid: tuple[int, int]) -> ViewPlan:

@@ -139,8 +139,8 @@ def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, 
             lr=config.lr, lr_end=config.lr_end, views=config.views if denoise else 1, seed=config.seed,
             resolution=images.shape[-1], device="cpu", progress=False, out_dir=str(folder), resume=True,
             checkpoint_every=0, keep_checkpoints=1, save_adapter=False,
-            cache_targets=str(target_cache or folder / "targets") if denoise else None, base_name=backbone.info.name,
-            base_weights_sha256=backbone.info.weights_sha256,
+            cache_targets=str(target_cache or folder / "targets") if denoise else None, base_name=backbone.name,
+            base_weights_sha256=backbone.identity.weights_sha256,
         )
         task = progress.add_task(description, total=config.steps, info="") if progress is not None else None
         seconds, result = 0.0, None
@@ -236,7 +236,7 @@ def build_world(config: ProofConfig) -> World:
 
     teacher = build_planted_vit(**config.backbone_options)
     twin = build_planted_vit(artifacts=False, **config.backbone_options)
-    size = teacher.info.native_resolution[0]
+    size = teacher.native_resolution[0]
     scenes = {name: load_scenes(first, count, size, config.scene_seed, teacher.normalize)
               for name, first, count in (("distill", DISTILL_START, config.num_distill),
                                          ("probe", PROBE_START, config.num_probe),
