@@ -18,9 +18,8 @@ every result's identity.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Protocol
 
 import torch
@@ -40,10 +39,37 @@ class TextTower(Protocol):
         ...
 
 
+class FrozenMapping(Mapping[str, Any]):
+    """A read-only mapping; unlike ``types.MappingProxyType`` it can be copied and pickled (backbones are)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None):
+        object.__setattr__(self, "_data", dict(data or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return type(self), (self._data,)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
+
+
 def _freeze(value: Any) -> Any:
-    """A read-only copy of JSON-like data: mappings become ``MappingProxyType``, lists and tuples tuples."""
+    """A read-only copy of JSON-like data: mappings become :class:`FrozenMapping`, lists and tuples tuples."""
     if isinstance(value, Mapping):
-        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+        return FrozenMapping({key: _freeze(item) for key, item in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item) for item in value)
     return value
@@ -63,7 +89,7 @@ class BackboneIdentity:
     """What a backbone's weights are, made once by its factory and never changed.
 
     ``extra`` holds family-specific facts (hub repo, pretrained tag, reduced config...); it is stored
-    read-only (nested mappings as ``MappingProxyType``, sequences as tuples) and written to results as plain
+    read-only (nested mappings as :class:`FrozenMapping`, sequences as tuples) and written to results as plain
     JSON by :meth:`Backbone.describe`.
     """
 

@@ -29,7 +29,8 @@ def takes_name(factory: Any) -> bool:
     return parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
 
 
-def build_backbone(name: str, *, weights: str | None = None, random_init: bool = False, **options: Any) -> Backbone:
+def build_backbone(name: str, /, *, weights: str | None = None, random_init: bool = False,
+                   **options: Any) -> Backbone:
     """Build the backbone ``name`` with ``options`` (the factory's keyword arguments).
 
     Raises :class:`~phreg_bench.registry.RegistryError` for an unknown name (with suggestions),
