@@ -39,7 +39,13 @@ from phreg_bench.backbones.hub import (
     unreachable_reason,
 )
 from phreg_bench.backbones.open_clip_text import OpenClipTextTower
-from phreg_bench.backbones.weights import WeightsError, WeightsSource, read_state_dict, resolve_weights
+from phreg_bench.backbones.weights import (
+    WeightsError,
+    WeightsSource,
+    check_weights_options,
+    read_state_dict,
+    resolve_weights,
+)
 from phreg_core.adapters import LIBRARY_POLICY, OpenClipViTAdapter
 from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.pos_embed import get_policy, resample_table
@@ -222,8 +228,7 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     if argument.startswith("hf-hub:"):
         return build_hub(argument[len("hf-hub:"):], weights=weights, random_init=random_init, seed=seed,
                          reduced=reduced, img_size=img_size, name=name, pos_resample=policy.name)
-    if random_init and weights:  # before the tag checks below
-        raise ConfigError("--random-init and --weights exclude each other")
+    check_weights_options(weights, random_init)  # before the tag checks below
     arch, _, tag = argument.partition("/")
     model_cfg = open_clip.get_model_config(arch)
     if model_cfg is None:
@@ -264,8 +269,7 @@ def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool
     if not repo:
         raise ConfigError("hf-hub backbones need a repo id, e.g. hf-hub:apple/DFN2B-CLIP-ViT-B-16")
     policy = get_policy(pos_resample or LIBRARY_POLICY)
-    if random_init and weights:  # before the config download
-        raise ConfigError("--random-init and --weights exclude each other")
+    check_weights_options(weights, random_init)  # before the config download
     config_path = fetch(repo, (HUB_CONFIG,), what=f"the open_clip config of {repo!r}")
     model_cfg = json.loads(config_path.read_text())["model_cfg"]
     label = f"hf-hub:{repo}"

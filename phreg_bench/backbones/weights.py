@@ -71,15 +71,21 @@ class WeightsSource:
         return file_sha256(self.file) if self.file is not None else state_dict_sha256(model)
 
 
+def check_weights_options(weights: str | None, random_init: bool) -> None:
+    """Raise :class:`ConfigError` when both ``weights`` and ``random_init`` are given (a factory may check this
+    before any download; :func:`resolve_weights` checks it too)."""
+    if random_init and weights:
+        raise ConfigError("--random-init and --weights exclude each other")
+
+
 def resolve_weights(weights: str | None, *, random_init: bool, seed: int,
                     hub: Callable[[], WeightsSource]) -> WeightsSource:
-    """The weights a family factory loads, in order of precedence: a local ``--weights`` file, ``--random-init``
-    seeded weights (no network), else ``hub()`` (the family's default download, called only then).
+    """The weights a family factory loads: a local ``--weights`` file, ``--random-init`` seeded weights (no
+    network), else ``hub()`` (the family's default download, called only then).
 
     Raises :class:`ConfigError` when both ``weights`` and ``random_init`` are given.
     """
-    if random_init and weights:
-        raise ConfigError("--random-init and --weights exclude each other")
+    check_weights_options(weights, random_init)
     if weights:
         path = Path(weights).expanduser().resolve()
         return WeightsSource(path, str(path))
