@@ -12,15 +12,15 @@ import argparse
 
 import torch
 
-from phreg_bench.registries import BACKBONES
+from phreg_bench.backbones.build import build_backbone
 
 PROMPTS = [f"a photo of a {c}." for c in ("cat", "dog", "traffic light", "potted plant", "person")] + [
     "a bad photo of the large red double-decker bus parked by the station."]
 
 
 def dense_check(name: str, size: int) -> None:
-    backbone = BACKBONES.get(name)(None, random_init=True).eval()
-    size -= size % backbone.info.patch_size
+    backbone = build_backbone(name, random_init=True).eval()
+    size -= size % backbone.patch_size
     images = torch.randn(2, 3, size, size)
     with torch.inference_mode():
         cpu = backbone.forward_tokens(images, project=backbone.has_text)[0].patches

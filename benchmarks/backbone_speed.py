@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from phreg_bench.registries import BACKBONES
+from phreg_bench.backbones.build import build_backbone
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table",
            "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
@@ -49,9 +49,9 @@ def _timed(fn, device: torch.device, iters: int) -> float:
 
 
 def bench_backbone(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, str]:
-    backbone = BACKBONES.get(name)(None, random_init=True, reduced=args.reduced).to(device).eval()
-    size = args.resolution or backbone.info.native_resolution[0]
-    size -= size % backbone.info.patch_size
+    backbone = build_backbone(name, random_init=True, reduced=args.reduced).to(device).eval()
+    size = args.resolution or backbone.native_resolution[0]
+    size -= size % backbone.patch_size
     images = torch.randn(args.batch, 3, size, size, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -56,7 +56,8 @@ def run_ours(args: argparse.Namespace, images: list[Path], start: float) -> dict
     import torch
     from PIL import Image
 
-    from phreg_bench.registries import BACKBONES, METHODS
+    from phreg_bench.backbones.build import build_backbone
+    from phreg_bench.registries import METHODS
     from phreg_bench.tasks.ovseg.family import template_file
     from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
     from phreg_bench.tasks.ovseg.text import class_queries, read_class_names, read_templates
@@ -64,7 +65,7 @@ def run_ours(args: argparse.Namespace, images: list[Path], start: float) -> dict
 
     settings = _settings(args.protocol)
     device = torch.device(args.device)
-    backbone = BACKBONES.get("openai-clip-vit-b16")(None, weights=args.weights, random_init=args.weights is None)
+    backbone = build_backbone("openai-clip-vit-b16", weights=args.weights, random_init=args.weights is None)
     model = METHODS.get("naclip")(backbone).to(device).eval()
     classes = read_class_names(class_file("voc21.txt"))
     templates = read_templates(template_file(settings.get("templates", "imagenet_templates.txt")))

@@ -12,19 +12,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from phreg_bench.registries import BACKBONES, METHODS, TASKS
+from phreg_bench.backbones.build import build_backbone
+from phreg_bench.registries import METHODS, TASKS
 from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
 from phreg_bench.tasks.ovseg.text import ClassQueries, read_class_names
 from phreg_bench.tasks.specs import class_file
 
 
 def main() -> None:
-    backbone = BACKBONES.get("openai-clip-vit-b16")(None, random_init=True)
+    backbone = build_backbone("openai-clip-vit-b16", random_init=True)
     spec = TASKS.get("ovseg/voc21")
     settings = HarnessSettings.from_settings(spec.protocol("phreg")[1])
     classes = read_class_names(class_file(spec.classes))
     query_class = torch.tensor([c for c, names in enumerate(classes) for _ in names])
-    text = torch.nn.functional.normalize(torch.randn(len(query_class), backbone.info.output_dim), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(len(query_class), backbone.output_dim), dim=-1)
     image = np.random.default_rng(0).integers(0, 256, size=(448, 597, 3), dtype=np.uint8)
     for method in ("raw", "maskclip", "maskclip-official", "sclip", "clearclip", "naclip"):
         results = {}

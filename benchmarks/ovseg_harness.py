@@ -29,10 +29,11 @@ import time
 import numpy as np
 import torch
 
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.geometry import window_boxes
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.precision import resolve_precision
-from phreg_bench.registries import BACKBONES, METHODS, TASKS
+from phreg_bench.registries import METHODS, TASKS
 from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
 from phreg_bench.tasks.ovseg.text import ClassQueries, read_class_names
 from phreg_bench.tasks.specs import class_file
@@ -68,7 +69,7 @@ def bare_inputs(predictor: OVSegPredictor, image: np.ndarray) -> list[torch.Tens
 def measure(args: argparse.Namespace, precision: str) -> dict[str, float]:
     device = torch.device(args.device)
     precision = resolve_precision(device, precision)
-    backbone = BACKBONES.get(args.backbone)(None, random_init=True)
+    backbone = build_backbone(args.backbone, random_init=True)
     model = METHODS.get(args.method)(backbone).to(device).eval()
     spec = TASKS.get(args.task)
     _, protocol = spec.protocol(args.protocol)
@@ -76,7 +77,7 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, float]:
     classes = read_class_names(class_file(spec.classes))
     query_class = torch.tensor([c for c, names in enumerate(classes) for _ in names], device=device)
     generator = torch.Generator().manual_seed(0)
-    text = torch.nn.functional.normalize(torch.randn(len(query_class), backbone.info.output_dim,
+    text = torch.nn.functional.normalize(torch.randn(len(query_class), backbone.output_dim,
                                                      generator=generator), dim=-1)
     queries = ClassQueries(text.to(device), query_class, [str(i) for i in range(len(query_class))], len(classes))
     model.set_precision(precision)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.geometry import rescale_size, window_boxes
 from phreg_bench.probes import features as feats
 from phreg_bench.probes.cache import ArraySpec, FeatureCache
@@ -29,7 +30,6 @@ from phreg_bench.probes.heads import BinsDepthHead, LinearSegHead
 from phreg_bench.probes.losses import seg_cross_entropy
 from phreg_bench.probes.protocol import resolve_input_size, resolve_stride
 from phreg_bench.registries import METHODS
-from phreg_bench.runner import build_backbone
 from phreg_bench.tasks.base import RunContext
 from phreg_bench.tasks.depth import depth_loss, padded_grid
 
@@ -64,23 +64,23 @@ def main() -> None:
     device = torch.device(args.device)
     model = METHODS.get(args.method)(build_backbone(args.backbone, random_init=args.random_init)).to(device).eval()
     model.set_precision(args.precision)
-    info = model.backbone.info
-    size = resolve_input_size(args.size, info.patch_size)
+    backbone = model.backbone
+    size = resolve_input_size(args.size, backbone.patch_size)
     crop = tuple(int(v) for v in args.depth_crop.split(","))
     temp = tempfile.TemporaryDirectory() if args.cache_dir is None else None
     ctx = RunContext(cache_dir=Path(temp.name if temp else args.cache_dir), device=device, precision=args.precision,
                      batch_size=args.batch)
     cache = FeatureCache(ctx.cache_dir)
-    print(f"backbone {info.name} ({info.architecture}), patch {info.patch_size}, width {info.embed_dim}, "
-          f"device {device}, precision {args.precision}")
+    print(f"backbone {backbone.name} ({backbone.identity.architecture}), patch {backbone.patch_size}, "
+          f"width {backbone.embed_dim}, device {device}, precision {args.precision}")
 
     # -- segmentation: extraction and training from the cache ------------------------------------------
-    grid = size // info.patch_size
+    grid = size // backbone.patch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.images, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, args.classes, size=(args.images, size, size), dtype=np.uint8)
-    entry = cache.entry({"bench": "seg", "size": size, "backbone": info.name},
-                        {"patches": ArraySpec((info.embed_dim, grid, grid), "float16"),
+    entry = cache.entry({"bench": "seg", "size": size, "backbone": backbone.name},
+                        {"patches": ArraySpec((backbone.embed_dim, grid, grid), "float16"),
                          "labels": ArraySpec((size, size), "uint8")}, args.images)
 
     def produce(rows):
@@ -94,7 +94,7 @@ def main() -> None:
     _sync(device)
     seg_ips = args.images / (time.perf_counter() - start)
 
-    head = LinearSegHead(info.embed_dim, args.classes).to(device)
+    head = LinearSegHead(backbone.embed_dim, args.classes).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
     order = rng.integers(0, args.images, size=(args.iters + 5, 8))
 
@@ -116,12 +116,12 @@ def main() -> None:
     seg_its = args.iters / (time.perf_counter() - start)
 
     # -- depth: extraction (crop + CLS) and training from the cache -------------------------------------
-    gh, gw = padded_grid(*crop, info.patch_size)
+    gh, gw = padded_grid(*crop, backbone.patch_size)
     crops = rng.integers(0, 256, size=(args.images, *crop, 3), dtype=np.uint8)
     depths = rng.uniform(0.5, 9.5, size=(args.images, *crop)).astype(np.float32)
-    dentry = cache.entry({"bench": "depth", "crop": list(crop), "backbone": info.name},
-                         {"patches": ArraySpec((info.embed_dim, gh, gw), "float16"),
-                          "cls": ArraySpec((info.embed_dim,), "float16"), "depth": ArraySpec(crop, "float32")},
+    dentry = cache.entry({"bench": "depth", "crop": list(crop), "backbone": backbone.name},
+                         {"patches": ArraySpec((backbone.embed_dim, gh, gw), "float16"),
+                          "cls": ArraySpec((backbone.embed_dim,), "float16"), "depth": ArraySpec(crop, "float32")},
                          args.images)
 
     def produce_depth(rows):
@@ -134,7 +134,7 @@ def main() -> None:
     _sync(device)
     depth_ips = args.images / (time.perf_counter() - start)
 
-    dhead = BinsDepthHead(info.embed_dim).to(device)
+    dhead = BinsDepthHead(backbone.embed_dim).to(device)
     doptim = torch.optim.AdamW(dhead.parameters(), lr=5e-3, weight_decay=0.01)
     settings = {"max_depth": 10.0, "loss_group_size": 2, "sig_weight": 1.0, "grad_weight": 0.5,
                 "gradient_loss_layout": "published"}
@@ -171,8 +171,8 @@ def main() -> None:
           f"head training {depth_its:.1f} it/s (batch 16, 256 bins)")
     print(f"  cache: {dentry.bytes_per_row / 2**20:.2f} MiB per view (fp16 patches + CLS, fp32 depth); "
           f"2 views per image -> {2 * dentry.bytes_per_row / 2**20:.2f} MiB per image")
-    frame_grid = padded_grid(480, 640, info.patch_size)
-    test_bytes = 2 * (info.embed_dim * (math.prod(frame_grid) + 1) * 2)
+    frame_grid = padded_grid(480, 640, backbone.patch_size)
+    test_bytes = 2 * (backbone.embed_dim * (math.prod(frame_grid) + 1) * 2)
     print(f"  test cache: {test_bytes / 2**20:.2f} MiB per 480x640 frame (frame + flip, grid "
           f"{frame_grid[0]}x{frame_grid[1]})")
     cache.close()

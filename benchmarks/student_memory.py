@@ -30,12 +30,12 @@ def rss_mb() -> float:
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from phreg_bench.registries import BACKBONES
+    from phreg_bench.backbones.build import build_backbone
     from phreg_core.student import Student
 
     torch.set_num_threads(args.threads)
     baseline = rss_mb()
-    backbone = BACKBONES.get(args.backbone)(None, random_init=True)
+    backbone = build_backbone(args.backbone, random_init=True)
     base = backbone.vision.eval()
     tower_mb = sum(p.numel() * p.element_size() for p in base.parameters()) / 2**20
     model, unlocked_mb = base, 0.0

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from phreg_bench.registries import BACKBONES
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.tasks.ovseg.text import class_queries, read_class_names, read_templates
 from phreg_bench.tasks.specs import class_file, spec_root
 
@@ -48,7 +48,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    backbone = BACKBONES.get(args.backbone)(None, random_init=True).to(args.device).eval()
+    backbone = build_backbone(args.backbone, random_init=True).to(args.device).eval()
     tower = backbone.text
     templates = read_templates(spec_root() / "templates" / "imagenet_templates.txt")
     names = [n for synonyms in read_class_names(class_file(args.class_file)) for n in synonyms]

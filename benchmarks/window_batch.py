@@ -16,8 +16,9 @@ import time
 
 import torch
 
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.precision import resolve_precision
-from phreg_bench.registries import BACKBONES, METHODS
+from phreg_bench.registries import METHODS
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     precision = resolve_precision(device, args.precision)
-    model = METHODS.get(args.method)(BACKBONES.get(args.backbone)(None, random_init=True)).to(device).eval()
+    model = METHODS.get(args.method)(build_backbone(args.backbone, random_init=True)).to(device).eval()
     model.set_precision(precision)  # the model autocasts its own forward
     windows = torch.randn(args.windows, 3, args.crop, args.crop, generator=torch.Generator().manual_seed(0))
     windows = windows.to(device)

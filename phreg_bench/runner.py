@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from phreg_bench.backbones.base import Backbone
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.datasets.base import resolve_data_root
 from phreg_bench.precision import resolve_precision
 from phreg_bench.protocol_settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
-from phreg_bench.registries import BACKBONES, DATASETS, METHODS, TASK_FAMILIES, TASKS
+from phreg_bench.registries import DATASETS, METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.results.provenance import provenance, utc_now
 from phreg_bench.results.records import BackboneRef, MethodRef, Protocol, ResultRecord, RunIdentity, TaskRef, Timings
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
@@ -59,18 +60,6 @@ class TaskRun:
     error: str | None = None
 
 
-def build_backbone(name: str, *, weights: str | None = None, random_init: bool = False, **options: Any) -> Backbone:
-    """Resolve a registered name, alias, pass-through prefix or ``module:factory`` and build it.
-
-    The registry checks that the factory made a :class:`Backbone`; a name other than a registered one or
-    alias (``timm:<model>``, ``package.module:factory``) becomes the backbone's name.
-    """
-    backbone = BACKBONES.get(name)(weights=weights, random_init=random_init, **options)
-    if name not in BACKBONES:
-        backbone.info.name = name
-    return backbone
-
-
 def family_for(spec: TaskSpec) -> TaskFamily:
     return TASK_FAMILIES.get(spec.family)()
 
@@ -87,7 +76,7 @@ def expand_tasks(names: list[str], backbone: Backbone | None) -> list[TaskSpec]:
             TASKS.canonical(name)  # raises with a suggestion
         matches = [spec for spec in named if backbone is None or family_for(spec).applies_to(backbone)]
         if not matches:
-            raise ConfigError(f"no task named {name!r} applies to backbone {backbone.info.name!r}: "
+            raise ConfigError(f"no task named {name!r} applies to backbone {backbone.name!r}: "
                              f"{', '.join(spec.name for spec in named)} (needs a text tower)")
         specs.extend(sorted(matches, key=lambda spec: spec.name))
     unique = {spec.name: spec for spec in specs}
@@ -176,7 +165,7 @@ def run(
     for spec in specs:
         family = family_for(spec)
         if not family.applies_to(backbone):
-            log(f"skip {spec.name}: needs a text tower, {backbone.info.name!r} has none")
+            log(f"skip {spec.name}: needs a text tower, {backbone.name!r} has none")
             runs.append(TaskRun(spec.name, "skipped", None, error="not applicable"))
             continue
         runs.append(_run_task(spec, family, model, resolved[spec.name], ctx, store, request.overwrite, log))
@@ -231,7 +220,7 @@ def plan(request: RunRequest, ctx: RunContext, *, backbone: Backbone | None = No
 
 def _identity(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any], ctx: RunContext) -> RunIdentity:
     """The task's result identity (its config hash names the file)."""
-    backbone = model.backbone.info.to_dict()
+    backbone = model.backbone.describe()
     return RunIdentity(
         task=TaskRef(spec.name, spec.family, spec.version, spec.spec_hash()), backbone=BackboneRef(backbone),
         method=MethodRef(**model.describe()),

@@ -375,7 +375,8 @@ def plan_jobs(sweep: Sweep, jobs: list[SweepJob], log: Callable[[str], None]) ->
     """Each job's result files and whether all exist (then it is skipped). Builds each backbone once."""
     import torch
 
-    from phreg_bench.runner import RunRequest, build_backbone, plan
+    from phreg_bench.backbones.build import build_backbone
+    from phreg_bench.runner import RunRequest, plan
     from phreg_bench.tasks.base import RunContext
 
     ctx = RunContext(device=torch.device("cuda" if sweep.gpus_per_job else "cpu"), precision=sweep.precision,

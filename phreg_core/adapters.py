@@ -141,8 +141,9 @@ class OpenClipViTAdapter(ViTAdapter):
         self.num_prefix_tokens = 1
         self.has_class_token = True
         self.output_dim = visual.proj.shape[1] if visual.proj is not None else self.embed_dim
-        self.mean = tuple(getattr(visual, "image_mean", None) or CLIP_MEAN)
-        self.std = tuple(getattr(visual, "image_std", None) or CLIP_STD)
+        self.mean = tuple(float(v) for v in getattr(visual, "image_mean", None) or CLIP_MEAN)
+        self.std = tuple(float(v) for v in getattr(visual, "image_std", None) or CLIP_STD)
+        self.interpolation = (getattr(visual, "preprocess_cfg", None) or {}).get("interpolation", self.interpolation)
 
     def embed(self, images: Tensor) -> tuple[Tensor, TokenLayout]:
         visual = self.visual

@@ -21,7 +21,7 @@ In-process use (no CLI, in-memory images)::
     recipe = Recipe.from_preset("dinov2", epochs=5)
     result = distill(teacher, student, TensorImageDataset(images), recipe,     # images: [N, 3, R, R]
                      RunOptions(out_dir="run"), base_name="my-vit",
-                     base_weights_sha256=backbone.info.weights_sha256)
+                     base_weights_sha256=backbone.identity.weights_sha256)
 
 Without ``out_dir`` nothing is written; ``save_adapter`` (``phreg_core.adapter_io``) writes an adapter later.
 """

@@ -134,7 +134,8 @@ class ViTAdapter(nn.Module):
 
     Subclasses set ``patch_size``, ``embed_dim``, ``num_heads``, ``native_grid``, ``num_prefix_tokens``
     (CLS + built-in registers), ``num_builtin_registers``, ``has_class_token``, ``output_dim``
-    (``embed_dim`` or the projection's width), ``register_placement``, ``mean``/``std``, ``pos_resample``
+    (``embed_dim`` or the projection's width), ``register_placement``, ``mean``/``std`` (floats, for images
+    in [0, 1]), ``interpolation`` (of the weights' preprocessing resize), ``pos_resample``
     (a policy of :mod:`phreg_core.pos_embed`: how ``embed`` resamples the position table to other grids,
     through :meth:`resample_pos`) and implement the abstract methods. ``blocks`` must be the model's own
     ``nn.ModuleList``.
@@ -186,6 +187,11 @@ class ViTAdapter(nn.Module):
     @property
     def depth(self) -> int:
         return len(self.blocks)
+
+    @property
+    def native_resolution(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels of ``native_grid``, the grid the position table is stored at."""
+        return self.native_grid[0] * self.patch_size, self.native_grid[1] * self.patch_size
 
     def set_pos_resample(self, policy: str | PosResample) -> ViTAdapter:
         """Use another resampling policy (a name of :data:`phreg_core.pos_embed.POLICIES`); returns ``self``."""

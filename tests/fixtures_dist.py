@@ -50,12 +50,12 @@ def run_ranks(world: int, fn: Callable, *args, errors_dir: Path) -> None:
         raise AssertionError(f"a rank failed: {error}\n{reports}") from error
 
 
-def dying_clip_factory(argument: str | None = None, *, weights: str | None = None, random_init: bool = True,
-                       **options) -> Backbone:
+def dying_clip_factory(argument: str | None = None, *, name: str = "tiny-clip", weights: str | None = None,
+                       random_init: bool = True, **options) -> Backbone:
     """``fixtures_seg.tiny_clip_factory``, except that rank ``$PHREG_TEST_DIE_RANK`` dies on its 2nd image."""
     from fixtures_seg import tiny_clip_factory
 
-    backbone = tiny_clip_factory(argument, weights=weights, random_init=random_init, **options)
+    backbone = tiny_clip_factory(argument, name=name, weights=weights, random_init=random_init, **options)
     target = os.environ.get("PHREG_TEST_DIE_RANK")
     if target is not None and os.environ.get("RANK") == target:
         original, calls = backbone.forward_tokens, [0]

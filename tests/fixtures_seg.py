@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_core.adapters import OpenClipViTAdapter
 
 SIZES = [(40, 52), (48, 36), (33, 45)]  # (H, W): not multiples of the patch size on purpose
@@ -159,21 +159,17 @@ def tiny_clip(seed: int = 0, width: int = 64, layers: int = 2, patch: int = 8, i
     return model.eval()
 
 
-def tiny_clip_backbone(seed: int = 0, **kwargs) -> Backbone:
+def tiny_clip_backbone(seed: int = 0, name: str = "tiny-clip", **kwargs) -> Backbone:
     model = tiny_clip(seed, **kwargs)
-    vision = OpenClipViTAdapter(model.visual)
-    info = BackboneInfo(
-        name="tiny-clip", family="open_clip", architecture="tiny-clip", weights_id=f"random-init(seed={seed})",
-        weights_sha256=None, patch_size=vision.patch_size, embed_dim=vision.embed_dim, output_dim=vision.output_dim,
-        depth=vision.depth, num_heads=vision.num_heads, num_registers=0, has_text=True,
-        native_resolution=(model.visual.image_size[0], model.visual.image_size[1]), mean=vision.mean, std=vision.std,
-    )
-    return Backbone(vision, info, OpenClipTextTower(model, f"tiny-clip-text(seed={seed})")).eval()
+    identity = BackboneIdentity(name=name, family="open_clip", architecture="tiny-clip",
+                                weights_id=f"random-init(seed={seed})", weights_sha256=None)
+    return Backbone(OpenClipViTAdapter(model.visual), identity,
+                    OpenClipTextTower(model, f"tiny-clip-text(seed={seed})")).eval()
 
 
-def tiny_clip_factory(argument: str | None = None, *, weights: str | None = None, random_init: bool = True,
-                      **options) -> Backbone:
+def tiny_clip_factory(argument: str | None = None, *, name: str = "tiny-clip", weights: str | None = None,
+                      random_init: bool = True, **options) -> Backbone:
     """A registry-style backbone factory: ``--backbone fixtures_seg:tiny_clip_factory`` in CLI tests."""
     if weights:
         raise ValueError("tiny-clip has no weights files")
-    return tiny_clip_backbone(int(options.pop("seed", 0)), **options)
+    return tiny_clip_backbone(int(options.pop("seed", 0)), name, **options)

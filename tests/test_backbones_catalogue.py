@@ -88,24 +88,24 @@ def test_contract_on_reduced_config(name):
     entry = BACKBONES.entry(name)
     meta = entry.metadata
     backbone = BACKBONES.get(name)(random_init=True, reduced=True)
-    info = backbone.info
+    identity = backbone.identity
     assert isinstance(backbone, Backbone)
-    assert info.name == name and info.family == meta["family"]
-    assert info.weights_id == "random-init(seed=0)" and len(info.weights_sha256) == 64
-    assert info.patch_size == meta["patch_size"] and info.num_registers == meta["registers"]
-    assert info.has_text is meta["text"] and backbone.has_text is meta["text"]
-    assert info.native_resolution == (4 * info.patch_size, 4 * info.patch_size)
-    assert len(info.mean) == 3 and len(info.std) == 3 and info.interpolation in ("bicubic", "bilinear")
-    assert info.extra["reduced"]["depth"] == 2 and "reduced" in info.architecture
-    assert info.to_dict()["native_resolution"] == list(info.native_resolution)
+    assert backbone.name == name and identity.family == meta["family"]
+    assert identity.weights_id == "random-init(seed=0)" and len(identity.weights_sha256) == 64
+    assert backbone.patch_size == meta["patch_size"] and backbone.num_registers == meta["registers"]
+    assert backbone.has_text is meta["text"] and backbone.has_text is meta["text"]
+    assert backbone.native_resolution == (4 * backbone.patch_size, 4 * backbone.patch_size)
+    assert len(backbone.mean) == 3 and len(backbone.std) == 3 and backbone.interpolation in ("bicubic", "bilinear")
+    assert identity.extra["reduced"]["depth"] == 2 and "reduced" in identity.architecture
+    assert backbone.describe()["native_resolution"] == list(backbone.native_resolution)
 
-    patch = info.patch_size
-    native = torch.randn(2, 3, *info.native_resolution)
+    patch = backbone.patch_size
+    native = torch.randn(2, 3, *backbone.native_resolution)
     layers = backbone.forward_tokens(native, layers=(0, -1))
     assert [out.layer for out in layers] == [0, 1]
     for out in layers:
-        assert out.patches.shape == (2, info.embed_dim, 4, 4) and out.grid == (4, 4)
-        assert out.prefix.shape == (2, 1 + info.num_registers, info.embed_dim)
+        assert out.patches.shape == (2, backbone.embed_dim, 4, 4) and out.grid == (4, 4)
+        assert out.prefix.shape == (2, 1 + backbone.num_registers, backbone.embed_dim)
 
     # equality with the library's own forward at the native resolution
     if meta["family"] == "timm":
@@ -118,22 +118,22 @@ def test_contract_on_reduced_config(name):
         grid_tokens = layers[-1].patches.flatten(2).transpose(1, 2)
         torch.testing.assert_close(grid_tokens, tokens, atol=TOL, rtol=0)
         projected = backbone.forward_tokens(native, project=True)[0]
-        assert projected.patches.shape == (2, info.output_dim, 4, 4)
+        assert projected.patches.shape == (2, backbone.output_dim, 4, 4)
         torch.testing.assert_close(projected.patches.flatten(2).transpose(1, 2), tokens @ backbone.vision.visual.proj,
                                    atol=TOL, rtol=0)
         torch.testing.assert_close(projected.prefix[:, 0], pooled, atol=TOL, rtol=0)  # CLS through ln_post + proj
         text = backbone.encode_text(["a photo of a dog.", "a photo of a very small red bicycle."])
-        assert text.shape == (2, info.output_dim) and torch.isfinite(text).all()
+        assert text.shape == (2, backbone.output_dim) and torch.isfinite(text).all()
 
     # any size, non-square: the grid follows the input
     wide = backbone.forward_tokens(torch.randn(1, 3, 3 * patch, 5 * patch))[0]
-    assert wide.patches.shape == (1, info.embed_dim, 3, 5) and wide.grid == (3, 5)
-    assert wide.prefix.shape[1] == 1 + info.num_registers and torch.isfinite(wide.patches).all()
+    assert wide.patches.shape == (1, backbone.embed_dim, 3, 5) and wide.grid == (3, 5)
+    assert wide.prefix.shape[1] == 1 + backbone.num_registers and torch.isfinite(wide.patches).all()
 
     parts = backbone.vision.block_parts(-1)
-    tokens = torch.randn(2, 17 + info.num_registers, info.embed_dim)
+    tokens = torch.randn(2, 17 + backbone.num_registers, backbone.embed_dim)
     q, k, v = parts.qkv(parts.norm1(tokens))
-    assert q.shape == k.shape == v.shape == (2, parts.num_heads, tokens.shape[1], info.embed_dim // parts.num_heads)
+    assert q.shape == k.shape == v.shape == (2, parts.num_heads, tokens.shape[1], backbone.embed_dim // parts.num_heads)
 
 
 def test_random_init_is_seeded():
@@ -141,24 +141,24 @@ def test_random_init_is_seeded():
     first = factory(None, random_init=True, reduced=True)
     again = factory(None, random_init=True, reduced=True)
     other = factory(None, random_init=True, reduced=True, seed=1)
-    assert first.info.weights_sha256 == again.info.weights_sha256 != other.info.weights_sha256
-    assert other.info.weights_id == "random-init(seed=1)"
+    assert first.identity.weights_sha256 == again.identity.weights_sha256 != other.identity.weights_sha256
+    assert other.identity.weights_id == "random-init(seed=1)"
 
 
 def test_pass_through_prefixes_build():
-    from phreg_bench.runner import build_backbone
+    from phreg_bench.backbones.build import build_backbone
 
     timm_backbone = build_backbone("timm:deit3_small_patch16_224.fb_in1k", random_init=True, reduced=True)
-    assert timm_backbone.info.name == "timm:deit3_small_patch16_224.fb_in1k"
-    assert timm_backbone.info.family == "timm" and not timm_backbone.has_text
+    assert timm_backbone.name == "timm:deit3_small_patch16_224.fb_in1k"
+    assert timm_backbone.identity.family == "timm" and not timm_backbone.has_text
     clip = build_backbone("open_clip:ViT-B-32/laion2b_s34b_b79k", random_init=True, reduced=True)
-    assert clip.info.name == "open_clip:ViT-B-32/laion2b_s34b_b79k" and clip.has_text
-    assert clip.info.extra["pretrained_tag"] == "laion2b_s34b_b79k" and clip.info.extra["quick_gelu"] is False
-    assert build_backbone("open_clip:ViT-B-16", random_init=True, reduced=True).info.weights_id.startswith("random")
+    assert clip.name == "open_clip:ViT-B-32/laion2b_s34b_b79k" and clip.has_text
+    assert clip.identity.extra["pretrained_tag"] == "laion2b_s34b_b79k" and clip.identity.extra["quick_gelu"] is False
+    assert build_backbone("open_clip:ViT-B-16", random_init=True, reduced=True).identity.weights_id.startswith("random")
 
 
 def test_quick_gelu_follows_the_pretrained_tag():
-    from phreg_bench.runner import build_backbone
+    from phreg_bench.backbones.build import build_backbone
 
     def activation(backbone):
         return type(backbone.vision.blocks[0].mlp.gelu).__name__
@@ -167,7 +167,7 @@ def test_quick_gelu_follows_the_pretrained_tag():
     assert activation(build_backbone("dfn-clip-vit-b16", random_init=True, reduced=True)) == "QuickGELU"
     assert activation(build_backbone("openclip-vit-b16-laion2b", random_init=True, reduced=True)) == "GELU"
     untagged = build_backbone("open_clip:ViT-B-16", random_init=True, reduced=True, quick_gelu=True)
-    assert activation(untagged) == "QuickGELU" and untagged.info.extra["quick_gelu"] is True
+    assert activation(untagged) == "QuickGELU" and untagged.identity.extra["quick_gelu"] is True
     with pytest.raises(ValueError, match="contradicts the pretrained tag"):
         build_backbone("open_clip:ViT-B-16/openai", random_init=True, reduced=True, quick_gelu=False)
 
@@ -189,10 +189,10 @@ def test_unsupported_models_are_refused_with_a_reason(name, message):
 def test_full_size_openai_clip_b16_matches_open_clip():
     """The real ViT-B/16 architecture (random weights) at 224 px: dense tokens equal open_clip's."""
     backbone = BACKBONES.get("openai-clip-vit-b16")(None, random_init=True)
-    info = backbone.info
-    assert (info.patch_size, info.embed_dim, info.output_dim, info.depth, info.num_heads) == (16, 768, 512, 12, 12)
-    assert info.native_resolution == (224, 224) and info.extra["quick_gelu"] is True
-    assert info.mean == (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing
+    geometry = (backbone.patch_size, backbone.embed_dim, backbone.output_dim, backbone.depth, backbone.num_heads)
+    assert geometry == (16, 768, 512, 12, 12)
+    assert backbone.native_resolution == (224, 224) and backbone.identity.extra["quick_gelu"] is True
+    assert backbone.mean == (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing
     images = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         pooled, tokens = _open_clip_reference(backbone, images)
@@ -206,7 +206,7 @@ def test_full_size_openai_clip_b16_matches_open_clip():
 def test_full_size_dinov2_reg4_matches_timm():
     """The real DINOv2-S/14-reg4 architecture (random weights): prefix = CLS + 4 registers, never patches."""
     backbone = BACKBONES.get("dinov2-vit-s14-reg4")(None, random_init=True)
-    assert backbone.info.native_resolution == (518, 518) and backbone.info.num_registers == 4
+    assert backbone.native_resolution == (518, 518) and backbone.num_registers == 4
     model = backbone.vision.model
     with torch.inference_mode():
         images = torch.randn(1, 3, 518, 518)

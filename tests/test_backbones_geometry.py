@@ -24,15 +24,15 @@ TOL = 1e-5
 @pytest.mark.parametrize("grid", [(3, 6), (6, 5), (4, 4)])
 def test_timm_any_size_equals_timms_own_dynamic_forward(name, grid):
     backbone = BACKBONES.get(name)(None, random_init=True, reduced=True)
-    assert backbone.info.pos_resample == "bicubic-antialias"  # timm's resample_abs_pos_embed
+    assert backbone.pos_resample == "bicubic-antialias"  # timm's resample_abs_pos_embed
     model = backbone.vision.model
-    patch = backbone.info.patch_size
+    patch = backbone.patch_size
     size = (grid[0] * patch, grid[1] * patch)
     images = torch.randn(2, 3, *size)
     expected = model.forward_features(images)  # the same module, dynamic_img_size=True
     out = backbone.forward_tokens(images)[0]
     prefix = model.num_prefix_tokens
-    assert out.grid == grid and out.prefix.shape[1] == prefix == 1 + backbone.info.num_registers
+    assert out.grid == grid and out.prefix.shape[1] == prefix == 1 + backbone.num_registers
     torch.testing.assert_close(out.prefix, expected[:, :prefix], atol=TOL, rtol=0)
     torch.testing.assert_close(out.patches.flatten(2).transpose(1, 2), expected[:, prefix:], atol=TOL, rtol=0)
 
@@ -40,7 +40,7 @@ def test_timm_any_size_equals_timms_own_dynamic_forward(name, grid):
 @pytest.mark.parametrize("grid", [(3, 6), (6, 5)])
 def test_open_clip_any_size_equals_the_ovss_resampled_tower(grid):
     backbone = BACKBONES.get("openai-clip-vit-b16")(None, random_init=True, reduced=True)
-    assert backbone.info.pos_resample == "bicubic-offset"  # NACLIP/SCLIP/ClearCLIP interpolate_pos_encoding
+    assert backbone.pos_resample == "bicubic-offset"  # NACLIP/SCLIP/ClearCLIP interpolate_pos_encoding
     visual = copy.deepcopy(backbone.vision.visual)
     images = torch.randn(2, 3, grid[0] * 16, grid[1] * 16)
     tokens = torch.zeros(1, 1 + grid[0] * grid[1], visual.positional_embedding.shape[-1])
@@ -50,7 +50,7 @@ def test_open_clip_any_size_equals_the_ovss_resampled_tower(grid):
     visual.output_tokens = True
     pooled, tokens = visual(images)
     out = backbone.forward_tokens(images, project=True)[0]
-    assert out.patches.shape == (2, backbone.info.output_dim, *grid)
+    assert out.patches.shape == (2, backbone.output_dim, *grid)
     torch.testing.assert_close(out.patches.flatten(2).transpose(1, 2), tokens @ visual.proj, atol=TOL, rtol=0)
     torch.testing.assert_close(out.prefix[:, 0], pooled, atol=TOL, rtol=0)
 

@@ -84,8 +84,8 @@ def test_backbone_text_tower_is_in_the_projected_image_space():
 
     backbone = BACKBONES.get("openai-clip-vit-b16")(None, random_init=True, reduced=True)
     text = backbone.encode_text(PROMPTS)
-    assert text.shape == (len(PROMPTS), backbone.info.output_dim)
-    assert backbone.text.identity.endswith(backbone.info.weights_sha256[:16])
+    assert text.shape == (len(PROMPTS), backbone.output_dim)
+    assert backbone.text.identity.endswith(backbone.identity.weights_sha256[:16])
     # the tower shares the model's parameters: moving the backbone moves the text tower with it
     params = {id(p) for p in backbone.parameters()}
     assert all(id(p) in params for p in backbone.text.parameters())

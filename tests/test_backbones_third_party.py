@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_bench.registry import Registry
+from phreg_core.errors import ConfigError
 from phreg_core.pos_embed import get_policy
 from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter
 
@@ -54,6 +56,7 @@ class _RegViT(nn.Module):
 
 class _RegViTAdapter(ViTAdapter):
     pos_resample = get_policy("bicubic-antialias")  # every adapter names its resampling policy
+    mean = std = (0.5, 0.5, 0.5)  # the normalisation the weights expect
 
     def __init__(self, model: _RegViT):
         super().__init__()
@@ -82,17 +85,20 @@ class _RegViTAdapter(ViTAdapter):
         return self.model.ln(tokens)
 
 
-def build_custom(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,
-                 seed: int = 0, **options) -> Backbone:
+def build_custom(argument: str | None = None, *, name: str = "reg-vit", weights: str | None = None,
+                 random_init: bool = False, seed: int = 0, **options) -> Backbone:
     """The factory named on the command line as ``test_backbones_third_party:build_custom``."""
     assert weights is None, "this test model has no weights"
     torch.manual_seed(seed)
-    vision = _RegViTAdapter(_RegViT(**options).eval())
-    info = BackboneInfo(name="reg-vit", family="custom", architecture="RegViT", weights_id=f"random-init({seed})",
-                        weights_sha256=None, patch_size=8, embed_dim=vision.embed_dim, output_dim=vision.embed_dim,
-                        depth=vision.depth, num_heads=vision.num_heads, num_registers=2, has_text=False,
-                        native_resolution=(64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return Backbone(vision, info)
+    identity = BackboneIdentity(name=name, family="custom", architecture="RegViT", weights_id=f"random-init({seed})",
+                                weights_sha256=None)
+    return Backbone(_RegViTAdapter(_RegViT(**options).eval()), identity)
+
+
+def build_unnamed(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,
+                  **options) -> Backbone:
+    """A factory without a ``name`` parameter: it names its backbone itself."""
+    return build_custom(argument, weights=weights, random_init=random_init, **options)
 
 
 # -- tests -------------------------------------------------------------------------------------------------
@@ -125,6 +131,21 @@ def test_custom_model_runs_through_phreg_bench_run(tmp_path):
     assert 0.0 <= value <= 100.0  # a measured mIoU; its level depends on the random model
 
 
+def test_the_requested_name_reaches_the_identity_once():
+    from phreg_bench.backbones.build import build_backbone
+
+    named = build_backbone(f"{__name__}:build_custom", depth=1)
+    assert named.name == named.identity.name == f"{__name__}:build_custom"
+    assert named.describe()["name"] == f"{__name__}:build_custom" and named.describe()["num_registers"] == 2
+    assert build_backbone(f"{__name__}:build_unnamed", depth=1).name == "reg-vit"  # a factory without `name`
+    with pytest.raises(ConfigError, match="'name' is not a backbone option"):
+        build_backbone(f"{__name__}:build_custom", name="other")
+    with pytest.raises(FrozenInstanceError):
+        named.identity.name = "renamed"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        named.identity.extra["added"] = 1  # type: ignore[index]
+
+
 def test_example_package_declares_its_entry_point():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
@@ -138,7 +159,9 @@ def test_example_package_as_module_factory(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
     code = main(["run", "--backbone", "phreg_example_backbone.factory:build", "--tasks", "synthetic/segmentation",
                  "--device", "cpu", "--results-dir", str(tmp_path), "--backbone-option", "depth=2"])
-    assert code == 0 and len(list(tmp_path.rglob("*.json"))) == 1
+    files = list(tmp_path.rglob("*.json"))
+    assert code == 0 and len(files) == 1
+    assert json.loads(files[0].read_text())["backbone"]["name"] == "phreg_example_backbone.factory:build"
 
 
 def test_example_package_through_its_entry_point(monkeypatch, tmp_path):
@@ -156,4 +179,5 @@ def test_example_package_through_its_entry_point(monkeypatch, tmp_path):
     backbone = registry.get("example-vit")(None, random_init=True, depth=2)
     out = backbone.forward_tokens(torch.randn(1, 3, 40, 64))[0]
     assert out.patches.shape == (1, 64, 5, 8) and out.prefix.shape == (1, 1, 64)
-    assert backbone.info.family == "custom" and "phreg_example_backbone" in sys.modules
+    assert backbone.identity.family == "custom" and "phreg_example_backbone" in sys.modules
+    assert backbone.name == "example-vit"

@@ -59,8 +59,8 @@ def test_timm_local_weights_in_each_format(tmp_path, fmt):
     else:
         torch.save(state, path)
     loaded = _build(DINO, weights=str(path))
-    assert loaded.info.weights_id == str(path.resolve())
-    assert loaded.info.weights_sha256 == file_sha256(path)
+    assert loaded.identity.weights_id == str(path.resolve())
+    assert loaded.identity.weights_sha256 == file_sha256(path)
     _same_features(loaded, source, torch.randn(1, 3, 56, 70))
 
 
@@ -126,7 +126,7 @@ def _check_open_clip_load(model, path):
     torch.testing.assert_close(loaded.forward_tokens(native)[0].patches.flatten(2).transpose(1, 2), tokens,
                                atol=TOL, rtol=0)
     torch.testing.assert_close(loaded.encode_text(["a photo of a cat."]), expected_text, atol=TOL, rtol=0)
-    assert loaded.info.weights_sha256 == file_sha256(path) and loaded.info.weights_id == str(path.resolve())
+    assert loaded.identity.weights_sha256 == file_sha256(path) and loaded.identity.weights_id == str(path.resolve())
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -224,8 +224,8 @@ def test_hub_weights_come_from_the_cache_without_network(empty_cache, monkeypatc
     _fake_hub_cache(empty_cache, "timm/vit_small_patch14_reg4_dinov2.lvd142m",
                     {"model.safetensors": lambda path: save_file(source.vision.model.state_dict(), path)})
     loaded = _build(DINO)
-    assert loaded.info.weights_id == "hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m/model.safetensors"
-    assert loaded.info.extra["hub_repo"] == "timm/vit_small_patch14_reg4_dinov2.lvd142m"
+    assert loaded.identity.weights_id == "hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m/model.safetensors"
+    assert loaded.identity.extra["hub_repo"] == "timm/vit_small_patch14_reg4_dinov2.lvd142m"
     _same_features(loaded, source, torch.randn(1, 3, 56, 56))
 
 
@@ -245,8 +245,8 @@ def test_hf_hub_open_clip_repo_from_the_cache(empty_cache, monkeypatch):
         "open_clip_config.json": lambda path: path.write_text(json.dumps(config)),
         "open_clip_model.safetensors": lambda path: save_file(model.state_dict(), path)})
     loaded = BACKBONES.get("hf-hub:test-org/tiny-clip")()
-    assert loaded.info.weights_id == "hf-hub:test-org/tiny-clip/open_clip_model.safetensors"
-    assert loaded.info.mean == (0.5, 0.5, 0.5) and loaded.has_text and loaded.info.extra["quick_gelu"] is True
+    assert loaded.identity.weights_id == "hf-hub:test-org/tiny-clip/open_clip_model.safetensors"
+    assert loaded.mean == (0.5, 0.5, 0.5) and loaded.has_text and loaded.identity.extra["quick_gelu"] is True
     native = torch.randn(1, 3, 64, 64)
     model.visual.output_tokens = True
     with torch.no_grad():
@@ -268,8 +268,8 @@ def test_hf_hub_timm_repo_from_the_cache(empty_cache, monkeypatch):
         "config.json": lambda path: path.write_text(json.dumps(config)),
         "model.safetensors": lambda path: save_file(source.vision.model.state_dict(), path)})
     loaded = _build("hf-hub:test-org/tiny-dino")
-    assert loaded.info.family == "timm" and loaded.info.num_registers == 4
-    assert loaded.info.weights_id == "hf-hub:test-org/tiny-dino/model.safetensors"
+    assert loaded.identity.family == "timm" and loaded.num_registers == 4
+    assert loaded.identity.weights_id == "hf-hub:test-org/tiny-dino/model.safetensors"
     _same_features(loaded, source, torch.randn(1, 3, 56, 42))
 
 

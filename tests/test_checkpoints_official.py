@@ -242,7 +242,7 @@ def test_clip_adapter_records_base_and_source(clip_file, tmp_path):
     base = base_backbone("openai-clip-vit-b16")
     result = import_official("official-clip", path, base, tmp_path)
     sidecar = result.sidecar_path.read_text()
-    assert base.info.weights_sha256 in sidecar and '"official-clip"' in sidecar
+    assert base.identity.weights_sha256 in sidecar and '"official-clip"' in sidecar
     assert result.info["frozen_tensors_checked"] > 0 and result.info["resolution"] == 448
     spec = result.student.spec()
     assert spec["num_registers"] == 16 and spec["train_grid"] == [28, 28] and spec["placement"] == "append"

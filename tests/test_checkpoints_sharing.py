@@ -34,7 +34,7 @@ def adapter_dir(tmp_path_factory) -> Path:
         student.vision.model.blocks[-1].mlp.fc2.bias.add_(0.5)
     folder = root / "adapter"
     save_adapter(student, folder / "adapter.safetensors", base_name="tiny-vit",
-                 base_weights_sha256=backbone.info.weights_sha256,
+                 base_weights_sha256=backbone.identity.weights_sha256,
                  config={"epochs": 3, "lr": 1e-4, "lr_end": 5e-6, "batch_size": 8, "views": 10,
                          "extra": {"recipe": "dinov2"}},
                  steps=12, final_loss=0.25, extra={"skipped_batches": 0, "corrupt_images": 1})

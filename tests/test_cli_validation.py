@@ -12,6 +12,7 @@ from test_core_cli_distill import image_folder
 from test_core_fixtures import one_thread  # noqa: F401
 
 from phreg_bench import runner
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.cli import main
 from phreg_bench.registries import BACKBONES
 from phreg_bench.results.store import ResultStore, read_result
@@ -156,7 +157,7 @@ def test_pt_weights_on_builtin_backbones_are_read_or_refused_in_one_line(backbon
     err = capsys.readouterr().err
     assert "wrong.pt" in err and "missing tensors" in err and "Traceback" not in err
     right = tmp_path / "right.pt"
-    torch.save(runner.build_backbone(backbone).vision.model.state_dict(), right)
+    torch.save(build_backbone(backbone).vision.model.state_dict(), right)
     assert exit_code(["run", "-b", backbone, "-t", "synthetic", "--weights", str(right),
                       "--results-dir", str(tmp_path / "r"), *SMALL]) == 0
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from test_core_fixtures import one_thread, random_images, tiny_clip  # noqa: F401
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_bench.backbones.builtin import build_tiny_vit
 from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_bench.methods.phreg import build as build_phreg
@@ -23,11 +23,9 @@ from phreg_core.trainer import distill
 
 def clip_backbone(seed: int = 0) -> Backbone:
     vision = tiny_clip(seed=seed)
-    info = BackboneInfo(name="tiny-clip", family="custom", architecture="tiny", weights_id=f"seed{seed}",
-                        weights_sha256=state_dict_sha256(vision.visual), patch_size=8, embed_dim=32, output_dim=16,
-                        depth=3, num_heads=4, num_registers=0, has_text=False, native_resolution=(32, 32),
-                        mean=vision.mean, std=vision.std)
-    return Backbone(vision, info)
+    identity = BackboneIdentity(name="tiny-clip", family="custom", architecture="tiny", weights_id=f"seed{seed}",
+                                weights_sha256=state_dict_sha256(vision.visual))
+    return Backbone(vision, identity)
 
 
 def train(backbone: Backbone, out, grid, size: int, steps: int = 3) -> Student:
@@ -35,7 +33,7 @@ def train(backbone: Backbone, out, grid, size: int, steps: int = 3) -> Student:
     recipe = Recipe(epochs=10, batch_size=2, lr=1e-3, lr_end=1e-4, views=3)
     options = RunOptions(max_steps=steps, progress=False, out_dir=str(out))
     result = distill(default_teacher(backbone.vision), student, TensorImageDataset(random_images(4, size)), recipe,
-                     options, base_name=backbone.info.name, base_weights_sha256=backbone.info.weights_sha256)
+                     options, base_name=backbone.name, base_weights_sha256=backbone.identity.weights_sha256)
     assert result.adapter_path == out / "adapter.safetensors"
     return student.eval()
 
@@ -76,7 +74,7 @@ def test_adapter_holds_only_changed_tensors_and_a_full_sidecar(tmp_path):
     assert not any(".resblocks.2.mlp." in n or ".resblocks.2.ln_2." in n for n in tensors)  # unused by MaskCLIP
     assert not any(".resblocks.0." in n or "ln_post" in n for n in tensors)  # frozen
     sidecar = json.loads((tmp_path / "adapter.json").read_text())
-    assert sidecar["base"] == {"name": "tiny-clip", "weights_sha256": backbone.info.weights_sha256}
+    assert sidecar["base"] == {"name": "tiny-clip", "weights_sha256": backbone.identity.weights_sha256}
     assert sidecar["registers"] == 3 and sidecar["unlock"]["last_blocks"] == 2
     assert sidecar["steps"] == 3 and isinstance(sidecar["final_loss"], float)
     assert sidecar["config"]["views"] == 3 and sidecar["student"]["last_block"]["attention"] == "identity"
@@ -98,13 +96,3 @@ def test_damaged_adapter_is_refused(tmp_path):
         build_phreg(build_tiny_vit(seed=0), adapter=str(path))
     with pytest.raises(ValueError, match="needs option 'adapter'"):
         build_phreg(build_tiny_vit(seed=0))
-
-
-def test_phreg_pass_through_backbone_keeps_the_base_weights(tmp_path):
-    from phreg_bench.backbones.phreg import build as build_phreg_backbone
-
-    train(build_tiny_vit(seed=0), tmp_path, (8, 8), 64, steps=1)
-    backbone = build_phreg_backbone("tiny-vit")
-    assert backbone.info.name == "phreg:tiny-vit" and backbone.info.extra["phreg_base"] == "tiny-vit"
-    model = build_phreg(backbone, adapter=str(tmp_path))
-    assert model.forward_tokens(random_images(1, 64))[0].prefix.shape == (1, 1 + 3, 64)

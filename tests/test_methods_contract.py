@@ -43,13 +43,13 @@ def _phreg(backbone, folder):
     student = Student(backbone.vision, 2, seed=0)
     with torch.no_grad():
         student.registers.add_(0.5)  # not the init: the registers must reach the output
-    tensors, _ = save_adapter(student, folder / "adapter.safetensors", base_name=backbone.info.name,
-                              base_weights_sha256=backbone.info.weights_sha256)
+    tensors, _ = save_adapter(student, folder / "adapter.safetensors", base_name=backbone.name,
+                              base_weights_sha256=backbone.identity.weights_sha256)
     return {"adapter": str(tensors)}
 
 
 def _dvt(backbone, folder):
-    reference = random_reference(width=backbone.info.embed_dim, grid=4)
+    reference = random_reference(width=backbone.embed_dim, grid=4)
     return {"denoiser": str(save_dvt_checkpoint(reference, folder / "denoiser.pth"))}
 
 
@@ -86,19 +86,18 @@ FINAL_ONLY = {"dvt"}
 def test_method_contract(method, backbone, tmp_path):
     recipe = OPTIONS.get(method)
     model = METHODS.get(method)(backbone, **(recipe(backbone, tmp_path) if recipe else {}))
-    info = backbone.info
     assert isinstance(model, DenseModel) and model.describe()["name"] == method
     json.loads(canonical_json(model.describe()))  # the config enters the config hash: plain, finite JSON
-    assert (model.patch_size, model.embed_dim, model.name) == (info.patch_size, info.embed_dim, info.name)
-    assert model.has_text == info.has_text and model.has_class_token == backbone.vision.has_class_token
+    assert (model.patch_size, model.embed_dim, model.name) == (backbone.patch_size, backbone.embed_dim, backbone.name)
+    assert model.has_text == backbone.has_text and model.has_class_token == backbone.vision.has_class_token
 
     rows, cols = 4, 5  # not square: a row/column mix-up shows
-    images = model.normalize(torch.rand(2, 3, rows * info.patch_size, cols * info.patch_size))
+    images = model.normalize(torch.rand(2, 3, rows * backbone.patch_size, cols * backbone.patch_size))
     outputs = model.forward_tokens(images)  # project=False is the default
     assert isinstance(outputs, list) and len(outputs) == 1
     out = outputs[0]
-    assert out.patches.shape == (2, info.embed_dim, rows, cols) and out.grid == (rows, cols)
-    assert out.prefix.shape == (2, 1 + info.num_registers + EXTRA_PREFIX.get(method, 0), info.embed_dim)
+    assert out.patches.shape == (2, backbone.embed_dim, rows, cols) and out.grid == (rows, cols)
+    assert out.prefix.shape == (2, 1 + backbone.num_registers + EXTRA_PREFIX.get(method, 0), backbone.embed_dim)
     assert out.layer == backbone.vision.depth - 1
     assert torch.isfinite(out.patches).all() and torch.isfinite(out.prefix).all()
 
@@ -107,13 +106,13 @@ def test_method_contract(method, backbone, tmp_path):
     torch.testing.assert_close(alone.prefix, out.prefix[1:], atol=1e-5, rtol=1e-5)
 
     projected = model.forward_tokens(images, project=True)[0]
-    assert projected.patches.shape == (2, info.output_dim, rows, cols)
-    assert projected.prefix.shape[1:] == (out.prefix.shape[1], info.output_dim)
-    if info.has_text:
-        assert model.encode_text(["a photo of a cat", "a dog"]).shape == (2, info.output_dim)
+    assert projected.patches.shape == (2, backbone.output_dim, rows, cols)
+    assert projected.prefix.shape[1:] == (out.prefix.shape[1], backbone.output_dim)
+    if backbone.has_text:
+        assert model.encode_text(["a photo of a cat", "a dog"]).shape == (2, backbone.output_dim)
 
     with pytest.raises(ConfigError, match="multiple of the patch size"):
-        model.forward_tokens(images[..., : cols * info.patch_size - 1])
+        model.forward_tokens(images[..., : cols * backbone.patch_size - 1])
 
 
 @pytest.mark.parametrize("method", METHODS.names())
@@ -122,7 +121,7 @@ def test_method_layers(method, backbone, tmp_path):
     """``layers`` are honoured in their order (for a multi-layer head), or refused by name."""
     recipe = OPTIONS.get(method)
     model = METHODS.get(method)(backbone, **(recipe(backbone, tmp_path) if recipe else {}))
-    depth, patch = backbone.vision.depth, backbone.info.patch_size
+    depth, patch = backbone.vision.depth, backbone.patch_size
     images = model.normalize(torch.rand(2, 3, 3 * patch, 4 * patch))
     final = model.forward_tokens(images)[0]
     if method in FINAL_ONLY:
@@ -133,7 +132,7 @@ def test_method_layers(method, backbone, tmp_path):
     outs = model.forward_tokens(images, layers=(-1, 0))
     assert [o.layer for o in outs] == [depth - 1, 0]
     for o in outs:
-        assert o.patches.shape == (2, backbone.info.embed_dim, 3, 4) and o.prefix.shape == final.prefix.shape
+        assert o.patches.shape == (2, backbone.embed_dim, 3, 4) and o.prefix.shape == final.prefix.shape
     torch.testing.assert_close(outs[0].patches, final.patches, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(outs[1].patches, final.patches)
     if method in LAST_BLOCK_ONLY:
@@ -148,7 +147,7 @@ def test_reduced_precision_runs_inside_the_model(method, backbone, tmp_path):
     """``set_precision("bf16")``: the model autocasts its own forward and gives float32 outputs near fp32's."""
     recipe = OPTIONS.get(method)
     model = METHODS.get(method)(backbone, **(recipe(backbone, tmp_path) if recipe else {}))
-    images = model.normalize(torch.rand(1, 3, 2 * backbone.info.patch_size, 2 * backbone.info.patch_size))
+    images = model.normalize(torch.rand(1, 3, 2 * backbone.patch_size, 2 * backbone.patch_size))
     full = model.forward_tokens(images)[0]
     low = model.set_precision("bf16").forward_tokens(images)[0]
     assert low.patches.dtype == low.prefix.dtype == torch.float32

@@ -116,7 +116,7 @@ def test_projection_follows_the_denoiser_on_clip(tmp_path):
         plain = model.forward_tokens(images, project=False)[0].patches
         projected = model.forward_tokens(images, project=True)[0].patches
         want = (plain.permute(0, 2, 3, 1) @ backbone.vision.visual.proj).permute(0, 3, 1, 2)
-    assert projected.shape[1] == backbone.info.output_dim and torch.allclose(projected, want, atol=1e-6)
+    assert projected.shape[1] == backbone.output_dim and torch.allclose(projected, want, atol=1e-6)
 
 
 def test_safetensors_copy_reads_the_same(tmp_path):

@@ -60,7 +60,7 @@ def test_window_grid_matches_naclip(size):
 def setup():
     backbone = tiny_clip_backbone(seed=1)
     model = METHODS.get("naclip")(backbone)
-    text = F.normalize(torch.randn(5, backbone.info.output_dim), dim=-1)
+    text = F.normalize(torch.randn(5, backbone.output_dim), dim=-1)
     queries = ClassQueries(text, torch.tensor([0, 0, 1, 2, 3]), list("abcde"), 4)
     image = np.random.default_rng(0).integers(0, 256, size=(45, 61, 3), dtype=np.uint8)
     return model, queries, image

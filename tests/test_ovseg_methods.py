@@ -89,7 +89,7 @@ def backbone():
 @torch.no_grad()
 def test_dense_logits_equal_the_paper_equation(backbone, method):
     images = backbone.normalize(torch.rand(2, 3, 40, 48))  # a 5x6 grid: catches row/column mix-ups
-    text = F.normalize(torch.randn(7, backbone.info.output_dim), dim=-1)
+    text = F.normalize(torch.randn(7, backbone.output_dim), dim=-1)
     model = METHODS.get(method)(backbone)
     feats = F.normalize(model.forward_tokens(images, project=True)[0].patches.double(), dim=1)
     ours = torch.einsum("bdhw,qd->bqhw", feats, text.double())
@@ -113,7 +113,7 @@ def test_method_config_and_options(backbone):
     wider = METHODS.get("naclip")(backbone, gaussian_std=2.0)
     assert wider.method_config["gaussian_std"] == 2.0
     images = backbone.normalize(torch.rand(1, 3, 40, 48))
-    text = F.normalize(torch.randn(3, backbone.info.output_dim), dim=-1)
+    text = F.normalize(torch.randn(3, backbone.output_dim), dim=-1)
     feats = F.normalize(wider.forward_tokens(images, project=True)[0].patches.double(), dim=1)
     torch.testing.assert_close(torch.einsum("bdhw,qd->bqhw", feats, text.double()),
                                reference_logits(backbone, images, text, "naclip", std=2.0), rtol=1e-4, atol=1e-5)

@@ -33,8 +33,8 @@ class TinyClipNet(nn.Module):
         super().__init__()
         self.model = model
         self.visual = nn.Module()
-        self.visual.patch_size = model.backbone.info.patch_size
-        self.registers = torch.randn(registers, model.backbone.info.output_dim)
+        self.visual.patch_size = model.backbone.patch_size
+        self.registers = torch.randn(registers, model.backbone.output_dim)
 
     def encode_image(self, img, return_all=True):
         patch = self.visual.patch_size
@@ -95,7 +95,7 @@ def phreg_predict_whole(reg_vit, query_features, inputs, ori_shape, patch_size):
 def setup():
     backbone = tiny_clip_backbone(seed=2)
     model = METHODS.get("naclip")(backbone)
-    text = F.normalize(torch.randn(6, backbone.info.output_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    text = F.normalize(torch.randn(6, backbone.output_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
     queries = ClassQueries(text, torch.tensor([0, 0, 1, 2, 3, 3]), list("abcdef"), 4)
     return model, queries
 
@@ -120,7 +120,7 @@ def test_whole_image_logits_equal_naclip_and_phreg(setup, size, short):
     text = queries.embeddings
     naclip = naclip_forward_feature(TinyClipNet(model), text, inputs, logit_size=size)[0]
     phreg = phreg_predict_whole(TinyClipNet(model, NUM_REGISTERS), text, inputs, size,
-                                model.backbone.info.patch_size)[0]
+                                model.backbone.patch_size)[0]
     assert ours.shape == naclip.shape == phreg.shape == (6, *size)
     torch.testing.assert_close(ours, naclip, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours, phreg, rtol=1e-5, atol=1e-6)

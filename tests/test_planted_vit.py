@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phreg_bench.runner import build_backbone
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.synthetic.planted import PlantedSpec, RegisterNeurons, firing_maps
 from phreg_bench.synthetic.scenes import FIRST_OBJECT, SKY, WALL, render
 from phreg_core.diagnostics import outlier_rate
@@ -42,9 +42,9 @@ def test_catalogue_entries_and_twin_share_weights(models):
 
     planted, twin = models
     assert isinstance(planted.vision.model, VisionTransformer)
-    assert planted.info.weights_sha256 == twin.info.weights_sha256
-    assert planted.info.extra["artifacts"] is True and twin.info.extra["artifacts"] is False
-    assert (planted.info.patch_size, planted.info.embed_dim, planted.info.depth) == (PATCH, 64, SPEC.depth)
+    assert planted.identity.weights_sha256 == twin.identity.weights_sha256
+    assert planted.identity.extra["artifacts"] is True and twin.identity.extra["artifacts"] is False
+    assert (planted.patch_size, planted.embed_dim, planted.depth) == (PATCH, 64, SPEC.depth)
     for name, value in planted.vision.model.state_dict().items():
         assert torch.equal(value, twin.vision.model.state_dict()[name]), name
     with pytest.raises(ValueError, match="no option"):

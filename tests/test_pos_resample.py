@@ -290,7 +290,7 @@ def test_the_old_size_call_is_not_the_reference_call_at_448():
 def test_clip_tokens_equal_the_ovss_forward(size):
     """openai-clip-vit-b16 (default policy) equals open_clip's tower fed NACLIP's resampled table."""
     backbone = _clip()
-    assert backbone.info.pos_resample == "bicubic-offset"
+    assert backbone.pos_resample == "bicubic-offset"
     visual = copy.deepcopy(backbone.vision.visual)
     images, grid = _images(size), _grid(size, 16)
     with torch.no_grad():
@@ -312,7 +312,7 @@ def test_dinov2_tokens_equal_the_hf_dinov2_4372_forward(size):
     from phreg_bench.backbones import timm_backbones
 
     backbone = _dino("dinov2-vit-s14")
-    assert backbone.info.pos_resample == "bicubic-offset"
+    assert backbone.pos_resample == "bicubic-offset"
     model, grid, images = backbone.vision.model, _grid(size, 14), _images(size)
     reference = timm_backbones.create_model("vit_small_patch14_dinov2.lvd142m",
                                             reduced=timm_backbones.reduced_config(REDUCED_DINO), img_size=size)
@@ -333,7 +333,7 @@ def test_antialias_tokens_equal_timms_own_dynamic_forward(name, size):
     """With timm's policy (the default of DINOv2-reg and every other timm ViT) the backbone is timm's own
     `forward_features` with `dynamic_img_size=True` on the same module."""
     backbone = _dino(name, pos_resample=None if name.endswith("reg4") else "bicubic-antialias")
-    assert backbone.info.pos_resample == "bicubic-antialias"
+    assert backbone.pos_resample == "bicubic-antialias"
     model = backbone.vision.model
     assert model.dynamic_img_size
     images = _images(size)
@@ -371,7 +371,7 @@ def test_adapter_records_and_keeps_its_policy(tmp_path):
 
     backbone = BACKBONES.get("tiny-vit")(None, seed=0)
     student = Student(backbone.vision, 2, seed=0)
-    sha = backbone.info.weights_sha256
+    sha = backbone.identity.weights_sha256
     _, sidecar_path = save_adapter(student, tmp_path / "adapter.safetensors", base_name="tiny-vit",
                                    base_weights_sha256=sha)
     sidecar = json.loads(sidecar_path.read_text())
@@ -400,7 +400,7 @@ def test_policy_enters_the_backbone_identity_and_the_config_hash():
 
     def record(policy):
         backbone = BACKBONES.get("tiny-vit")(None, seed=0, pos_resample=policy)
-        info = backbone.info.to_dict()
+        info = backbone.describe()
         return info, RunIdentity(TaskRef("t", "f", "1", "x"), BackboneRef(info), MethodRef("raw", {}),
                                  Protocol("p", {"a": 1}), seed=0, limit=None, precision="fp32")
 
@@ -427,10 +427,8 @@ def test_catalogue_defaults_follow_the_references():
     # pass-through prefixes: the library's own convention
     timm = BACKBONES.get("timm:")("vit_small_patch16_224", random_init=True, reduced=True)
     clip = BACKBONES.get("open_clip:")("ViT-B-16", random_init=True, reduced=True)
-    assert timm.info.pos_resample == clip.info.pos_resample == "bicubic-antialias"
-    assert BACKBONES.get("planted-vit")(None).info.pos_resample == "bicubic"
-    phreg_base = BACKBONES.get("phreg:")("openai-clip-vit-b16", random_init=True, reduced=True)
-    assert phreg_base.info.pos_resample == "bicubic-offset"
+    assert timm.pos_resample == clip.pos_resample == "bicubic-antialias"
+    assert BACKBONES.get("planted-vit")(None).pos_resample == "bicubic"
 
 
 def test_unknown_policy_is_one_clear_error_before_work():
@@ -468,7 +466,7 @@ def test_backbone_refuses_an_adapter_without_a_policy():
     vision = backbone.vision
     vision.pos_resample = None
     with pytest.raises(TypeError, match="declares no positional-embedding resampling policy"):
-        Backbone(vision, backbone.info)
+        Backbone(vision, backbone.identity)
     with pytest.raises(TypeError, match="declares no positional-embedding resampling policy"):
         vision.resample_pos(vision.model.pos_embed[:, 1:], (4, 4))
 
@@ -496,7 +494,7 @@ def test_img_size_build_resamples_loaded_weights_with_the_policy(tmp_path, name)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     loaded = BACKBONES.get(name)(None, weights=str(tmp_path / "w.safetensors"), reduced=reduced)
     resized = BACKBONES.get(name)(None, weights=str(tmp_path / "w.safetensors"), reduced=reduced, img_size=448)
-    assert resized.info.native_resolution == (448, 448) and resized.info.pos_resample == loaded.info.pos_resample
+    assert resized.native_resolution == (448, 448) and resized.pos_resample == loaded.pos_resample
     images = _images((448, 448))
     with torch.no_grad():
         want = loaded.forward_tokens(images)[0].patches

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from fixtures_probe import single_thread  # noqa: F401
@@ -140,7 +142,7 @@ def test_reading_unwritten_rows_fails_and_temporary_cache_cleans_up(ctx):
 
 def test_open_cache_is_temporary_without_a_weights_hash(ctx):
     backbone = build_tiny_vit(seed=0)
-    backbone.info.weights_sha256 = None
+    backbone.identity = dataclasses.replace(backbone.identity, weights_sha256=None)
     cache, kind = feats.open_cache(ctx, DenseModel(backbone, "raw"))
     assert not cache.persistent and "sha256" in kind
     cache.close()

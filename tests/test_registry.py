@@ -139,8 +139,8 @@ def test_builtins_load_once_on_first_lookup_and_before_additions():
 
 
 def test_project_factories_are_checked_by_their_registry(monkeypatch):
+    from phreg_bench.backbones.build import build_backbone
     from phreg_bench.registries import BACKBONES, METHODS, TASKS
-    from phreg_bench.runner import build_backbone
 
     monkeypatch.setitem(BACKBONES._entries, "not-a-vit", Entry("not-a-vit", lambda argument=None, **kw: object()))
     with pytest.raises(RegistryTypeError, match="backbone 'not-a-vit': its factory .* returned a object, not a Backb"):

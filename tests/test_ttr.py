@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from phreg_bench.runner import build_backbone
+from phreg_bench.backbones.build import build_backbone
 from phreg_bench.synthetic.planted import build_planted_vit, firing_maps, register_neuron_indices
 from phreg_bench.synthetic.scenes import render
 from phreg_core.diagnostics import outlier_rate
@@ -222,7 +222,7 @@ def planted():
 def test_planted_neurons_are_units_of_the_mlp_activation(planted):
     teacher, _, images, _ = planted
     truth = register_neuron_indices(teacher.vision.model)
-    assert teacher.info.extra["register_neurons"] == {str(k): v for k, v in truth.items()}
+    assert teacher.describe()["extra"]["register_neurons"] == {str(k): v for k, v in truth.items()}
     (layer, units), = truth.items()
     seen = {}
     site, width = mlp_activation(teacher.vision.blocks[layer])

@@ -64,7 +64,7 @@ def test_text_heatmap_for_text_backbones():
     model = build_raw(backbone).eval()
     image = backbone.normalize(torch.rand(1, 3, 32, 32))
     panel = model_panel("tiny-clip", model, image, query="a red disc")
-    assert panel.patches.shape == (backbone.info.embed_dim, 4, 4)
+    assert panel.patches.shape == (backbone.embed_dim, 4, 4)
     assert panel.heatmap is not None and panel.heatmap.shape == (4, 4)
     assert panel.heatmap.abs().max() <= 1.0 + 1e-5  # a cosine similarity
     assert model_panel("x", model, image).heatmap is None

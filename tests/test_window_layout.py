@@ -82,7 +82,7 @@ def test_ovseg_settings_with_stride_above_crop_are_refused_before_any_logits():
 def test_an_accepted_layout_never_yields_nan_logits():
     backbone = tiny_clip_backbone()
     model = METHODS.get("raw")(backbone)
-    text = F.normalize(torch.randn(3, backbone.info.output_dim), dim=-1)
+    text = F.normalize(torch.randn(3, backbone.output_dim), dim=-1)
     queries = ClassQueries(text, torch.arange(3), list("abc"), 3)
     image = np.random.default_rng(0).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
     logits = OVSegPredictor(model, queries, HarnessSettings(resize=0, crop=24, stride=24, logit_scale=40)) \

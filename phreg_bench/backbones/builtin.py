@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_core.adapters import TimmViTAdapter
 from phreg_core.errors import ConfigError
@@ -14,8 +14,9 @@ from phreg_core.pos_embed import get_policy
 BUILTIN_POLICY = "bicubic"
 
 
-def build_tiny_vit(argument: str | None = None, *, weights: str | None = None, random_init: bool = True,
-                   seed: int = 0, img_size: int = 64, pos_resample: str | None = None, **options) -> Backbone:
+def build_tiny_vit(argument: str | None = None, *, name: str = "tiny-vit", weights: str | None = None,
+                   random_init: bool = True, seed: int = 0, img_size: int = 64, pos_resample: str | None = None,
+                   **options) -> Backbone:
     """A timm ``VisionTransformer`` (patch 8, width 64, depth 4, 4 heads) with weights drawn from ``seed``.
 
     ``pos_resample``: the positional-embedding resampling policy (default ``"bicubic"``, see
@@ -37,11 +38,6 @@ def build_tiny_vit(argument: str | None = None, *, weights: str | None = None, r
         load_into(model, weights)
         weights_id = weights
     model.eval()
-    vision = TimmViTAdapter(model, policy)
-    info = BackboneInfo(
-        name="tiny-vit", family="builtin", architecture="vit(p8,w64,d4,h4)", weights_id=weights_id,
-        weights_sha256=state_dict_sha256(model), patch_size=8, embed_dim=64, output_dim=64, depth=4,
-        num_heads=4, num_registers=0, has_text=False, native_resolution=(img_size, img_size),
-        mean=vision.mean, std=vision.std,
-    )
-    return Backbone(vision, info)
+    identity = BackboneIdentity(name=name, family="builtin", architecture="vit(p8,w64,d4,h4)",
+                                weights_id=weights_id, weights_sha256=state_dict_sha256(model))
+    return Backbone(TimmViTAdapter(model, policy), identity)

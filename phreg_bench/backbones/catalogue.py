@@ -48,8 +48,9 @@ _OPEN_CLIP = "phreg_bench.backbones.open_clip_backbones:build"
 class CatalogueFactory:
     """A named entry: calls its family's factory with a fixed argument, importing it only when used.
 
-    Hub weights are looked up before the family's library is imported, so an offline machine gets the
-    "what to download" error in well under a second instead of after importing timm / open_clip.
+    Hub weights are fetched before the family's library is imported, so an offline machine gets the
+    "what to download" error in well under a second instead of after importing timm / open_clip; the
+    fetched file is handed to the family factory (``fetched=``), which does not look it up again.
     """
 
     target: str  # "module:function" of the family factory
@@ -59,7 +60,9 @@ class CatalogueFactory:
     hub_files: tuple[str, ...] = ()
     pos_resample: str | None = None  # the entry's default policy (phreg_core.pos_embed); None: the family's
 
-    def __call__(self, argument: str | None = None, **options: Any):
+    def __call__(self, argument: str | None = None, *, name: str | None = None, **options: Any) -> Backbone:
+        """The entry's backbone, named ``name`` (default: the entry's name); ``options`` go to the family
+        factory."""
         if argument:
             raise ConfigError(f"backbone {self.name!r} takes no argument (got {argument!r})")
         policy = options.get("pos_resample") or self.pos_resample
@@ -67,10 +70,11 @@ class CatalogueFactory:
             options["pos_resample"] = get_policy(policy).name  # an unknown name fails before any download
         if self.hub_repo and not options.get("weights") and not options.get("random_init"):
             from phreg_bench.backbones.hub import fetch
+            from phreg_bench.backbones.weights import WeightsSource
 
-            fetch(self.hub_repo, self.hub_files, what=f"weights for backbone {self.name!r}")
-        options.setdefault("name", self.name)
-        return import_target(self.target)(self.argument, **options)
+            path = fetch(self.hub_repo, self.hub_files, what=f"weights for backbone {self.name!r}")
+            options["fetched"] = WeightsSource.from_hub(self.hub_repo, path)
+        return import_target(self.target)(self.argument, name=name or self.name, **options)
 
 
 def _add(name: str, target: str, argument: str, *, aliases: tuple[str, ...] = (), **metadata: Any) -> None:
@@ -194,7 +198,3 @@ BACKBONES.add("planted-vit", "phreg_bench.synthetic.planted:build_planted_vit", 
 BACKBONES.add("planted-vit-twin", "phreg_bench.synthetic.planted:build_planted_twin", family="builtin",
               summary="planted-vit with the artifact mechanism off (same weights): the artifact-free reference",
               patch_size=4, width=64, depth=5, heads=4, resolution=40, text=False, registers=0, pos_resample=BUILTIN)
-
-# -- PH-Reg students: `phreg:<base>` loads a base backbone plus a distilled adapter (--adapter PATH) ---------
-BACKBONES.add("phreg:", "phreg_bench.backbones.phreg:build",
-              summary="the base of a PH-Reg student, named phreg:<base>; use with --adapter PATH")

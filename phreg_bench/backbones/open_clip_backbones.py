@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo, merge_reduced
+from phreg_bench.backbones.base import Backbone, BackboneIdentity, merge_reduced
 from phreg_bench.backbones.hub import (
     OPEN_CLIP_FILES,
     HubUnavailableError,
@@ -39,7 +39,13 @@ from phreg_bench.backbones.hub import (
     unreachable_reason,
 )
 from phreg_bench.backbones.open_clip_text import OpenClipTextTower
-from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
+from phreg_bench.backbones.weights import (
+    WeightsError,
+    WeightsSource,
+    check_weights_options,
+    read_state_dict,
+    resolve_weights,
+)
 from phreg_core.adapters import LIBRARY_POLICY, OpenClipViTAdapter
 from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.pos_embed import get_policy, resample_table
@@ -105,17 +111,15 @@ def _fetch_url(url: str, label: str) -> Path:
     return Path(download_pretrained_from_url(url))
 
 
-def tag_weights(pretrained_cfg: dict[str, Any], label: str) -> tuple[Path, str, str | None]:
-    """``(file, weights_id, hub_repo)`` for an open_clip pretrained tag, preferring the hub like open_clip."""
+def tag_weights(pretrained_cfg: dict[str, Any], label: str) -> WeightsSource:
+    """The weights of an open_clip pretrained tag, fetched, preferring the hub like open_clip."""
     hub = pretrained_cfg.get("hf_hub", "")
     if hub:
         repo, filename = os.path.split(hub)  # open_clip: "org/repo/" means its default file name
         candidates = (*_safe_alternatives(filename), filename) if filename else OPEN_CLIP_FILES
-        path = fetch(repo, candidates, what=f"weights for open_clip model {label!r}")
-        return path, f"hf-hub:{repo}/{path.name}", repo
+        return WeightsSource.from_hub(repo, fetch(repo, candidates, what=f"weights for open_clip model {label!r}"))
     if pretrained_cfg.get("url"):
-        path = _fetch_url(pretrained_cfg["url"], label)
-        return path, pretrained_cfg["url"], None
+        return WeightsSource(_fetch_url(pretrained_cfg["url"], label), pretrained_cfg["url"])
     raise WeightsError(f"open_clip model {label!r} names no weights location; pass --weights PATH")
 
 
@@ -186,31 +190,28 @@ def _create(create_name: str, *, seed: int, quick_gelu: bool, preprocess: dict[s
     return model.eval()
 
 
-def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, weights_id: str, sha: str,
+def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, source: WeightsSource,
             extra: dict[str, Any], pos_resample: str) -> Backbone:
-    vision = OpenClipViTAdapter(model.visual, pos_resample)
-    preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
-    vision.interpolation = preprocess.get("interpolation", vision.interpolation)
+    """The named backbone of a loaded open_clip model: image tower adapter, text tower, identity."""
+    sha = source.sha256(model)
     text = OpenClipTextTower(model, tokenizer, identity=f"open_clip:{architecture}@{sha[:16]}")
     extra = {**extra, "logit_scale": float(model.logit_scale.detach().exp()),
              "context_length": int(getattr(model, "context_length", 0) or 0) or None,
              "text_pool": text.pool_type, "text_truncation": text.can_truncate}
-    size = model.visual.image_size
-    info = BackboneInfo(
-        name=name, family="open_clip", architecture=architecture, weights_id=weights_id, weights_sha256=sha,
-        patch_size=vision.patch_size, embed_dim=vision.embed_dim, output_dim=vision.output_dim, depth=vision.depth,
-        num_heads=vision.num_heads, num_registers=0, has_text=True,
-        native_resolution=(size, size) if isinstance(size, int) else (int(size[0]), int(size[1])),
-        mean=tuple(float(v) for v in vision.mean), std=tuple(float(v) for v in vision.std),
-        interpolation=vision.interpolation, extra={k: v for k, v in extra.items() if v is not None},
-    )
-    return Backbone(vision.eval(), info, text.eval())
+    identity = BackboneIdentity(name=name, family="open_clip", architecture=architecture,
+                                weights_id=source.weights_id, weights_sha256=sha,
+                                extra={k: v for k, v in extra.items() if v is not None})
+    return Backbone(OpenClipViTAdapter(model.visual, pos_resample).eval(), identity, text.eval())
 
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
           reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
-          quick_gelu: bool | None = None, pos_resample: str | None = None) -> Backbone:
-    """A :class:`Backbone` for ``"<arch>/<pretrained tag>"`` (or ``"<arch>"`` with --weights/--random-init).
+          quick_gelu: bool | None = None, pos_resample: str | None = None,
+          fetched: WeightsSource | None = None) -> Backbone:
+    """A :class:`Backbone` for ``"<arch>/<pretrained tag>"`` (or ``"<arch>"`` with --weights/--random-init),
+    named ``name`` (default ``open_clip:<argument>``).
+
+    ``fetched``: the tag's hub weights, already fetched by a catalogue entry (not looked up again).
 
     ``quick_gelu`` defaults to the tag's setting (OpenAI, DFN and MetaCLIP weights were trained with
     QuickGELU). An untagged ``<arch>`` uses the architecture's own activation (QuickGELU only for the
@@ -227,8 +228,7 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     if argument.startswith("hf-hub:"):
         return build_hub(argument[len("hf-hub:"):], weights=weights, random_init=random_init, seed=seed,
                          reduced=reduced, img_size=img_size, name=name, pos_resample=policy.name)
-    if random_init and weights:
-        raise ConfigError("--random-init and --weights exclude each other")
+    check_weights_options(weights, random_init)  # before the tag checks below
     arch, _, tag = argument.partition("/")
     model_cfg = open_clip.get_model_config(arch)
     if model_cfg is None:
@@ -246,23 +246,17 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
     elif tag and quick_gelu != bool(pretrained_cfg.get("quick_gelu", False)):
         raise ConfigError(f"quick_gelu={quick_gelu} contradicts the pretrained tag {tag!r} of {arch!r}")
 
-    hub_repo, weights_file, weights_id = None, None, f"random-init(seed={seed})"
-    if weights:
-        weights_file = Path(weights).expanduser().resolve()
-        weights_id = str(weights_file)
-    elif not random_init:
-        weights_file, weights_id, hub_repo = tag_weights(pretrained_cfg, argument)
-
+    source = resolve_weights(weights, random_init=random_init, seed=seed,
+                             hub=lambda: fetched or tag_weights(pretrained_cfg, argument))
     preprocess = {k: pretrained_cfg[k] for k in PREPROCESS_KEYS if k in pretrained_cfg}
     model = _create(arch, seed=seed, quick_gelu=quick_gelu, preprocess=preprocess,
                     overrides=_reduce(model_cfg, small) if small else {}, img_size=img_size)
-    if weights_file is not None:
-        load_state_dict(model, read_state_dict(weights_file), str(weights_file), policy.name)
-    sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
+    if source.file is not None:
+        load_state_dict(model, read_state_dict(source.file), str(source.file), policy.name)
     architecture = arch + (f" [reduced {small}]" if small else "")
     return _finish(model, tokenizer_for(arch), name=name or f"open_clip:{argument}",
-                   architecture=architecture, weights_id=weights_id, sha=sha,
-                   extra={"pretrained_tag": tag or None, "hub_repo": hub_repo,
+                   architecture=architecture, source=source,
+                   extra={"pretrained_tag": tag or None, "hub_repo": source.hub_repo,
                           "quick_gelu": quick_gelu or bool(model_cfg.get("quick_gelu", False)),
                           "reduced": small}, pos_resample=policy.name)
 
@@ -270,39 +264,33 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
 def build_hub(repo: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
               reduced: bool | dict[str, int] | None = None, img_size: int | None = None, name: str | None = None,
               pos_resample: str | None = None) -> Backbone:
-    """A :class:`Backbone` for an open_clip model on the Hugging Face hub (``org/repo``)."""
+    """A :class:`Backbone` for an open_clip model on the Hugging Face hub (``org/repo``), named ``name``
+    (default ``hf-hub:<repo>``)."""
     if not repo:
         raise ConfigError("hf-hub backbones need a repo id, e.g. hf-hub:apple/DFN2B-CLIP-ViT-B-16")
     policy = get_policy(pos_resample or LIBRARY_POLICY)
-    if random_init and weights:
-        raise ConfigError("--random-init and --weights exclude each other")
+    check_weights_options(weights, random_init)  # before the config download
     config_path = fetch(repo, (HUB_CONFIG,), what=f"the open_clip config of {repo!r}")
     model_cfg = json.loads(config_path.read_text())["model_cfg"]
     label = f"hf-hub:{repo}"
     check_supported(model_cfg, label)
     small = reduced_config(reduced)
-    weights_file, weights_id = None, f"random-init(seed={seed})"
-    if weights:
-        weights_file = Path(weights).expanduser().resolve()
-        weights_id = str(weights_file)
-    elif not random_init:
-        weights_file = fetch(repo, OPEN_CLIP_FILES, what=f"weights for {label!r}")
-        weights_id = f"hf-hub:{repo}/{weights_file.name}"
+    source = resolve_weights(weights, random_init=random_init, seed=seed, hub=lambda: WeightsSource.from_hub(
+        repo, fetch(repo, OPEN_CLIP_FILES, what=f"weights for {label!r}")))
     local = f"local-dir:{config_path.parent}"
     model = _create(local, seed=seed, quick_gelu=False, preprocess={},
                     overrides=_reduce(model_cfg, small) if small else {}, img_size=img_size)
-    if weights_file is not None:
-        load_state_dict(model, read_state_dict(weights_file), str(weights_file), policy.name)
-    sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
+    if source.file is not None:
+        load_state_dict(model, read_state_dict(source.file), str(source.file), policy.name)
     architecture = label + (f" [reduced {small}]" if small else "")
-    return _finish(model, tokenizer_for(local), name=name or label, architecture=architecture,
-                   weights_id=weights_id, sha=sha,
+    return _finish(model, tokenizer_for(local), name=name or label, architecture=architecture, source=source,
                    extra={"hub_repo": repo, "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
                           "reduced": small}, pos_resample=policy.name)
 
 
-def build_hf_hub(argument: str | None, **options: Any) -> Backbone:
-    """The ``hf-hub:`` prefix: an open_clip repo (``open_clip_config.json``), else a timm repo (``config.json``)."""
+def build_hf_hub(argument: str | None, *, name: str | None = None, **options: Any) -> Backbone:
+    """The ``hf-hub:`` prefix: an open_clip repo (``open_clip_config.json``), else a timm repo (``config.json``);
+    named ``name`` (default ``hf-hub:<argument>``)."""
     from phreg_bench.backbones import timm_backbones
 
     if not argument:
@@ -310,12 +298,11 @@ def build_hf_hub(argument: str | None, **options: Any) -> Backbone:
     is_timm = cached_file(argument, ("config.json",)) is not None and cached_file(argument, (HUB_CONFIG,)) is None
     if not is_timm:
         try:
-            return build_hub(argument, **options)
+            return build_hub(argument, name=name, **options)
         except HubUnavailableError as error:
             if "has none of the files" not in str(error):
                 raise
-    options.setdefault("name", f"hf-hub:{argument}")
-    return timm_backbones.build(f"hf-hub:{argument}", **options)
+    return timm_backbones.build(f"hf-hub:{argument}", name=name or f"hf-hub:{argument}", **options)
 
 
 __all__ = ["build", "build_hub", "build_hf_hub", "load_state_dict"]

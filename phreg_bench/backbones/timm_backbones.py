@@ -1,9 +1,10 @@
 """Backbones from timm ``VisionTransformer`` models (DINOv2 with/without registers, DeiT, DeiT-III, AugReg...).
 
-``build("vit_base_patch14_dinov2.lvd142m")`` creates the timm architecture and loads, in this order of
-precedence, ``--random-init`` seeded weights (no network), a local ``--weights`` file, or the hub weights
-named by the model's pretrained config (``timm/<model>.<tag>``). Weights go through timm's own
-``load_pretrained`` with the ViT checkpoint filter, so original DINOv2 / DeiT checkpoints convert as in timm.
+``build("vit_base_patch14_dinov2.lvd142m")`` creates the timm architecture and loads a local ``--weights``
+file, ``--random-init`` seeded weights (no network), or else the hub weights named by the model's pretrained
+config (``timm/<model>.<tag>``), see :func:`~phreg_bench.backbones.weights.resolve_weights`. Weights go
+through timm's own ``load_pretrained`` with the ViT checkpoint filter, so original DINOv2 / DeiT checkpoints
+convert as in timm.
 
 ``reduced=True`` (or a dict of ``depth``/``width``/``heads``/``grid``) builds the same code path at a tiny
 size, for tests and CPU smoke runs.
@@ -17,15 +18,14 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo, merge_reduced
+from phreg_bench.backbones.base import Backbone, BackboneIdentity, merge_reduced
 from phreg_bench.backbones.hub import TIMM_FILES, fetch
 from phreg_bench.backbones.hub import cache_dir as hub_cache_dir
-from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict, state_dict_sha256
+from phreg_bench.backbones.weights import WeightsError, WeightsSource, read_state_dict, resolve_weights
 from phreg_core.adapters import LIBRARY_POLICY, TimmViTAdapter
 from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.pos_embed import get_policy, resample_table
@@ -140,13 +140,26 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
                            f"{cfg.get('architecture', type(model).__name__)}: {error}") from error
 
 
+def _hub_weights(argument: str, small: dict[str, int] | None, model_kwargs: dict[str, Any]) -> WeightsSource:
+    """The hub weights named by the model's pretrained config, fetched; the architecture is checked on a
+    meta-device probe first, so an unsupported model fails before any download or allocation."""
+    with torch.device("meta"):
+        probe = create_model(argument, reduced=small, **model_kwargs)
+    check_supported(probe, argument)
+    repo, candidates = hub_source(probe, argument)
+    return WeightsSource.from_hub(repo, fetch(repo, candidates, what=f"weights for timm model {argument!r}"))
+
+
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,
           reduced: bool | dict[str, int] | None = None, img_size: int | tuple[int, int] | None = None,
-          name: str | None = None, pos_resample: str | None = None, **model_kwargs: Any) -> Backbone:
-    """A :class:`Backbone` for the timm model ``argument`` (``model_name`` or ``model_name.tag``).
+          name: str | None = None, pos_resample: str | None = None, fetched: WeightsSource | None = None,
+          **model_kwargs: Any) -> Backbone:
+    """A :class:`Backbone` for the timm model ``argument`` (``model_name`` or ``model_name.tag``), named
+    ``name`` (default ``timm:<argument>``).
 
     ``pos_resample`` names the positional-embedding resampling policy (:mod:`phreg_core.pos_embed`;
     default timm's own, ``"bicubic-antialias"``); an unknown name raises before any model is built.
+    ``fetched``: hub weights a catalogue entry already fetched (used instead of looking them up again).
 
     ``img_size`` changes the native resolution (the loaded positional embedding is resampled once, with the
     ``pos_resample`` policy); it is not needed for other input sizes, which are resampled from the native
@@ -157,45 +170,26 @@ def build(argument: str | None, *, weights: str | None = None, random_init: bool
         raise ConfigError("timm backbones need a model name, e.g. timm:vit_base_patch14_dinov2.lvd142m")
     policy = get_policy(pos_resample or LIBRARY_POLICY)
     small = reduced_config(reduced)
-    if random_init and weights:
-        raise ConfigError("--random-init and --weights exclude each other")
-    weights_file: Path | None = None
-    weights_id = f"random-init(seed={seed})"
-    hub_repo = None
-    if weights:
-        weights_file = Path(weights).expanduser().resolve()
-        weights_id = str(weights_file)
-    elif not random_init:
-        with torch.device("meta"):  # find the hub source before allocating real weights
-            probe = create_model(argument, reduced=small, **model_kwargs)
-        check_supported(probe, argument)
-        hub_repo, candidates = hub_source(probe, argument)
-        weights_file = fetch(hub_repo, candidates, what=f"weights for timm model {argument!r}")
-        weights_id = f"hf-hub:{hub_repo}/{weights_file.name}"
-
+    source = resolve_weights(weights, random_init=random_init, seed=seed,
+                             hub=lambda: fetched or _hub_weights(argument, small, model_kwargs))
     model = create_model(argument, seed=seed, reduced=small, **model_kwargs)
     check_supported(model, argument)
-    if weights_file is not None:
-        load_weights(model, read_state_dict(weights_file), str(weights_file), policy.name)
+    if source.file is not None:
+        load_weights(model, read_state_dict(source.file), str(source.file), policy.name)
     if img_size is not None:
         set_native_size(model, img_size, policy.name)
-    sha = file_sha256(weights_file) if weights_file is not None else state_dict_sha256(model)
-    return wrap(model, name=name or f"timm:{argument}", architecture=argument, weights_id=weights_id,
-                weights_sha256=sha, extra={"hub_repo": hub_repo, "reduced": small, "timm_model": argument},
+    return wrap(model, name=name or f"timm:{argument}", architecture=argument, weights_id=source.weights_id,
+                weights_sha256=source.sha256(model),
+                extra={"hub_repo": source.hub_repo, "reduced": small, "timm_model": argument},
                 pos_resample=policy.name)
 
 
 def wrap(model: torch.nn.Module, *, name: str, architecture: str, weights_id: str, weights_sha256: str,
          extra: dict[str, Any] | None = None, pos_resample: str = LIBRARY_POLICY) -> Backbone:
-    """Wrap a timm ``VisionTransformer`` and describe it (``pos_resample``: see :func:`build`)."""
-    vision = TimmViTAdapter(model, pos_resample)
-    arch = architecture if not (extra or {}).get("reduced") else f"{architecture} [reduced {extra['reduced']}]"
-    info = BackboneInfo(
-        name=name, family="timm", architecture=arch, weights_id=weights_id, weights_sha256=weights_sha256,
-        patch_size=vision.patch_size, embed_dim=vision.embed_dim, output_dim=vision.output_dim,
-        depth=vision.depth, num_heads=vision.num_heads, num_registers=vision.num_builtin_registers,
-        has_text=False, native_resolution=_pair(model.patch_embed.img_size),
-        mean=tuple(vision.mean), std=tuple(vision.std), interpolation=vision.interpolation,
-        extra={k: v for k, v in (extra or {}).items() if v is not None},
-    )
-    return Backbone(vision.eval(), info)
+    """Wrap a timm ``VisionTransformer`` and name it (``pos_resample``: see :func:`build`); ``None`` values of
+    ``extra`` are left out."""
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    arch = architecture if not extra.get("reduced") else f"{architecture} [reduced {extra['reduced']}]"
+    identity = BackboneIdentity(name=name, family="timm", architecture=arch, weights_id=weights_id,
+                                weights_sha256=weights_sha256, extra=extra)
+    return Backbone(TimmViTAdapter(model, pos_resample).eval(), identity)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ from phreg_bench.backbones.torchscript_archive import (
     is_torchscript_archive,
     read_torchscript_tensors,
 )
-from phreg_core.errors import MissingFileError, PhregError
+from phreg_core.errors import ConfigError, MissingFileError, PhregError
 from phreg_core.hashing import file_sha256 as file_sha256  # the one file fingerprint (re-exported here)
 
 NESTED_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")  # checkpoint wrappers
@@ -50,6 +52,46 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's weights come from: a file (local or fetched from the hub), or none (seeded init)."""
+
+    file: Path | None  # None: the model keeps its seeded random initialisation
+    weights_id: str  # recorded in results: the resolved path, "hf-hub:<repo>/<file>", a URL, "random-init(seed=N)"
+    hub_repo: str | None = None  # the Hugging Face repo the file came from
+
+    @classmethod
+    def from_hub(cls, repo: str, file: Path) -> WeightsSource:
+        return cls(file, f"hf-hub:{repo}/{file.name}", repo)
+
+    def sha256(self, model: torch.nn.Module) -> str:
+        """The file's sha256, or (random init) the sha256 of ``model``'s state dict."""
+        return file_sha256(self.file) if self.file is not None else state_dict_sha256(model)
+
+
+def check_weights_options(weights: str | None, random_init: bool) -> None:
+    """Raise :class:`ConfigError` when both ``weights`` and ``random_init`` are given (a factory may check this
+    before any download; :func:`resolve_weights` checks it too)."""
+    if random_init and weights:
+        raise ConfigError("--random-init and --weights exclude each other")
+
+
+def resolve_weights(weights: str | None, *, random_init: bool, seed: int,
+                    hub: Callable[[], WeightsSource]) -> WeightsSource:
+    """The weights a family factory loads: a local ``--weights`` file, ``--random-init`` seeded weights (no
+    network), else ``hub()`` (the family's default download, called only then).
+
+    Raises :class:`ConfigError` when both ``weights`` and ``random_init`` are given.
+    """
+    check_weights_options(weights, random_init)
+    if weights:
+        path = Path(weights).expanduser().resolve()
+        return WeightsSource(path, str(path))
+    if random_init:
+        return WeightsSource(None, f"random-init(seed={seed})")
+    return hub()
 
 
 def _unwrap(checkpoint: object, path: Path) -> dict[str, Tensor]:

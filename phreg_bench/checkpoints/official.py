@@ -277,7 +277,7 @@ def build_student(fmt: str, backbone: Backbone, registers: int, resolution: int)
     if fmt == "official-clip":
         if not isinstance(vision, OpenClipViTAdapter):
             raise ImportLayoutError(f"--format official-clip needs an open_clip CLIP backbone (the authors' student "
-                                    f"is OpenAI CLIP ViT-B/16); {backbone.info.name!r} is {type(vision).__name__}")
+                                    f"is OpenAI CLIP ViT-B/16); {backbone.name!r} is {type(vision).__name__}")
         layout = clip_layout(vision, registers, resolution)
         grid = resolution // vision.patch_size
         # 0raiser0/PH-Reg zero_shot/models/OpenaiMaskCLIP/clip_reg.py ModifiedImageEncoder: the stored 28×28
@@ -289,7 +289,7 @@ def build_student(fmt: str, backbone: Backbone, registers: int, resolution: int)
                 getattr(vision.model.blocks[0].mlp, "fc1", None) is None or \
                 not hasattr(vision.model.blocks[0].ls1, "gamma"):
             raise ImportLayoutError(f"--format official-dinov2 needs a timm DINOv2 ViT without registers (the authors' "
-                                    f"student is facebook/dinov2-base = dinov2-vit-b14); {backbone.info.name!r} is not")
+                                    f"student is facebook/dinov2-base = dinov2-vit-b14); {backbone.name!r} is not")
         layout = dinov2_layout(vision, registers)
         # the authors' DINOv2 student runs HF Dinov2Model (transformers 4.37.2, pinned by 0raiser0/PH-Reg), whose
         # interpolate_pos_encoding is the offset-0.1 bicubic call
@@ -306,18 +306,18 @@ def import_official(fmt: str, file: str | Path, backbone: Backbone, out_dir: str
     from phreg_core.adapter_io import save_adapter
 
     path = Path(file).expanduser()
-    info = backbone.info
-    if info.weights_sha256 is None:
-        raise BaseMismatchError(f"backbone {info.name!r} reports no weights sha256, so the adapter could not be "
+    sha = backbone.identity.weights_sha256
+    if sha is None:
+        raise BaseMismatchError(f"backbone {backbone.name!r} reports no weights sha256, so the adapter could not be "
                                 "tied to its base weights; use a catalogue backbone or --weights PATH")
     state = read_state_dict(path)
     student, layout = build_student(fmt, backbone, registers, resolution)
     hint = (f"--registers {registers}" + (f" and --resolution {resolution}" if fmt == "official-clip" else "")
-            + f" set the expected shapes; the base {info.name!r} sets the rest (width {info.embed_dim}, patch "
-            f"{info.patch_size}, {info.depth} blocks)")
+            + f" set the expected shapes; the base {backbone.name!r} sets the rest (width {backbone.embed_dim}, "
+            f"patch {backbone.patch_size}, {backbone.depth} blocks)")
     check_layout(state, layout, path, fmt, hint)
     converted = layout.convert(state)
-    trainable, checked = split_against_base(student, converted, path, info.name)
+    trainable, checked = split_against_base(student, converted, path, backbone.name)
     student.load_changed_state(trainable)
     student.eval()
     source = {"format": fmt, "file": path.name, "file_sha256": file_sha256(path), "reference": REFERENCES[fmt],
@@ -328,6 +328,6 @@ def import_official(fmt: str, file: str | Path, backbone: Backbone, out_dir: str
     teacher = ({"kind": "official", "last_block": "naclip", "gaussian_std": 5.0, "project": True}
                if fmt == "official-clip" else {"kind": "official", "last_block": None, "project": False})
     tensors_path, sidecar_path = save_adapter(
-        student, Path(out_dir) / "adapter.safetensors", base_name=info.name, base_weights_sha256=info.weights_sha256,
+        student, Path(out_dir) / "adapter.safetensors", base_name=backbone.name, base_weights_sha256=sha,
         config={"imported": True}, teacher=teacher, extra={"imported_from": source})
     return ImportResult(tensors_path, sidecar_path, student, source)

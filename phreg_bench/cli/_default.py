@@ -26,10 +26,11 @@ DEFAULT_TASKS = ["synthetic/segmentation"]
 
 def run_default(args: argparse.Namespace, device: torch.device) -> int:
     """The built-in default on ``device`` (resolved from ``--device`` by the caller); exit status 0 or 1."""
+    from phreg_bench.backbones.build import build_backbone
     from phreg_bench.cli._options import resolve_batch_size
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
-    from phreg_bench.runner import RunRequest, build_backbone, run
+    from phreg_bench.runner import RunRequest, run
     from phreg_bench.synthetic.pipeline import run_synthetic_proof
     from phreg_bench.tasks.base import RunContext
 
@@ -51,9 +52,9 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
         jobs = [(teacher, "raw", {}), (teacher, "tta", {}), (teacher, "phreg", {"adapter": adapter}),
                 (teacher, "ttr", {"neurons": summary["ttr_neurons"]}), (twin, "raw", {})]
         for backbone, method, options in jobs:
-            request = RunRequest(backbone=backbone.info.name, method=method, method_options=options,
+            request = RunRequest(backbone=backbone.name, method=method, method_options=options,
                                  tasks=DEFAULT_TASKS, results_dir=results_dir, overwrite=args.overwrite)
-            runs += [(backbone.info.name, method, r) for r in run(request, ctx, log=log, backbone=backbone)]
+            runs += [(backbone.name, method, r) for r in run(request, ctx, log=log, backbone=backbone)]
     written = build_all(results_dir, leaderboard_dir)
     failed = sum(r.status == "failed" for _, _, r in runs)
 

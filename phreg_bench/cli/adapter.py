@@ -53,9 +53,9 @@ def register(subparsers) -> None:
 
 
 def handle_import(args: argparse.Namespace) -> int:
+    from phreg_bench.backbones.build import build_backbone
     from phreg_bench.checkpoints.official import import_official
     from phreg_bench.cli._options import parse_assignments
-    from phreg_bench.registries import BACKBONES
 
     if not args.file.is_file():
         raise CliError(f"{args.file} does not exist; pass the authors' state dict file")
@@ -63,11 +63,11 @@ def handle_import(args: argparse.Namespace) -> int:
         raise CliError("--registers must be at least 1 (the authors' students have 16)")
     if (args.out / "adapter.safetensors").exists() and not args.overwrite:
         raise CliError(f"{args.out} already holds an adapter; pass --overwrite to replace it")
-    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init,
-                                            **parse_assignments(args.backbone_option, "--backbone-option"))
+    backbone = build_backbone(args.backbone, weights=args.weights, random_init=args.random_init,
+                              **parse_assignments(args.backbone_option, "--backbone-option"))
     result = import_official(args.format, args.file, backbone, args.out, registers=args.registers,
                              resolution=args.resolution)
-    console.print(f"imported {args.format} student {args.file.name} onto {backbone.info.name} "
+    console.print(f"imported {args.format} student {args.file.name} onto {backbone.name} "
                   f"({result.info['frozen_tensors_checked']} frozen tensors match the base weights): "
                   f"{result.adapter_path} + {result.sidecar_path.name}")
     console.print(f"run it: phreg-bench run --backbone {args.backbone} --adapter {result.adapter_path} --tasks ...")

@@ -131,19 +131,19 @@ def options_from(args: argparse.Namespace) -> RunOptions:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from phreg_bench.registries import BACKBONES
+    from phreg_bench.backbones.build import build_backbone
     from phreg_core.data import HFImageDataset, ImageFolderDataset
     from phreg_core.student import Student
     from phreg_core.teacher import default_teacher, is_clip_family
     from phreg_core.trainer import distill
 
     check_distill(args)
-    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init,
-                                            **with_pos_resample({}, args.pos_resample))
+    backbone = build_backbone(args.backbone, weights=args.weights, random_init=args.random_init,
+                              **with_pos_resample({}, args.pos_resample))
     vision = backbone.vision
     preset = args.recipe if args.recipe != "auto" else ("clip" if is_clip_family(vision) else "dinov2")
     resolution = _resolution(args.resolution, RECIPES[preset].resolution, vision.patch_size,
-                             backbone.info.native_resolution[0])
+                             backbone.native_resolution[0])
     recipe = recipe_from(args, preset, resolution)
     options = options_from(args)
     fixed = options.cache_targets is not None  # a cached target is valid for one crop
@@ -159,8 +159,8 @@ def handle(args: argparse.Namespace) -> int:
     student = Student(vision, args.registers, last_block=last_block, unlock=args.unlock, train_grid=grid,
                       seed=recipe.seed)
     teacher = default_teacher(vision)
-    result = distill(teacher, student, dataset, recipe, options, base_name=backbone.info.name,
-                     base_weights_sha256=backbone.info.weights_sha256)
+    result = distill(teacher, student, dataset, recipe, options, base_name=backbone.name,
+                     base_weights_sha256=backbone.identity.weights_sha256)
     say(f"distilled {result.steps} steps ({result.images_seen} images, {result.skipped_batches} batches skipped, "
         f"{result.corrupt_images} unreadable files); final loss {result.final_loss}")
     say("adapter: ", result.adapter_path)

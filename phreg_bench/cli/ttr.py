@@ -59,11 +59,11 @@ def register(subparsers) -> None:
 
 
 def handle_find(args: argparse.Namespace) -> int:
+    from phreg_bench.backbones.build import build_backbone
     from phreg_bench.cli import console
     from phreg_bench.cli._options import resolve_device
     from phreg_bench.methods.ttr import find_neurons, write_neurons
     from phreg_bench.progress import make_progress
-    from phreg_bench.registries import BACKBONES
     from phreg_core.data import list_images
 
     settings = FinderSettings(threshold=args.threshold, detect_layer=args.detect_layer,
@@ -71,7 +71,7 @@ def handle_find(args: argparse.Namespace) -> int:
                               sparsity_filter=args.sparsity_filter)
     list_images(args.data)  # a missing or empty folder fails here, before a model is built
     device = resolve_device(args.device)
-    backbone = BACKBONES.get(args.backbone)(weights=args.weights, random_init=args.random_init)
+    backbone = build_backbone(args.backbone, weights=args.weights, random_init=args.random_init)
     settings.check(backbone.vision.depth)
     backbone.to(device).eval()
     with make_progress(console=console, transient=True, disable=args.no_progress) as progress:

@@ -113,9 +113,9 @@ def parse_method(spec: str) -> tuple[str, dict, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from phreg_bench.backbones.build import build_backbone
     from phreg_bench.methods.options import validate_method_options
     from phreg_bench.registries import METHODS
-    from phreg_bench.runner import build_backbone
     from phreg_bench.viz import comparison_figure, model_panel, norm_histogram, require_matplotlib
 
     require_matplotlib()

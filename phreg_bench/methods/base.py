@@ -44,37 +44,37 @@ class DenseModel(nn.Module):
     @property
     def name(self) -> str:
         """The backbone's name (registry or pass-through name)."""
-        return self.backbone.info.name
+        return self.backbone.name
 
     @property
     def patch_size(self) -> int:
         """Pixels per patch side: inputs must be multiples of it; the grid is ``(H, W) / patch_size``."""
-        return self.backbone.info.patch_size
+        return self.backbone.patch_size
 
     @property
     def embed_dim(self) -> int:
         """Width ``C`` of unprojected tokens (``project=False``), what probe heads read."""
-        return self.backbone.info.embed_dim
+        return self.backbone.embed_dim
 
     @property
     def mean(self) -> tuple[float, float, float]:
         """Per-channel mean of :meth:`normalize` (images in [0, 1])."""
-        return self.backbone.info.mean
+        return self.backbone.mean
 
     @property
     def std(self) -> tuple[float, float, float]:
         """Per-channel standard deviation of :meth:`normalize`."""
-        return self.backbone.info.std
+        return self.backbone.std
 
     @property
     def native_resolution(self) -> tuple[int, int]:
         """The ``(H, W)`` in pixels the backbone was trained at."""
-        return self.backbone.info.native_resolution
+        return self.backbone.native_resolution
 
     @property
     def has_class_token(self) -> bool:
         """Whether ``prefix[:, 0]`` of every output is a CLS token."""
-        return self.backbone.vision.has_class_token
+        return self.backbone.has_class_token
 
     @property
     def has_text(self) -> bool:
@@ -90,20 +90,20 @@ class DenseModel(nn.Module):
     def feature_identity(self) -> dict[str, Any]:
         """What identifies the dense features (feature-cache keys): backbone name, architecture, weights bytes
         (or their id when no sha256 is known), positional-embedding policy, and :meth:`describe`."""
-        info = self.backbone.info
+        identity = self.backbone.identity
         return {
-            "backbone": info.name,
-            "architecture": info.architecture,
-            "weights_sha256": info.weights_sha256,
-            "weights_id": None if info.weights_sha256 else info.weights_id,
-            "pos_resample": info.pos_resample,  # phreg_core.pos_embed policy: changes features at other grids
+            "backbone": identity.name,
+            "architecture": identity.architecture,
+            "weights_sha256": identity.weights_sha256,
+            "weights_id": None if identity.weights_sha256 else identity.weights_id,
+            "pos_resample": self.backbone.pos_resample,  # phreg_core.pos_embed policy: changes features at other grids
             "method": self.describe(),
         }
 
     @property
     def weights_sha256(self) -> str | None:
         """sha256 of the backbone's weights, ``None`` when unknown (then features are not cached across runs)."""
-        return self.backbone.info.weights_sha256
+        return self.backbone.identity.weights_sha256
 
     def normalize(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W]`` images in [0, 1] -> normalised with :attr:`mean` / :attr:`std` (same shape and dtype)."""

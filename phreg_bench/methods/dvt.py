@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone
 from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict
 from phreg_bench.checkpoints.hub_spec import HubSpec, is_hub_spec
 from phreg_bench.methods.base import DenseModel
@@ -206,40 +206,43 @@ def _catalogue_geometry(base: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def _identities(info: BackboneInfo) -> set[str]:
-    names = {info.name, info.architecture.split(" [reduced")[0], str(info.extra.get("timm_model") or "")}
-    entry = _catalogue_geometry(info.name)
+def _identities(backbone: Backbone) -> set[str]:
+    identity = backbone.identity
+    names = {identity.name, identity.architecture.split(" [reduced")[0], str(identity.extra.get("timm_model") or "")}
+    entry = _catalogue_geometry(identity.name)
     if entry is not None:
         names |= {entry[0], str(entry[1].get("argument") or "")}
     return {name for name in names if name}
 
 
-def check_fit(denoiser: DVTDenoiser, base: str | None, info: BackboneInfo, source: str) -> None:
+def check_fit(denoiser: DVTDenoiser, base: str | None, backbone: Backbone, source: str) -> None:
     """Refuse a backbone whose width, patch size or feature layer differs from what the denoiser was trained on."""
     where = f"DVT denoiser {source!r}"
-    if denoiser.width != info.embed_dim:
-        raise DVTMismatchError(f"{where} has width {denoiser.width} but backbone {info.name!r} has width "
-                               f"{info.embed_dim}; use the denoiser trained for this backbone")
+    if denoiser.width != backbone.embed_dim:
+        raise DVTMismatchError(f"{where} has width {denoiser.width} but backbone {backbone.name!r} has width "
+                               f"{backbone.embed_dim}; use the denoiser trained for this backbone")
     if base is None:
         return
     known = _catalogue_geometry(base)
-    ours = (f"backbone {info.name!r} has patch {info.patch_size}, width {info.embed_dim}, {info.depth} blocks "
-            f"(features of block {info.depth - 1})")
+    ours = (f"backbone {backbone.name!r} has patch {backbone.patch_size}, width {backbone.embed_dim}, "
+            f"{backbone.depth} blocks (features of block {backbone.depth - 1})")
     if known is not None:
         meta = known[1]
         theirs = (f"{where} was trained on {base!r}: patch {meta['patch_size']}, width {meta['width']}, "
                   f"{meta['depth']} blocks (features of block {meta['depth'] - 1})")
-        if (meta["patch_size"], meta["width"], meta["depth"]) != (info.patch_size, info.embed_dim, info.depth):
+        if (meta["patch_size"], meta["width"], meta["depth"]) != (backbone.patch_size, backbone.embed_dim,
+                                                                  backbone.depth):
             raise DVTMismatchError(f"{theirs}, but {ours}")
     else:
         named = re.search(r"patch(\d+)", base)
-        if named and int(named.group(1)) != info.patch_size:
+        if named and int(named.group(1)) != backbone.patch_size:
             raise DVTMismatchError(f"{where} was trained on {base!r} (patch {named.group(1)}), but {ours}")
-    if base not in _identities(info) and (known is None or known[0] not in _identities(info)):
+    names = _identities(backbone)
+    if base not in names and (known is None or known[0] not in names):
         raise DVTMismatchError(
-            f"{where} was trained on {base!r}, but the backbone is {info.name!r} ({info.architecture}); a DVT "
-            f"denoiser learns one model's artifacts. Use the matching backbone, or pass -o base={info.name} "
-            "to apply it to this one anyway")
+            f"{where} was trained on {base!r}, but the backbone is {backbone.name!r} "
+            f"({backbone.identity.architecture}); a DVT denoiser learns one model's artifacts. Use the matching "
+            f"backbone, or pass -o base={backbone.name} to apply it to this one anyway")
 
 
 def base_from_name(path: Path) -> str | None:
@@ -259,7 +262,7 @@ class DVTModel(DenseModel):
     def __init__(self, backbone: Backbone, inner: DenseModel, denoiser: DenoiserFile, base: str | None):
         config = {"denoiser_sha256": denoiser.sha256, "base": base, "width": denoiser.module.width,
                   "grid": list(denoiser.module.grid) if denoiser.module.grid else None,
-                  "num_blocks": denoiser.module.num_blocks, "layer": backbone.info.depth - 1,
+                  "num_blocks": denoiser.module.num_blocks, "layer": backbone.depth - 1,
                   "inner": inner.describe()}
         super().__init__(backbone, "dvt", config)
         self.inner = inner
@@ -303,5 +306,5 @@ def build(backbone: Backbone, denoiser: str | None = None, base: str | None = No
         raise ConfigError("method 'dvt' cannot wrap itself; choose another inner method (raw, maskclip, ...)")
     loaded = load_denoiser_file(denoiser)
     base = base or base_from_name(loaded.path)  # a hub file keeps its name in the cache
-    check_fit(loaded.module, base, backbone.info, loaded.source)
+    check_fit(loaded.module, base, backbone, loaded.source)
     return DVTModel(backbone, METHODS.get(inner)(backbone, **inner_options), loaded, base)

@@ -2,7 +2,7 @@
 
 ``build(backbone, adapter=PATH)`` rebuilds the student on ``backbone.vision`` from the adapter's sidecar and
 loads its tensors. An adapter made for other base weights (sha256 in the sidecar vs
-``backbone.info.weights_sha256``) is refused. ``adapter="hf-hub:<user>/<repo>[/<folder>][@rev]"`` reads an
+``backbone.identity.weights_sha256``) is refused. ``adapter="hf-hub:<user>/<repo>[/<folder>][@rev]"`` reads an
 adapter shared on the Hugging Face hub (``phreg-bench adapter push``) through the local hub cache, with the
 same fast offline failure as backbone weights.
 """
@@ -65,6 +65,6 @@ def build(backbone: Backbone, adapter: str | Path) -> DenseModel:
         tensors_path = fetch_adapter(str(adapter))
     else:
         tensors_path, _ = adapter_paths(adapter)
-    student, sidecar = load_adapter(backbone.vision, tensors_path, weights_sha256=backbone.info.weights_sha256)
+    student, sidecar = load_adapter(backbone.vision, tensors_path, weights_sha256=backbone.identity.weights_sha256)
     student.to(next(backbone.vision.parameters()).device)
     return PHRegModel(backbone, student, sidecar)

@@ -62,9 +62,9 @@ class TTRModel(DenseModel):
 
 
 def backbone_identity(backbone: Backbone) -> dict[str, Any]:
-    info = backbone.info
-    return {"name": info.name, "architecture": info.architecture, "weights_id": info.weights_id,
-            "weights_sha256": info.weights_sha256}
+    identity = backbone.identity
+    return {"name": identity.name, "architecture": identity.architecture, "weights_id": identity.weights_id,
+            "weights_sha256": identity.weights_sha256}
 
 
 def load_neurons_file(path: str | Path, backbone: Backbone) -> tuple[dict[int, list[int]], dict[str, Any]]:
@@ -81,11 +81,11 @@ def load_neurons_file(path: str | Path, backbone: Backbone) -> tuple[dict[int, l
         raise RegisterNeuronsError(f"neurons file {path} is not valid JSON: {error}") from None
     neurons = parse_neurons(document, source=f"neurons file {path}")
     found_on = document.get("backbone", {}).get("weights_sha256") if isinstance(document, dict) else None
-    mine = backbone.info.weights_sha256
+    mine = backbone.identity.weights_sha256
     if found_on and mine and found_on != mine:
         raise RegisterNeuronsError(
             f"neurons file {path} was found on other weights (sha256 {found_on[:12]}…, backbone "
-            f"{document['backbone'].get('name')!r}) than {backbone.info.name!r} ({mine[:12]}…); run "
+            f"{document['backbone'].get('name')!r}) than {backbone.name!r} ({mine[:12]}…); run "
             "`phreg-bench ttr find` for this backbone")
     check_neurons(neurons, backbone.vision, source=f"neurons file {path}")
     return neurons, document
@@ -101,13 +101,13 @@ def image_batches(data: str | Path, backbone: Backbone, *, num_images: int, reso
     """
     from phreg_core.data import ImageFolderDataset
 
-    patch = backbone.info.patch_size
-    resolution = int(resolution or backbone.info.native_resolution[0])
+    patch = backbone.patch_size
+    resolution = int(resolution or backbone.native_resolution[0])
     if resolution % patch:
         raise RegisterNeuronsError(f"resolution {resolution} is not a multiple of the patch size {patch}")
     if num_images < 1 or batch_size < 1:
         raise RegisterNeuronsError(f"num_images and batch_size must be ≥ 1, got {num_images} and {batch_size}")
-    dataset = ImageFolderDataset(data, resolution, backbone.info.mean, backbone.info.std, seed=seed,
+    dataset = ImageFolderDataset(data, resolution, backbone.mean, backbone.std, seed=seed,
                                  fixed_crops=True)
     order = np.arange(len(dataset))
     if num_images < len(order):
@@ -155,7 +155,7 @@ def find_neurons(backbone: Backbone, data: str | Path, settings: FinderSettings 
     for images in track(batches, "scoring MLP neurons", total=total, progress=progress):
         scorer.update(images)
     run = {**settings.to_dict(), "num_images": num_images, "seed": seed, "data": str(data),
-           "resolution": resolution or backbone.info.native_resolution[0]}
+           "resolution": resolution or backbone.native_resolution[0]}
     return neurons_document(backbone, scorer, run)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from phreg_core.hashing import canonical_json as canonical_json  # the project's one canonical JSON
 
 BACKBONE_IDENTITY_KEYS = ("name", "architecture", "weights_sha256", "weights_id")
-BASE_NAME_KEY = "phreg_base"  # backbone.extra key: the backbone a pass-through ``phreg:<base>`` name stands for
+BASE_NAME_KEY = "phreg_base"  # backbone.extra key of records by the removed ``phreg:<base>`` prefix: their base
 
 
 def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
@@ -28,9 +28,9 @@ def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
 
 
 def base_backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
-    """The identity of the backbone a record's backbone *is*: ``phreg:<base>`` (:mod:`phreg_bench.backbones.phreg`)
-    runs the base's weights under another name and records the base in ``extra['phreg_base']``; its base
-    identity is the base's name with the same weights. Any other backbone is its own base.
+    """The identity of the backbone a record's backbone *is*: records written under the removed ``phreg:<base>``
+    backbone prefix ran the base's weights under another name and recorded the base in ``extra['phreg_base']``;
+    their base identity is the base's name with the same weights. Any other backbone is its own base.
     """
     identity = backbone_identity(backbone)
     base = (backbone.get("extra") or {}).get(BASE_NAME_KEY)

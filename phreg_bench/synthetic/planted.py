@@ -67,7 +67,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_core.errors import ConfigError
 
 __all__ = ["PlantedBlock", "PlantedMlp", "PlantedSpec", "RegisterNeurons", "build_planted_model",
@@ -383,9 +383,11 @@ def firing_maps(module: nn.Module) -> list[Tensor]:
             and sub.last_firing is not None]
 
 
-def build_planted_vit(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,
-                      artifacts: bool = True, pos_resample: str | None = None, **options) -> Backbone:
-    """Backbone factory for ``planted-vit`` (options: any :class:`PlantedSpec` field, e.g. ``seed=1``).
+def build_planted_vit(argument: str | None = None, *, name: str | None = None, weights: str | None = None,
+                      random_init: bool = False, artifacts: bool = True, pos_resample: str | None = None,
+                      **options) -> Backbone:
+    """Backbone factory for ``planted-vit`` (options: any :class:`PlantedSpec` field, e.g. ``seed=1``), named
+    ``name`` (default ``planted-vit``, or ``planted-vit-twin`` without ``artifacts``).
 
     The weights are constructed, not drawn, so ``random_init`` changes nothing; ``weights`` loads a
     safetensors state dict over them. ``pos_resample`` names the positional-embedding resampling policy
@@ -411,21 +413,16 @@ def build_planted_vit(argument: str | None = None, *, weights: str | None = None
 
         load_into(model, weights)
         weights_id = weights
-    vision = TimmViTAdapter(model, policy)
-    name = "planted-vit" if artifacts else "planted-vit-twin"
-    info = BackboneInfo(
-        name=name, family="builtin",
+    identity = BackboneIdentity(
+        name=name or ("planted-vit" if artifacts else "planted-vit-twin"), family="builtin",
         architecture=f"planted-vit(p{spec.patch_size},w{spec.embed_dim},d{spec.depth},h{spec.num_heads})",
-        weights_id=weights_id, weights_sha256=state_dict_sha256(model), patch_size=spec.patch_size,
-        embed_dim=spec.embed_dim, output_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
-        num_registers=0, has_text=False, native_resolution=(spec.img_size, spec.img_size),
-        mean=vision.mean, std=vision.std, extra={"artifacts": bool(artifacts), "planted": asdict(spec),
-                                                 "register_neurons": {str(layer): units for layer, units in
-                                                                      register_neuron_indices(model).items()}},
+        weights_id=weights_id, weights_sha256=state_dict_sha256(model),
+        extra={"artifacts": bool(artifacts), "planted": asdict(spec),
+               "register_neurons": {str(layer): units for layer, units in register_neuron_indices(model).items()}},
     )
-    return Backbone(vision, info)
+    return Backbone(TimmViTAdapter(model, policy), identity)
 
 
-def build_planted_twin(argument: str | None = None, **kwargs) -> Backbone:
+def build_planted_twin(argument: str | None = None, *, name: str | None = None, **kwargs) -> Backbone:
     """Backbone factory for ``planted-vit-twin``: the same weights with the register neurons off."""
-    return build_planted_vit(argument, artifacts=False, **kwargs)
+    return build_planted_vit(argument, name=name, artifacts=False, **kwargs)

@@ -133,7 +133,7 @@ def distill_variant(backbone, images: Tensor, *, registers: int, denoise: bool, 
             last = stop == config.steps
             result = distill(teacher, student, dataset, recipe,
                              replace(options, max_steps=stop, save_adapter=last and out_dir is not None),
-                             base_name=backbone.info.name, base_weights_sha256=backbone.info.weights_sha256)
+                             base_name=backbone.name, base_weights_sha256=backbone.identity.weights_sha256)
             seconds += result.seconds
             if task is not None:
                 loss = "-" if result.final_loss is None else f"loss {result.final_loss:.3f}"
@@ -221,7 +221,7 @@ def build_world(config: ProofConfig) -> World:
 
     teacher = build_planted_vit(**config.backbone_options)
     twin = build_planted_vit(artifacts=False, **config.backbone_options)
-    size = teacher.info.native_resolution[0]
+    size = teacher.native_resolution[0]
     scenes = {}
     for name, first, count in (("distill", DISTILL_START, config.num_distill), ("probe", PROBE_START, config.num_probe),
                                ("eval", EVAL_START, config.num_eval)):

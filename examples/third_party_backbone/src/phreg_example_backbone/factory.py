@@ -1,4 +1,4 @@
-"""The backbone factory phreg-bench calls: ``build(argument, *, weights, random_init, **options)``."""
+"""The backbone factory phreg-bench calls: ``build(argument, *, name, weights, random_init, **options)``."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ from pathlib import Path
 
 import torch
 
-from phreg_bench.backbones.base import Backbone, BackboneInfo
+from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_bench.backbones.weights import state_dict_sha256
 from phreg_example_backbone.adapter import ExampleViTAdapter
 from phreg_example_backbone.model import ExampleViT
 
 
-def build(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,
-          seed: int = 0, pos_resample: str | None = None, **options) -> Backbone:
+def build(argument: str | None = None, *, name: str = "example-vit", weights: str | None = None,
+          random_init: bool = False, seed: int = 0, pos_resample: str | None = None, **options) -> Backbone:
     """ExampleViT with seeded random weights, or weights from a local safetensors file.
+
+    ``name`` is the name phreg-bench was asked for (``example-vit`` through the entry point,
+    ``phreg_example_backbone.factory:build`` as a target); results are filed under it.
 
     ``options`` are ExampleViT's constructor arguments (``image_size``, ``patch``, ``dim``, ``depth``,
     ``heads``), e.g. ``--backbone-option depth=2``. ``pos_resample`` (``--pos-resample``) chooses another
@@ -29,12 +32,7 @@ def build(argument: str | None = None, *, weights: str | None = None, random_ini
 
         model.load_state_dict(load_file(weights))
         weights_id = str(Path(weights).resolve())
-    vision = ExampleViTAdapter(model, pos_resample or "bicubic")
-    size = model.grid * model.patch
-    info = BackboneInfo(
-        name="example-vit", family="custom", architecture=f"ExampleViT({options})", weights_id=weights_id,
-        weights_sha256=state_dict_sha256(model), patch_size=vision.patch_size, embed_dim=vision.embed_dim,
-        output_dim=vision.output_dim, depth=vision.depth, num_heads=vision.num_heads, num_registers=0,
-        has_text=False, native_resolution=(size, size), mean=vision.mean, std=vision.std,
-    )
-    return Backbone(vision, info)
+    # what the weights are; geometry and preprocessing are read from the adapter
+    identity = BackboneIdentity(name=name, family="custom", architecture=f"ExampleViT({options})",
+                                weights_id=weights_id, weights_sha256=state_dict_sha256(model))
+    return Backbone(ExampleViTAdapter(model, pos_resample or "bicubic"), identity)
