@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phreg_core.adapters import OpenClipViTAdapter, TimmViTAdapter
 from phreg_core.data import ImageFolderDataset
 from phreg_core.losses import distill_loss
 from phreg_core.recipe import DEFAULT_REGISTERS, Recipe, RunOptions
 from phreg_core.student import Student
 from phreg_core.targets import view_rng
 from phreg_core.teacher import default_teacher
+from phreg_core.towers import OpenClipTokenViT, TimmTokenViT
 from phreg_core.trainer import distill
 from phreg_core.tta import TTADenoiser, make_views, normalised_white, patch_teacher, plan_views
 
@@ -46,12 +46,12 @@ def build_base(family: str, resolution: int):
 
         visual = VisionTransformer(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_ratio=4.0,
                                    output_dim=512)
-        return OpenClipViTAdapter(visual.eval())
+        return OpenClipTokenViT(visual.eval())
     from timm.models.vision_transformer import VisionTransformer
 
     model = VisionTransformer(img_size=resolution, patch_size=16, embed_dim=768, depth=12, num_heads=12,
                               num_classes=0, dynamic_img_size=True)
-    return TimmViTAdapter(model.eval())
+    return TimmTokenViT(model.eval())
 
 
 def sync(device: torch.device) -> None:

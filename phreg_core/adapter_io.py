@@ -18,7 +18,7 @@ from phreg_core.atomic import write_atomic
 from phreg_core.errors import FileFormatError, MissingFileError, PhregError
 from phreg_core.hashing import file_sha256
 from phreg_core.student import LEGACY_POLICY, Student
-from phreg_core.vit import ViTAdapter
+from phreg_core.vit import TokenViT
 
 __all__ = ["ADAPTER_FORMAT", "AdapterMismatchError", "adapter_paths", "load_adapter",
            "read_sidecar", "save_adapter", "sidecar_policy"]
@@ -135,7 +135,7 @@ def sidecar_policy(sidecar: dict[str, Any]) -> str:
     return sidecar.get("student", {}).get("pos_resample") or LEGACY_POLICY
 
 
-def load_adapter(base: ViTAdapter, path: str | Path, *, weights_sha256: str | None) -> tuple[Student, dict]:
+def load_adapter(base: TokenViT, path: str | Path, *, weights_sha256: str | None) -> tuple[Student, dict]:
     """Rebuild the student on ``base`` and load the adapter; returns ``(student, sidecar)``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -39,7 +39,7 @@ from phreg_core.last_block import PRESETS, LastBlockConfig
 from phreg_core.pos_embed import PosResample, get_policy, resample_table
 from phreg_core.recipe import DEFAULT_REGISTERS
 from phreg_core.teacher import is_clip_family
-from phreg_core.vit import TokenOutput, ViTAdapter
+from phreg_core.vit import TokenOutput, TokenViT
 
 __all__ = ["Student", "UnlockSet", "embedding_paths"]
 
@@ -90,16 +90,16 @@ class UnlockSet:
         return asdict(self)
 
 
-def embedding_paths(adapter: ViTAdapter) -> tuple[str, str]:
-    """``(pos_embed_path, patch_embed_path)``: dotted paths, relative to ``adapter``, of its positional-embedding
-    parameter and its patch-embedding conv, from the attributes of those names every adapter class declares.
+def embedding_paths(vit: TokenViT) -> tuple[str, str]:
+    """``(pos_embed_path, patch_embed_path)``: dotted paths, relative to ``vit``, of its positional-embedding
+    parameter and its patch-embedding conv, from the attributes of those names every TokenViT class declares.
 
-    Raises :class:`UnsupportedModelError` for an adapter that does not declare them.
+    Raises :class:`UnsupportedModelError` for an vit that does not declare them.
     """
-    pos, patch = getattr(adapter, "pos_embed_path", None), getattr(adapter, "patch_embed_path", None)
+    pos, patch = getattr(vit, "pos_embed_path", None), getattr(vit, "patch_embed_path", None)
     if pos is None or patch is None:
-        raise UnsupportedModelError(f"{type(adapter).__name__} does not say where its positional and patch "
-                                    "embeddings are; set `pos_embed_path` and `patch_embed_path` on the adapter "
+        raise UnsupportedModelError(f"{type(vit).__name__} does not say where its positional and patch "
+                                    "embeddings are; set `pos_embed_path` and `patch_embed_path` on the TokenViT "
                                     "class")
     return pos, patch
 
@@ -127,7 +127,7 @@ def _share_frozen(base: nn.Module, copied_modules: list[nn.Module],
     ``copied_modules`` (the unlocked patch embedding and last blocks) are deep-copied and widened to
     float32, ``copied_parameters`` (the positional embedding) are cloned to float32; every module on the path
     from ``base`` to one of them is a shallow copy (its own child / parameter / buffer / hook dictionaries);
-    everything else is the base's own object. Aliased modules (an adapter's ``blocks`` is also
+    everything else is the base's own object. Aliased modules (a TokenViT's ``blocks`` is also
     ``model.blocks``) stay aliased. ``base`` itself is never modified.
     """
     module_ids = {id(m) for m in copied_modules}
@@ -181,7 +181,7 @@ class Student(nn.Module):
 
     def __init__(
         self,
-        base: ViTAdapter,
+        base: TokenViT,
         num_registers: int = DEFAULT_REGISTERS,
         *,
         placement: str | None = None,
@@ -226,7 +226,7 @@ class Student(nn.Module):
         self.initial_trainable = {name: p.detach().cpu().clone() for name, p in self.trainable_named_parameters()}
 
     # -- construction -------------------------------------------------------------------------------
-    def _vision_from(self, base: ViTAdapter, share_frozen: bool) -> ViTAdapter:
+    def _vision_from(self, base: TokenViT, share_frozen: bool) -> TokenViT:
         """The student's tower: the frozen parts shared with ``base``, the unlocked ones its own float32 copies.
 
         Only the unlocked modules (patch embedding, last blocks) and the positional embedding (unlocked, or
@@ -329,7 +329,7 @@ class Student(nn.Module):
     # -- forward ------------------------------------------------------------------------------------
     def forward_tokens(self, images: Tensor, layers: Sequence[int] = (-1,), *,
                        project: bool = False) -> list[TokenOutput]:
-        """The student's dense outputs, with the contract of :meth:`ViTAdapter.forward_tokens`.
+        """The student's dense outputs, with the contract of :meth:`TokenViT.forward_tokens`.
 
         Normalised ``[B, 3, H, W]`` (sides multiples of the patch size) -> one :class:`TokenOutput` per entry
         of ``layers``: ``patches`` ``[B, C, h, w]`` never include the new registers; ``prefix`` ``[B, P, C]``
@@ -364,7 +364,7 @@ class Student(nn.Module):
         return self.vision.pos_resample.name
 
     @classmethod
-    def from_spec(cls, base: ViTAdapter, spec: dict[str, Any]) -> Student:
+    def from_spec(cls, base: TokenViT, spec: dict[str, Any]) -> Student:
         """Rebuild on ``base``. The student resamples its position table with the policy in the spec, whatever
         the base's (a spec without ``pos_resample`` predates policies and was made with ``"bicubic"``)."""
         return cls(base, spec["num_registers"], placement=spec["placement"], last_block=spec["last_block"],

@@ -48,7 +48,7 @@ DEFAULT_VIEWS = 10  # N = counts = 10 (PH-Reg paper §3.1, code `--counts 10`)
 DEFAULT_SHIFT_FRAC = 0.15  # shift_frac = 0.15 (PH-Reg paper §3.1, code default)
 
 # normalised views [V, 3, H, W] -> one TokenOutput per layer (patches [V, C, h, w], prefix [V, P, C]): the
-# dense-feature contract of phreg_core.vit.ViTAdapter.forward_tokens with its layers bound
+# dense-feature contract of phreg_core.vit.TokenViT.forward_tokens with its layers bound
 Teacher = Callable[[Tensor], Sequence[TokenOutput]]
 
 

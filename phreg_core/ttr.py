@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from phreg_core.hashing import canonical_json
 from phreg_core.ttr_settings import FinderSettings, RegisterNeuronsError
-from phreg_core.vit import TokenOutput, ViTAdapter
+from phreg_core.vit import TokenOutput, TokenViT
 
 __all__ = [
     "DEFAULT_REGISTERS",
@@ -89,8 +89,8 @@ def mlp_activation(block: nn.Module) -> tuple[nn.Module, int]:
         f"c_proj; found {type(mlp).__name__}); gated MLPs such as SwiGLU are not supported by test-time registers")
 
 
-def _sites(adapter: ViTAdapter) -> list[tuple[nn.Module, int]]:
-    sites = [mlp_activation(block) for block in adapter.blocks]
+def _sites(vit: TokenViT) -> list[tuple[nn.Module, int]]:
+    sites = [mlp_activation(block) for block in vit.blocks]
     if len({id(module) for module, _ in sites}) != len(sites):
         raise RegisterNeuronsError("the blocks share one MLP activation module; hooks on it would fire in every block")
     return sites
@@ -150,9 +150,9 @@ def _index(value: Any) -> int | None:
     return None
 
 
-def check_neurons(neurons: Mapping[int, Sequence[int]], adapter: ViTAdapter, source: str = "neurons") -> None:
+def check_neurons(neurons: Mapping[int, Sequence[int]], vit: TokenViT, source: str = "neurons") -> None:
     """Refuse blocks or units the model does not have (before any work starts)."""
-    sites = _sites(adapter)
+    sites = _sites(vit)
     for layer, units in neurons.items():
         if not 0 <= layer < len(sites):
             raise RegisterNeuronsError(f"{source}: block {layer} does not exist; the model has blocks "
@@ -201,7 +201,7 @@ def _hook(module: nn.Module, inputs: Any, output: Tensor, *, units: Tensor, num_
 
 
 class TestTimeRegisters:
-    """The test-time-register intervention on a :class:`ViTAdapter` (see the module notes).
+    """The test-time-register intervention on a :class:`TokenViT` (see the module notes).
 
     ``neurons`` maps block index → register-neuron units of that block's MLP hidden layer. Hooks are
     attached only while :meth:`forward_tokens` runs, so the model stays unmodified for other users.
@@ -228,44 +228,44 @@ class TestTimeRegisters:
                 "neurons_sha256": neurons_sha256(self.neurons)}
 
     @contextmanager
-    def hooks(self, adapter: ViTAdapter) -> Iterator[None]:
-        """Attach the intervention to ``adapter``'s MLP activations for the duration of the block."""
-        check_neurons(self.neurons, adapter)
-        sites = _sites(adapter)
+    def hooks(self, vit: TokenViT) -> Iterator[None]:
+        """Attach the intervention to ``vit``'s MLP activations for the duration of the block."""
+        check_neurons(self.neurons, vit)
+        sites = _sites(vit)
         handles = []
         try:
             for layer, units in self.neurons.items():
                 hook = partial(_hook, units=torch.tensor(units, dtype=torch.long),
-                               num_prefix=adapter.num_prefix_tokens, registers=self.registers, rule=self.rule)
+                               num_prefix=vit.num_prefix_tokens, registers=self.registers, rule=self.rule)
                 handles.append(sites[layer][0].register_forward_hook(hook))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
-    def forward_tokens(self, adapter: ViTAdapter, images: Tensor, layers: Sequence[int] = (-1,),
+    def forward_tokens(self, vit: TokenViT, images: Tensor, layers: Sequence[int] = (-1,),
                        **kwargs: Any) -> list[TokenOutput]:
-        """:meth:`ViTAdapter.forward_tokens` with ``registers`` zero tokens appended and the neurons moved.
+        """:meth:`TokenViT.forward_tokens` with ``registers`` zero tokens appended and the neurons moved.
 
         The appended tokens come back in ``TokenOutput.prefix`` (after CLS), never in ``patches``.
         """
-        zeros = images.new_zeros(self.registers, adapter.embed_dim)
-        with self.hooks(adapter):
-            return adapter.forward_tokens(images, layers, registers=zeros, register_placement="append", **kwargs)
+        zeros = images.new_zeros(self.registers, vit.embed_dim)
+        with self.hooks(vit):
+            return vit.forward_tokens(images, layers, registers=zeros, register_placement="append", **kwargs)
 
 
 # -- finding the neurons ------------------------------------------------------------------------------
 class NeuronScorer:
-    """Scores every MLP hidden unit of ``adapter`` over batches of images (``update``), then ranks them.
+    """Scores every MLP hidden unit of ``vit`` over batches of images (``update``), then ranks them.
 
     Memory: one batch keeps every block's hidden activation (``B × N × H`` floats per block).
     """
 
-    def __init__(self, adapter: ViTAdapter, settings: FinderSettings = FinderSettings()):
-        settings.check(adapter.depth)
-        self.adapter, self.settings = adapter, settings
-        self.sites = _sites(adapter)
-        self.detect = settings.detect_layer % adapter.depth
+    def __init__(self, vit: TokenViT, settings: FinderSettings = FinderSettings()):
+        settings.check(vit.depth)
+        self.vit, self.settings = vit, settings
+        self.sites = _sites(vit)
+        self.detect = settings.detect_layer % vit.depth
         self.sums = [torch.zeros(width, dtype=torch.float64) for _, width in self.sites]
         self.images_seen = 0
         self.images_with_outliers = 0
@@ -281,10 +281,10 @@ class NeuronScorer:
             captured[layer] = output.detach()
 
         handles = [module.register_forward_hook(partial(keep, layer=i)) for i, (module, _) in enumerate(self.sites)]
-        handles.append(self.adapter.blocks[self.detect].register_forward_hook(
+        handles.append(self.vit.blocks[self.detect].register_forward_hook(
             lambda module, inputs, output: detected.setdefault("tokens", output.detach())))
         try:
-            self.adapter.forward_tokens(images, (-1,), final_norm=False)
+            self.vit.forward_tokens(images, (-1,), final_norm=False)
         finally:
             for handle in handles:
                 handle.remove()
@@ -326,11 +326,11 @@ class NeuronScorer:
         return [row for row in ranked if s.lowest_layer <= row[0] <= high][: s.top_k]
 
 
-def find_register_neurons(adapter: ViTAdapter, batches: Iterable[Tensor],
+def find_register_neurons(vit: TokenViT, batches: Iterable[Tensor],
                           settings: FinderSettings = FinderSettings()) -> tuple[list[tuple[int, int, float]],
                                                                                  NeuronScorer]:
     """Score every hidden unit over ``batches`` of normalised images; returns (selected, scorer)."""
-    scorer = NeuronScorer(adapter, settings)
+    scorer = NeuronScorer(vit, settings)
     for images in batches:
         scorer.update(images)
     return scorer.select(), scorer

@@ -1,7 +1,7 @@
 """One token-level view of any ViT: the seam that backbones, methods and the student share.
 
-A :class:`ViTAdapter` exposes a pre-trained ViT (timm, open_clip or third party) as a fixed sequence of
-steps — patch embedding with positional embeddings resampled to any grid (with the adapter's named
+A :class:`TokenViT` exposes a pre-trained ViT (timm, open_clip or third party) as a fixed sequence of
+steps — patch embedding with positional embeddings resampled to any grid (with the wrapper's named
 ``pos_resample`` policy, :mod:`phreg_core.pos_embed`), optional extra register
 tokens, the transformer blocks, the final norm and an optional projection — so that
 
@@ -30,7 +30,7 @@ __all__ = [
     "BlockParts",
     "TokenLayout",
     "TokenOutput",
-    "ViTAdapter",
+    "TokenViT",
     "insert_registers",
     "resample_grid_embed",
 ]
@@ -129,7 +129,7 @@ def insert_registers(
 LastBlockFn = Callable[[BlockParts, Tensor, TokenLayout], Tensor]
 
 
-class ViTAdapter(nn.Module):
+class TokenViT(nn.Module):
     """Uniform token-level access to a ViT. Subclasses wrap one model family.
 
     Subclasses set ``patch_size``, ``embed_dim``, ``num_heads``, ``native_grid``, ``num_prefix_tokens``
@@ -153,7 +153,7 @@ class ViTAdapter(nn.Module):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
-    pos_resample: PosResample | None = None  # no default: every adapter must say which reference it follows
+    pos_resample: PosResample | None = None  # no default: every TokenViT must say which reference it follows
     blocks: nn.ModuleList
 
     # -- steps a family implements ------------------------------------------------------------------
@@ -193,7 +193,7 @@ class ViTAdapter(nn.Module):
         """``(height, width)`` in pixels of ``native_grid``, the grid the position table is stored at."""
         return self.native_grid[0] * self.patch_size, self.native_grid[1] * self.patch_size
 
-    def set_pos_resample(self, policy: str | PosResample) -> ViTAdapter:
+    def set_pos_resample(self, policy: str | PosResample) -> TokenViT:
         """Use another resampling policy (a name of :data:`phreg_core.pos_embed.POLICIES`); returns ``self``."""
         self.pos_resample = get_policy(policy)
         return self
@@ -202,7 +202,7 @@ class ViTAdapter(nn.Module):
         """Patch positional embeddings ``[1, h*w, C]`` stored at ``native_grid``, resampled to ``grid``."""
         if self.pos_resample is None:
             raise TypeError(f"{type(self).__name__} declares no positional-embedding resampling policy; set "
-                            "`pos_resample = phreg_core.pos_embed.get_policy(NAME)` on the adapter "
+                            "`pos_resample = phreg_core.pos_embed.get_policy(NAME)` on the TokenViT class "
                             f"(names: {', '.join(sorted(POLICIES))})")
         return self.pos_resample(pos, tuple(self.native_grid), tuple(grid))
 
@@ -231,7 +231,7 @@ class ViTAdapter(nn.Module):
         This is the dense-feature contract every layer shares (``Backbone``, ``DenseModel`` and every method,
         ``Student``): ``forward_tokens(images, layers=(-1,), *, project=False) -> list[TokenOutput]``.
 
-        ``images`` ``[B, 3, H, W]`` are normalised with the adapter's ``mean``/``std``; ``H`` and ``W`` must
+        ``images`` ``[B, 3, H, W]`` are normalised with the wrapper's ``mean``/``std``; ``H`` and ``W`` must
         be multiples of ``patch_size`` (else :class:`ConfigError`). ``layers`` are block indices in
         ``[-depth, depth)`` (negative counts from the end; ``-1`` is the last block), any order, repeats
         allowed; an empty or out-of-range entry raises :class:`ConfigError`. Each output has ``patches``
@@ -243,7 +243,7 @@ class ViTAdapter(nn.Module):
         projection into the joint image-text space: open-vocabulary callers pass ``project=True``, probes keep
         the final-normalised ``embed_dim`` tokens. ``final_norm`` applies the final norm to every returned
         layer. Method hooks: ``registers`` ``[R, C]`` are inserted after embedding (before ``norm_pre``) at
-        ``register_placement`` (default: the adapter's; test-time registers append); ``last_block``
+        ``register_placement`` (default: the wrapper's; test-time registers append); ``last_block``
         replaces the final block (training-free methods, PH-Reg's MaskCLIP student).
         """
         depth = self.depth

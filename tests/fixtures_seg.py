@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from phreg_bench.backbones.base import Backbone, BackboneIdentity
-from phreg_core.adapters import OpenClipViTAdapter
+from phreg_core.towers import OpenClipTokenViT
 
 SIZES = [(40, 52), (48, 36), (33, 45)]  # (H, W): not multiples of the patch size on purpose
 
@@ -163,7 +163,7 @@ def tiny_clip_backbone(seed: int = 0, name: str = "tiny-clip", **kwargs) -> Back
     model = tiny_clip(seed, **kwargs)
     identity = BackboneIdentity(name=name, family="open_clip", architecture="tiny-clip",
                                 weights_id=f"random-init(seed={seed})", weights_sha256=None)
-    return Backbone(OpenClipViTAdapter(model.visual), identity,
+    return Backbone(OpenClipTokenViT(model.visual), identity,
                     OpenClipTextTower(model, f"tiny-clip-text(seed={seed})")).eval()
 
 

@@ -30,7 +30,7 @@ def test_catalogue_has_the_required_entries():
 
 def _full_meta_vision(entry):
     """The full-size image tower on the meta device, and the hub repo its weights come from."""
-    from phreg_core.adapters import OpenClipViTAdapter, TimmViTAdapter
+    from phreg_core.towers import OpenClipTokenViT, TimmTokenViT
 
     argument = entry.metadata["argument"]
     if entry.metadata["family"] == "timm":
@@ -39,7 +39,7 @@ def _full_meta_vision(entry):
         with torch.device("meta"):
             model = timm_backbones.create_model(argument)
         timm_backbones.check_supported(model, argument)
-        return TimmViTAdapter(model), model.pretrained_cfg["hf_hub_id"], model.patch_embed.img_size[0]
+        return TimmTokenViT(model), model.pretrained_cfg["hf_hub_id"], model.patch_embed.img_size[0]
     import open_clip
 
     arch, tag = argument.split("/")
@@ -47,7 +47,7 @@ def _full_meta_vision(entry):
     with torch.device("meta"):
         model = open_clip.create_model(arch, device="meta", force_quick_gelu=cfg.get("quick_gelu", False))
     assert cfg["hf_hub"].endswith("/")  # "org/repo/": open_clip's default file names (hub.OPEN_CLIP_FILES)
-    return OpenClipViTAdapter(model.visual), cfg["hf_hub"].rstrip("/"), model.visual.image_size[0]
+    return OpenClipTokenViT(model.visual), cfg["hf_hub"].rstrip("/"), model.visual.image_size[0]
 
 
 @pytest.mark.parametrize("name", NAMED)

@@ -18,7 +18,7 @@ from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_bench.registry import Registry
 from phreg_core.errors import ConfigError
 from phreg_core.pos_embed import get_policy
-from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter
+from phreg_core.vit import BlockParts, TokenLayout, TokenViT
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_backbone"
 
@@ -54,7 +54,7 @@ class _RegViT(nn.Module):
         self.ln = nn.LayerNorm(dim)
 
 
-class _RegViTAdapter(ViTAdapter):
+class _RegTokenViT(TokenViT):
     pos_resample = get_policy("bicubic-antialias")  # every adapter names its resampling policy
     mean = std = (0.5, 0.5, 0.5)  # the normalisation the weights expect
 
@@ -92,7 +92,7 @@ def build_custom(argument: str | None = None, *, name: str = "reg-vit", weights:
     torch.manual_seed(seed)
     identity = BackboneIdentity(name=name, family="custom", architecture="RegViT", weights_id=f"random-init({seed})",
                                 weights_sha256=None)
-    return Backbone(_RegViTAdapter(_RegViT(**options).eval()), identity)
+    return Backbone(_RegTokenViT(_RegViT(**options).eval()), identity)
 
 
 def build_unnamed(argument: str | None = None, *, weights: str | None = None, random_init: bool = False,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from test_core_fixtures import one_thread  # noqa: F401
 
-from phreg_core.adapters import CLIP_MEAN, CLIP_STD
+from phreg_core.towers import CLIP_MEAN, CLIP_STD
 from phreg_core.tta import (
     TTADenoiser,
     farthest_point_sample,

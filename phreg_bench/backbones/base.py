@@ -1,9 +1,9 @@
 """The dense-feature contract every backbone implements.
 
-A :class:`Backbone` wraps a :class:`phreg_core.vit.ViTAdapter` (the image tower, token-level), an optional
+A :class:`Backbone` wraps a :class:`phreg_core.vit.TokenViT` (the image tower, token-level), an optional
 text tower, and a frozen :class:`BackboneIdentity` (what the weights *are*: name, family, architecture,
 weights). Geometry and preprocessing (patch size, widths, depth, mean/std, positional-embedding
-resampling...) are read live from the adapter, never copied. Factories registered in ``BACKBONES`` return
+resampling...) are read live from the ViT wrapper, never copied. Factories registered in ``BACKBONES`` return
 one:
 
     factory(argument: str | None, *, name: str = ..., weights: str | None, random_init: bool, **options)
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from phreg_core.errors import ConfigError
-from phreg_core.vit import TokenOutput, ViTAdapter
+from phreg_core.vit import TokenOutput, TokenViT
 
 
 class TextTower(Protocol):
@@ -122,15 +122,15 @@ class Backbone(nn.Module):
     """An image tower with the dense-feature contract, plus an optional text tower.
 
     ``identity`` says what the weights are; every geometry and preprocessing fact is a read-only property
-    read from the image tower ``vision``. Raises ``TypeError`` when the adapter declares no
+    read from the image tower ``vision``. Raises ``TypeError`` when the wrapper declares no
     positional-embedding resampling policy.
     """
 
-    def __init__(self, vision: ViTAdapter, identity: BackboneIdentity, text: TextTower | None = None):
+    def __init__(self, vision: TokenViT, identity: BackboneIdentity, text: TextTower | None = None):
         super().__init__()
         if vision.pos_resample is None:
-            raise TypeError(f"backbone {identity.name!r}: its adapter {type(vision).__name__} declares no "
-                            "positional-embedding resampling policy; set `pos_resample` on the adapter "
+            raise TypeError(f"backbone {identity.name!r}: its TokenViT {type(vision).__name__} declares no "
+                            "positional-embedding resampling policy; set `pos_resample` on the TokenViT "
                             "(see phreg_core.pos_embed.POLICIES)")
         self.vision = vision
         self.identity = identity
@@ -228,7 +228,7 @@ class Backbone(nn.Module):
         """The image tower's dense outputs: normalised ``[B, 3, H, W]`` -> one ``TokenOutput`` per layer.
 
         The contract (shapes, errors, ``project``) and the method ``hooks`` (``registers``, ``last_block``,
-        ``final_norm``, ...) are :meth:`phreg_core.vit.ViTAdapter.forward_tokens`'s.
+        ``final_norm``, ...) are :meth:`phreg_core.vit.TokenViT.forward_tokens`'s.
         """
         return self.vision.forward_tokens(images, layers, project=project, **hooks)
 

@@ -6,9 +6,9 @@ import torch
 
 from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_bench.backbones.weights import state_dict_sha256
-from phreg_core.adapters import TimmViTAdapter
 from phreg_core.errors import ConfigError
 from phreg_core.pos_embed import get_policy
+from phreg_core.towers import TimmTokenViT
 
 # Built-in models have no reference codebase; they keep the resampling phreg-bench always used for them.
 BUILTIN_POLICY = "bicubic"
@@ -40,4 +40,4 @@ def build_tiny_vit(argument: str | None = None, *, name: str = "tiny-vit", weigh
     model.eval()
     identity = BackboneIdentity(name=name, family="builtin", architecture="vit(p8,w64,d4,h4)",
                                 weights_id=weights_id, weights_sha256=state_dict_sha256(model))
-    return Backbone(TimmViTAdapter(model, policy), identity)
+    return Backbone(TimmTokenViT(model, policy), identity)

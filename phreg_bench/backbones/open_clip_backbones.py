@@ -46,9 +46,9 @@ from phreg_bench.backbones.weights import (
     read_state_dict,
     resolve_weights,
 )
-from phreg_core.adapters import LIBRARY_POLICY, OpenClipViTAdapter
 from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.pos_embed import get_policy, resample_table
+from phreg_core.towers import LIBRARY_POLICY, OpenClipTokenViT
 
 # tiny test config: 2 blocks of width 48 (2 heads), 4x4 grid; text tower 2 blocks of width 32; joint dim 32
 REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4, "text_depth": 2, "text_width": 32, "text_heads": 2,
@@ -192,7 +192,7 @@ def _create(create_name: str, *, seed: int, quick_gelu: bool, preprocess: dict[s
 
 def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, source: WeightsSource,
             extra: dict[str, Any], pos_resample: str) -> Backbone:
-    """The named backbone of a loaded open_clip model: image tower adapter, text tower, identity."""
+    """The named backbone of a loaded open_clip model: image tower (TokenViT), text tower, identity."""
     sha = source.sha256(model)
     text = OpenClipTextTower(model, tokenizer, identity=f"open_clip:{architecture}@{sha[:16]}")
     extra = {**extra, "logit_scale": float(model.logit_scale.detach().exp()),
@@ -201,7 +201,7 @@ def _finish(model: torch.nn.Module, tokenizer, *, name: str, architecture: str, 
     identity = BackboneIdentity(name=name, family="open_clip", architecture=architecture,
                                 weights_id=source.weights_id, weights_sha256=sha,
                                 extra={k: v for k, v in extra.items() if v is not None})
-    return Backbone(OpenClipViTAdapter(model.visual, pos_resample).eval(), identity, text.eval())
+    return Backbone(OpenClipTokenViT(model.visual, pos_resample).eval(), identity, text.eval())
 
 
 def build(argument: str | None, *, weights: str | None = None, random_init: bool = False, seed: int = 0,

@@ -26,9 +26,9 @@ from phreg_bench.backbones.base import Backbone, BackboneIdentity, merge_reduced
 from phreg_bench.backbones.hub import TIMM_FILES, fetch
 from phreg_bench.backbones.hub import cache_dir as hub_cache_dir
 from phreg_bench.backbones.weights import WeightsError, WeightsSource, read_state_dict, resolve_weights
-from phreg_core.adapters import LIBRARY_POLICY, TimmViTAdapter
 from phreg_core.errors import ConfigError, UnsupportedModelError
 from phreg_core.pos_embed import get_policy, resample_table
+from phreg_core.towers import LIBRARY_POLICY, TimmTokenViT
 
 # tiny test config: 2 blocks of width 48 (keeps DINOv2-g's SwiGLU hidden width even), 4x4 patch grid
 REDUCED = {"depth": 2, "width": 48, "heads": 2, "grid": 4}
@@ -192,4 +192,4 @@ def wrap(model: torch.nn.Module, *, name: str, architecture: str, weights_id: st
     arch = architecture if not extra.get("reduced") else f"{architecture} [reduced {extra['reduced']}]"
     identity = BackboneIdentity(name=name, family="timm", architecture=arch, weights_id=weights_id,
                                 weights_sha256=weights_sha256, extra=extra)
-    return Backbone(TimmViTAdapter(model, pos_resample).eval(), identity)
+    return Backbone(TimmTokenViT(model, pos_resample).eval(), identity)

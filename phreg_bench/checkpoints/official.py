@@ -47,9 +47,9 @@ from torch import Tensor
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.backbones.weights import file_sha256, read_state_dict
-from phreg_core.adapters import OpenClipViTAdapter, TimmViTAdapter
 from phreg_core.errors import PhregError
 from phreg_core.student import Student
+from phreg_core.towers import OpenClipTokenViT, TimmTokenViT
 
 __all__ = ["FORMATS", "ImportLayoutError", "BaseMismatchError", "import_official"]
 
@@ -99,7 +99,7 @@ def _clip_block_shapes(width: int, hidden: int) -> dict[str, tuple[int, ...]]:
     }
 
 
-def clip_layout(vision: OpenClipViTAdapter, registers: int, resolution: int) -> Layout:
+def clip_layout(vision: OpenClipTokenViT, registers: int, resolution: int) -> Layout:
     width, patch, out = vision.embed_dim, vision.patch_size, vision.output_dim
     hidden = vision.blocks[0].mlp.c_fc.out_features
     if resolution % patch:
@@ -133,7 +133,7 @@ def clip_layout(vision: OpenClipViTAdapter, registers: int, resolution: int) -> 
 HF_ALIASES = {"embed.": "model.embeddings.", "encoder.": "model.encoder.", "layernorm.": "model.layernorm."}
 
 
-def dinov2_layout(vision: TimmViTAdapter, registers: int) -> Layout:
+def dinov2_layout(vision: TimmTokenViT, registers: int) -> Layout:
     model = vision.model
     width, patch, depth = vision.embed_dim, vision.patch_size, vision.depth
     hidden = model.blocks[0].mlp.fc1.out_features
@@ -275,7 +275,7 @@ def build_student(fmt: str, backbone: Backbone, registers: int, resolution: int)
     """The project's student the authors' file is loaded into, and the layout that file must have."""
     vision = backbone.vision
     if fmt == "official-clip":
-        if not isinstance(vision, OpenClipViTAdapter):
+        if not isinstance(vision, OpenClipTokenViT):
             raise ImportLayoutError(f"--format official-clip needs an open_clip CLIP backbone (the authors' student "
                                     f"is OpenAI CLIP ViT-B/16); {backbone.name!r} is {type(vision).__name__}")
         layout = clip_layout(vision, registers, resolution)
@@ -285,7 +285,7 @@ def build_student(fmt: str, backbone: Backbone, registers: int, resolution: int)
         student = Student(vision, registers, placement="append", last_block="maskclip", unlock="official",
                           train_grid=(grid, grid), resample_pos_embed=True, project=True, pos_resample="bicubic")
     elif fmt == "official-dinov2":
-        if not isinstance(vision, TimmViTAdapter) or vision.num_builtin_registers or \
+        if not isinstance(vision, TimmTokenViT) or vision.num_builtin_registers or \
                 getattr(vision.model.blocks[0].mlp, "fc1", None) is None or \
                 not hasattr(vision.model.blocks[0].ls1, "gamma"):
             raise ImportLayoutError(f"--format official-dinov2 needs a timm DINOv2 ViT without registers (the authors' "

@@ -5,7 +5,7 @@ A method factory registered in ``METHODS`` has the signature
     factory(backbone: Backbone, **options) -> DenseModel
 
 and the returned :class:`DenseModel` is everything a task uses: the dense features
-(:meth:`DenseModel.forward_tokens`, the same contract as :meth:`phreg_core.vit.ViTAdapter.forward_tokens`),
+(:meth:`DenseModel.forward_tokens`, the same contract as :meth:`phreg_core.vit.TokenViT.forward_tokens`),
 the geometry and preprocessing of the backbone, its text tower, and the precision its forward runs at.
 """
 

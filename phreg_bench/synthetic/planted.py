@@ -395,8 +395,8 @@ def build_planted_vit(argument: str | None = None, *, name: str | None = None, w
     """
     from phreg_bench.backbones.builtin import BUILTIN_POLICY
     from phreg_bench.backbones.weights import state_dict_sha256
-    from phreg_core.adapters import TimmViTAdapter
     from phreg_core.pos_embed import get_policy
+    from phreg_core.towers import TimmTokenViT
 
     if argument:
         raise ConfigError(f"planted-vit takes no argument, got {argument!r}")
@@ -420,7 +420,7 @@ def build_planted_vit(argument: str | None = None, *, name: str | None = None, w
         extra={"artifacts": bool(artifacts), "planted": asdict(spec),
                "register_neurons": {str(layer): units for layer, units in register_neuron_indices(model).items()}},
     )
-    return Backbone(TimmViTAdapter(model, policy), identity)
+    return Backbone(TimmTokenViT(model, policy), identity)
 
 
 def build_planted_twin(argument: str | None = None, *, name: str | None = None, **kwargs) -> Backbone:

@@ -8,8 +8,8 @@ import torch
 
 from phreg_bench.backbones.base import Backbone, BackboneIdentity
 from phreg_bench.backbones.weights import state_dict_sha256
-from phreg_example_backbone.adapter import ExampleViTAdapter
 from phreg_example_backbone.model import ExampleViT
+from phreg_example_backbone.tower import ExampleTokenViT
 
 
 def build(argument: str | None = None, *, name: str = "example-vit", weights: str | None = None,
@@ -21,7 +21,7 @@ def build(argument: str | None = None, *, name: str = "example-vit", weights: st
 
     ``options`` are ExampleViT's constructor arguments (``image_size``, ``patch``, ``dim``, ``depth``,
     ``heads``), e.g. ``--backbone-option depth=2``. ``pos_resample`` (``--pos-resample``) chooses another
-    positional-embedding resampling policy than the adapter's ``"bicubic"``.
+    positional-embedding resampling policy than the wrapper's ``"bicubic"``.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -32,7 +32,7 @@ def build(argument: str | None = None, *, name: str = "example-vit", weights: st
 
         model.load_state_dict(load_file(weights))
         weights_id = str(Path(weights).resolve())
-    # what the weights are; geometry and preprocessing are read from the adapter
+    # what the weights are; geometry and preprocessing are read from the wrapper
     identity = BackboneIdentity(name=name, family="custom", architecture=f"ExampleViT({options})",
                                 weights_id=weights_id, weights_sha256=state_dict_sha256(model))
-    return Backbone(ExampleViTAdapter(model, pos_resample or "bicubic"), identity)
+    return Backbone(ExampleTokenViT(model, pos_resample or "bicubic"), identity)

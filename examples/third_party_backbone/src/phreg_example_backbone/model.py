@@ -52,7 +52,7 @@ class ExampleViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, images: Tensor) -> Tensor:
-        """All final tokens ``[B, 1 + N, C]`` at the native size (the adapter handles other sizes)."""
+        """All final tokens ``[B, 1 + N, C]`` at the native size (the TokenViT wrapper handles other sizes)."""
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         for block in self.blocks:

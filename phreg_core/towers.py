@@ -1,13 +1,13 @@
-"""Token-level adapters for timm and open_clip vision transformers.
+"""Token-level wrappers (:class:`~phreg_core.vit.TokenViT`) for timm and open_clip vision transformers.
 
-Both adapters only read the wrapped model's modules; they never copy or re-initialise weights, so a
-state dict loaded into the model is what the adapter runs. Neither timm nor open_clip is imported here:
-the adapters work on the module attributes the two libraries define.
+Both wrappers only read the wrapped model's modules; they never copy or re-initialise weights, so a
+state dict loaded into the model is what the wrapper runs. Neither timm nor open_clip is imported here:
+the wrappers work on the module attributes the two libraries define.
 
-Other input grids resample the position table with the adapter's ``pos_resample`` policy
+Other input grids resample the position table with the wrapper's ``pos_resample`` policy
 (:mod:`phreg_core.pos_embed`). The default is each library's own convention — timm's
 ``resample_abs_pos_embed`` (antialiased bicubic, its ``dynamic_img_size`` forward) and open_clip's
-``resize_pos_embed`` (the same call) — so an adapter equals the library model at every size; the backbone
+``resize_pos_embed`` (the same call) — so a wrapper equals the library model at every size; the backbone
 catalogue picks the policy of the reference code of each family instead (e.g. the OVSS repos' offset call
 for CLIP).
 """
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from phreg_core.errors import UnsupportedModelError
 from phreg_core.pos_embed import PosResample, get_policy
-from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter
+from phreg_core.vit import BlockParts, TokenLayout, TokenViT
 
 # timm layers/pos_embed.py resample_abs_pos_embed (antialias=True) and open_clip model.py resize_pos_embed
 LIBRARY_POLICY = "bicubic-antialias"
@@ -33,11 +33,11 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class TimmViTAdapter(ViTAdapter):
-    """Adapter for ``timm.models.vision_transformer.VisionTransformer`` (DINOv2, DeiT, AugReg, ...)."""
+class TimmTokenViT(TokenViT):
+    """Token-level wrapper of ``timm.models.vision_transformer.VisionTransformer`` (DINOv2, DeiT, AugReg, ...)."""
 
     register_placement = "prefix"
-    pos_embed_path = "model.pos_embed"  # dotted paths from the adapter (phreg_core.student.embedding_paths)
+    pos_embed_path = "model.pos_embed"  # dotted paths from the wrapper (phreg_core.student.embedding_paths)
     patch_embed_path = "model.patch_embed.proj"
 
     def __init__(self, model: nn.Module, pos_resample: str | PosResample = LIBRARY_POLICY):
@@ -50,7 +50,7 @@ class TimmViTAdapter(ViTAdapter):
         ]
         if unsupported or getattr(model, "pos_embed", None) is None:
             raise UnsupportedModelError(f"timm model {type(model).__name__} has no absolute positional embedding "
-                            f"or uses {unsupported}: not a plain ViT this adapter supports")
+                            f"or uses {unsupported}: not a plain ViT this wrapper supports")
         self.model = model
         self.blocks = model.blocks
         self.patch_size = _pair(model.patch_embed.patch_size)[0]
@@ -120,11 +120,11 @@ class TimmViTAdapter(ViTAdapter):
         return self.model.norm(tokens)
 
 
-class OpenClipViTAdapter(ViTAdapter):
-    """Adapter for open_clip's ``VisionTransformer`` (OpenAI CLIP, LAION, DFN, MetaCLIP towers)."""
+class OpenClipTokenViT(TokenViT):
+    """Token-level wrapper of open_clip's ``VisionTransformer`` (OpenAI CLIP, LAION, DFN, MetaCLIP towers)."""
 
     register_placement = "append"  # PH-Reg's CLIP student: [CLS, patches, registers]
-    pos_embed_path = "visual.positional_embedding"  # dotted paths from the adapter (student.embedding_paths)
+    pos_embed_path = "visual.positional_embedding"  # dotted paths from the wrapper (student.embedding_paths)
     patch_embed_path = "visual.conv1"
 
     def __init__(self, visual: nn.Module, pos_resample: str | PosResample = LIBRARY_POLICY):

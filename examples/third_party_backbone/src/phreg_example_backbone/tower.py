@@ -1,10 +1,10 @@
-"""The contract: :class:`phreg_core.vit.ViTAdapter` over :class:`ExampleViT`.
+"""The contract: :class:`phreg_core.vit.TokenViT` over :class:`ExampleViT`.
 
 Four steps are enough: ``embed`` (patches + positional embeddings resampled to the input's grid + CLS),
 ``norm_pre``, ``block_parts`` (for last-block methods such as MaskCLIP / NACLIP) and ``final_norm``.
 ``forward_tokens`` — patch grid ``[B, C, h, w]`` and prefix tokens kept apart — comes from the base class.
 
-Every adapter also names how its positional embeddings are resampled to other grids: ``pos_resample``, a
+Every TokenViT also names how its positional embeddings are resampled to other grids: ``pos_resample``, a
 policy of :mod:`phreg_core.pos_embed` (``"bicubic"``, ``"bicubic-antialias"`` or ``"bicubic-offset"``). Pick
 the call your model's own code uses at other sizes; ``ExampleViT`` only runs at its native size, so this
 example uses plain bicubic by size. The policy is recorded in every result.
@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from phreg_core.pos_embed import PosResample, get_policy
-from phreg_core.vit import BlockParts, TokenLayout, ViTAdapter
+from phreg_core.vit import BlockParts, TokenLayout, TokenViT
 from phreg_example_backbone.model import ExampleViT
 
 
-class ExampleViTAdapter(ViTAdapter):
+class ExampleTokenViT(TokenViT):
     mean = (0.5, 0.5, 0.5)  # the normalisation the weights expect
     std = (0.5, 0.5, 0.5)
 
