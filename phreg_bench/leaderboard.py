@@ -5,8 +5,8 @@ row variant its task family declares (probes: budget and feature mode), settings
 preset, precision, seed), columns the suite's tasks; runs that differ in any of these are separate rows whose
 ``variant`` names the difference, and only a rerun of the same identity supersedes (the newest is kept). A
 mean only for complete rows whose main metrics agree in name and direction; a delta against the raw row of
-the same identity minus the method (a ``phreg:<base>`` backbone's base is ``<base>``); every file left out
-is listed with the reason (invalid, version, spec or protocol mismatch, failed run, partial run,
+the same identity minus the method (records of the removed ``phreg:<base>`` prefix count as ``<base>``);
+every file left out is listed with the reason (invalid, version, spec or protocol mismatch, failed run, partial run,
 superseded). Reported (paper) rows carry a marker and are never averaged with measured runs.
 """
 

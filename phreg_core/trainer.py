@@ -16,8 +16,8 @@ Works in one process or under ``torchrun`` (DDP, ``DistributedSampler``; NCCL on
 
 In-process use (no CLI, in-memory images)::
 
-    teacher = default_teacher(adapter)                      # or any callable images -> [B, C, h, w]
-    student = Student(adapter, 16, train_grid=adapter.grid_for(R, R))
+    teacher = default_teacher(backbone.vision)              # or any callable images -> [B, C, h, w]
+    student = Student(backbone.vision, 16, train_grid=backbone.vision.grid_for(R, R))
     recipe = Recipe.from_preset("dinov2", epochs=5)
     result = distill(teacher, student, TensorImageDataset(images), recipe,     # images: [N, 3, R, R]
                      RunOptions(out_dir="run"), base_name="my-vit",

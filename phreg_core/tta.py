@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from phreg_core.errors import ConfigError
+from phreg_core.recipe import Recipe
 from phreg_core.vit import TokenOutput
 
 __all__ = [
@@ -44,8 +45,9 @@ __all__ = [
 ]
 
 POOL_FACTOR = 10  # pool of counts*10 candidate offsets (PH-Reg utils/denoising.py `prepare_all_offsets`)
-DEFAULT_VIEWS = 10  # N = counts = 10 (PH-Reg paper §3.1, code `--counts 10`)
-DEFAULT_SHIFT_FRAC = 0.15  # shift_frac = 0.15 (PH-Reg paper §3.1, code default)
+# the paper's N = 10 views and 0.15 shift fraction, defined once with their sources in phreg_core.recipe.Recipe
+DEFAULT_VIEWS: int = Recipe.default("views")
+DEFAULT_SHIFT_FRAC: float = Recipe.default("shift_frac")
 
 # normalised views [V, 3, H, W] -> one TokenOutput per layer (patches [V, C, h, w], prefix [V, P, C]): the
 # dense-feature contract of phreg_core.vit.TokenViT.forward_tokens with its layers bound
