@@ -108,7 +108,6 @@ class _Items(Dataset):
         return {"index": index, "epoch": epoch, "image": image}
 
 
-
 class _EpochOrder(Sampler):
     """The ``(index, epoch)`` keys of the current epoch, from the current position on (set by the trainer)."""
 

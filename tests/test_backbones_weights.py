@@ -17,8 +17,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from phreg_bench.backbones import hub
-from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict
+from phreg_bench.backbones.weights import WeightsError, read_state_dict
 from phreg_bench.registries import BACKBONES
+from phreg_core.hashing import file_sha256
 
 DINO = "timm:vit_small_patch14_reg4_dinov2.lvd142m"
 TOL = 1e-5

@@ -5,7 +5,6 @@ their forward on the same tensors; other layouts and other base weights are refu
 from __future__ import annotations
 
 import copy
-import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fixtures_seg import make_voc
+from reference_pos_embed import clip_reg_upsampling_pos_embedding
 from torch import nn
 
 from phreg_bench.checkpoints.official import BaseMismatchError, ImportLayoutError, import_official
@@ -162,17 +162,8 @@ class ModifiedImageEncoder(nn.Module):
         return x
 
     def upsampling_pos_embedding(self, image_shape):
-        old_patch_pos_embed = self.original_image_encoder.positional_embedding.clone()
-        patch_pos_embed = old_patch_pos_embed[1:]
-        num_patches, hidden_size = patch_pos_embed.shape
-        patches = int(math.sqrt(num_patches))
-        assert patches ** 2 == num_patches
-        patch_pos_embed_2d = patch_pos_embed.reshape(-1, patches, patches, hidden_size).permute(0, 3, 1, 2)
-        patch_pos_embed_v2 = F.interpolate(
-            patch_pos_embed_2d, size=(image_shape[0] // self.patch_size, image_shape[1] // self.patch_size),
-            mode='bicubic', align_corners=False, recompute_scale_factor=False)
-        flat = patch_pos_embed_v2.permute(0, 2, 3, 1).view(1, -1, hidden_size)
-        new_patch_pos_embed = torch.cat([old_patch_pos_embed[:1], flat[0]], dim=0)
+        new_patch_pos_embed = clip_reg_upsampling_pos_embedding(self.original_image_encoder.positional_embedding,
+                                                                image_shape, self.patch_size)
         return nn.Parameter(new_patch_pos_embed.clone(), requires_grad=self.requires_grad)
 
 

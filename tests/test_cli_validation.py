@@ -52,6 +52,8 @@ RUN = ["run", "-b", "tiny-vit", "-t", "synthetic"]
     (RUN + ["-m", "tta", "-o", "shift_frac=1.5"], "shift_frac=1.5"),
     (RUN + ["-m", "naclip", "-o", "gaussian_std=-1"], "gaussian_std=-1"),
     (RUN + ["-m", "phreg"], "'adapter'"),
+    (RUN + ["-m", "dvt"], "'denoiser'"),  # refused before any backbone is built
+    (RUN + ["-m", "dvt", "-o", "denoiser=x.pth", "-o", "inner=dvt"], "cannot wrap itself"),
     (RUN + ["--adapter", "/no/such/adapter"], "adapter='/no/such/adapter'"),
     (RUN + ["-o", "x=[1"], "--method-option x=[1"),
     (RUN + ["--limit", "0"], "--limit"),

@@ -165,7 +165,7 @@ def test_backbones_that_do_not_fit_are_refused_naming_both(tmp_path):
         METHODS.get("dvt")(build_tiny_vit(), denoiser=str(same))
     model = METHODS.get("dvt")(build_tiny_vit(), denoiser=str(same), base="tiny-vit")
     assert model.method_config["base"] == "tiny-vit"
-    with pytest.raises(ValueError, match="needs its denoiser weights"):
+    with pytest.raises(ValueError, match="needs option 'denoiser'.*DVT's released denoiser weights"):
         METHODS.get("dvt")(build_tiny_vit())
 
 

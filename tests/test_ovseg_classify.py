@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from phreg_bench.tasks.ovseg.harness import HarnessSettings, SynonymPlan, classify, count_values
-from phreg_bench.tasks.ovseg.text import ClassQueries
+from phreg_bench.tasks.ovseg.harness import HarnessSettings, classify, count_values
+from phreg_bench.tasks.ovseg.text import ClassQueries, SynonymPlan
 
 
 def naclip_postprocess(seg_logits, query_idx, logit_scale, prob_thd):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -62,10 +63,21 @@ def test_provenance_records_only_declared_packages():
 
 
 def test_wheel_contains_task_specs(tmp_path):
+    # built from a copy: setuptools leaves build/ in the source folder, and a stale build/lib would put
+    # modules that no longer exist into later wheels
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        "build", ".git", ".venv", "*.egg-info", "__pycache__", ".phreg_cache", "phreg_results", "tests"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("phreg_bench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {name for name in names if name.endswith(".py") and name.startswith(("phreg_bench/", "phreg_core/"))}
+    expected = {str(path.relative_to(ROOT)) for package in ("phreg_bench", "phreg_core")
+                for path in (ROOT / package).rglob("*.py")}
+    specs = ROOT / "tasks"  # shipped as phreg_bench.task_specs
+    expected |= {f"phreg_bench/task_specs/{path.relative_to(specs)}" for path in specs.rglob("*.py")}
+    assert shipped == expected, "the wheel ships exactly the source modules"
     assert "phreg_bench/task_specs/suites.yaml" in names
     assert "phreg_bench/task_specs/classnames/voc21.txt" in names
     assert "phreg_bench/task_specs/templates/imagenet_templates.txt" in names

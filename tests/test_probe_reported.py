@@ -7,13 +7,13 @@ from pathlib import Path
 from phreg_bench.probes import reported
 from phreg_bench.registries import TASKS
 from phreg_bench.results.shipped import reported_dir
-from phreg_bench.results.store import ResultStore, read_result
+from phreg_bench.results.store import ResultStore, read_result, result_files
 
 SHIPPED = reported_dir()
 
 
 def _table2_files() -> list[Path]:
-    files = ResultStore(SHIPPED).iter_files()
+    files = result_files(SHIPPED)
     return [p for p in files if (read_result(p).citation.table == "Table 2")]
 
 

@@ -13,7 +13,7 @@ import torch
 from phreg_bench.results.hashing import config_hash
 from phreg_bench.results.records import Citation, Metrics, ResultRecord, TaskRef
 from phreg_bench.results.schema import ResultError, dumps_strict, loads_strict
-from phreg_bench.results.store import ResultStore, read_result, write_json_atomic
+from phreg_bench.results.store import ResultStore, read_result, result_files, write_json_atomic
 from phreg_bench.runner import RunRequest, run
 from phreg_bench.tasks.base import RunContext
 
@@ -135,7 +135,7 @@ def test_a_failed_task_writes_an_error_record_that_a_rerun_replaces(tmp_path, mo
         patch.setattr(SyntheticSegmentation, "run", broken)
         failed = run(request, RunContext(), log=logs.append)[0]
     assert failed.status == "failed" and failed.error == "RuntimeError: out of cheese"
-    (path,) = ResultStore(tmp_path).iter_files()
+    (path,) = result_files(tmp_path)
     record = read_result(path)
     assert record.failed and record.metrics is None and not record.status.complete
     assert (record.status.error.type, record.status.error.message) == ("RuntimeError", "out of cheese")
@@ -160,7 +160,7 @@ def test_error_records_are_listed_by_results_show_and_kept_off_the_leaderboard(t
     request = RunRequest(backbone="tiny-vit", tasks=["synthetic/segmentation"], results_dir=tmp_path,
                          protocol_overrides=SMALL)
     run(request, RunContext(), log=lambda message: None)
-    (path,) = ResultStore(tmp_path).iter_files()
+    (path,) = result_files(tmp_path)
     assert main(["results", "show", str(tmp_path)]) == 0
     assert "error: ValueError: bad scene" in capsys.readouterr().out
     board = build_table([path], "synthetic", {"tasks": ["synthetic/segmentation"]})

@@ -31,7 +31,7 @@ from phreg_bench.backbones.torchscript_archive import (
     read_torchscript_tensors,
 )
 from phreg_core.errors import ConfigError, MissingFileError, PhregError
-from phreg_core.hashing import file_sha256 as file_sha256  # the one file fingerprint (re-exported here)
+from phreg_core.hashing import file_sha256
 
 NESTED_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")  # checkpoint wrappers
 CONVERT_HINT = (

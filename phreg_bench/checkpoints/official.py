@@ -46,8 +46,9 @@ import torch
 from torch import Tensor
 
 from phreg_bench.backbones.base import Backbone
-from phreg_bench.backbones.weights import file_sha256, read_state_dict
+from phreg_bench.backbones.weights import read_state_dict
 from phreg_core.errors import PhregError
+from phreg_core.hashing import file_sha256
 from phreg_core.student import Student
 from phreg_core.towers import OpenClipTokenViT, TimmTokenViT
 

@@ -141,7 +141,7 @@ class PushPlan:
 
 
 def _verified_sidecar(folder: Path) -> tuple[dict[str, Any], Path, Path]:
-    from phreg_bench.backbones.weights import file_sha256
+    from phreg_core.hashing import file_sha256
 
     if not folder.is_dir():
         raise PushError(f"{folder} is not a folder; pass the folder that holds adapter.safetensors + adapter.json")

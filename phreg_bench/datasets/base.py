@@ -120,7 +120,6 @@ def read_label(path: Path) -> np.ndarray:
         raise DatasetError(f"label file: {error} (a converted label: rerun its converter)") from error
 
 
-
 def read_list_lines(path: Path) -> list[tuple[int, str]]:
     """``(line number in the file, stripped line)`` of the non-empty lines of a split list; an unreadable
     list raises :class:`DatasetError` naming it."""

@@ -46,10 +46,12 @@ import torch
 from torch import Tensor, nn
 
 from phreg_bench.backbones.base import Backbone
-from phreg_bench.backbones.weights import WeightsError, file_sha256, read_state_dict
+from phreg_bench.backbones.weights import WeightsError, read_state_dict
 from phreg_bench.checkpoints.hub_spec import HubSpec, is_hub_spec
 from phreg_bench.methods.base import DenseModel
+from phreg_bench.methods.options import Option, inner_method_options, method_options
 from phreg_core.errors import ConfigError, MissingFileError, PhregError
+from phreg_core.hashing import file_sha256
 from phreg_core.vit import TokenOutput
 
 __all__ = ["DVTDenoiser", "DVTMismatchError", "DVTModel", "build", "load_denoiser_file"]
@@ -294,16 +296,20 @@ class DVTModel(DenseModel):
         return self.inner.encode_text(texts)
 
 
-def build(backbone: Backbone, denoiser: str | None = None, base: str | None = None, inner: str = "raw",
+OPTIONS = {
+    "denoiser": Option(str, "DVT's released denoiser weights: a .pth path (e.g. voc_denoised/"
+                            "vit_base_patch14_dinov2.lvd142m.pth) or hf-hub:<org>/<repo>/<file>"),
+    "base": Option(str, "the timm model name the denoiser was trained on (default: read from its file name)"),
+    "inner": Option(str, "the method whose final features are denoised (raw, maskclip, ...)"),
+}
+
+
+@method_options("dvt", forward=inner_method_options("dvt", "raw, maskclip, ..."), **OPTIONS)
+def build(backbone: Backbone, denoiser: str, base: str | None = None, inner: str = "raw",
           **inner_options: Any) -> DenseModel:
     """DVT's stage-2 denoiser (``denoiser=PATH`` or ``hf-hub:…``) on ``backbone``; see the module docstring."""
     from phreg_bench.methods.catalogue import METHODS
 
-    if denoiser is None:
-        raise ConfigError("method 'dvt' needs its denoiser weights: -o denoiser=PATH (DVT's released .pth, e.g. "
-                         "voc_denoised/vit_base_patch14_dinov2.lvd142m.pth) or -o denoiser=hf-hub:<org>/<repo>/<file>")
-    if inner == "dvt":
-        raise ConfigError("method 'dvt' cannot wrap itself; choose another inner method (raw, maskclip, ...)")
     loaded = load_denoiser_file(denoiser)
     base = base or base_from_name(loaded.path)  # a hub file keeps its name in the cache
     check_fit(loaded.module, base, backbone, loaded.source)

@@ -21,8 +21,8 @@ from typing import Any
 
 from phreg_core.errors import ConfigError
 
-__all__ = ["MethodOptionError", "Option", "check_options", "describe_options", "method_options",
-           "validate_method_options"]
+__all__ = ["MethodOptionError", "Option", "check_options", "describe_options", "inner_method_options",
+           "method_options", "validate_method_options"]
 
 _REQUIRED = object()
 
@@ -176,3 +176,29 @@ def validate_method_options(method: str, options: dict[str, Any]) -> dict[str, A
     if schema is None:
         return dict(options)
     return check_options(method, schema, options, getattr(factory, "option_forward", None))
+
+
+def inner_method_options(wrapper: str, examples: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """The ``forward`` of a method that wraps another (``tta``, ``dvt``): the options the wrapper does not take
+    are its ``inner`` method's (default ``raw``), checked against that method's schema and named as the
+    wrapper's in errors; a wrapper cannot wrap itself (``examples`` lists inner methods for that message)."""
+
+    def forward(given: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
+        from phreg_bench.methods.catalogue import METHODS
+
+        inner = given.get("inner", "raw")
+        if METHODS.canonical(inner) == wrapper:
+            raise MethodOptionError(f"method {wrapper!r} cannot wrap itself; choose another inner method ({examples})")
+        factory = METHODS.get(inner)
+        schema = getattr(factory, "option_schema", None)
+        if schema is None:
+            return rest
+        unknown = sorted(set(rest) - set(schema))
+        if unknown:
+            own = METHODS.get(wrapper).option_schema
+            raise MethodOptionError(
+                f"method {wrapper!r} has no option {', '.join(map(repr, unknown))}; it takes "
+                f"{describe_options(own)}, and the options of its inner method {inner!r}: {describe_options(schema)}")
+        return check_options(f"{wrapper} (inner {inner})", schema, rest, getattr(factory, "option_forward", None))
+
+    return forward

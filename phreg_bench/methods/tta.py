@@ -17,7 +17,7 @@ from torch import Tensor
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.methods.base import DenseModel
-from phreg_bench.methods.options import MethodOptionError, Option, check_options, describe_options, method_options
+from phreg_bench.methods.options import Option, inner_method_options, method_options
 from phreg_core.tta import DEFAULT_SHIFT_FRAC, DEFAULT_VIEWS, TTADenoiser, ViewPlan, normalised_white, plan_views
 from phreg_core.vit import TokenOutput
 
@@ -60,26 +60,6 @@ class TTAModel(DenseModel):
         return self.inner.encode_text(texts)
 
 
-def _inner_options(given: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
-    """Check the options ``tta`` does not take as options of its inner method (named as ``tta``'s)."""
-    from phreg_bench.methods.catalogue import METHODS
-
-    inner = given.get("inner", "raw")
-    if METHODS.canonical(inner) == "tta":
-        raise MethodOptionError("method 'tta' cannot wrap itself; choose another inner method (raw, naclip, ...)")
-    factory = METHODS.get(inner)
-    schema = getattr(factory, "option_schema", None)
-    if schema is None:
-        return rest
-    unknown = sorted(set(rest) - set(schema))
-    if unknown:
-        raise MethodOptionError(
-            f"method 'tta' has no option {', '.join(map(repr, unknown))}; it takes "
-            f"{describe_options(build.option_schema)}, "
-            f"and the options of its inner method {inner!r}: {describe_options(schema)}")
-    return check_options(f"tta (inner {inner})", schema, rest, getattr(factory, "option_forward", None))
-
-
 OPTIONS = {
     "views": Option(int, "TTA views per image", minimum=1),
     "inner": Option(str, "the method run on every view (raw, naclip, ...)"),
@@ -88,7 +68,7 @@ OPTIONS = {
 }
 
 
-@method_options("tta", forward=_inner_options, **OPTIONS)
+@method_options("tta", forward=inner_method_options("tta", "raw, naclip, ..."), **OPTIONS)
 def build(backbone: Backbone, views: int = DEFAULT_VIEWS, inner: str = "raw", shift_frac: float = DEFAULT_SHIFT_FRAC,
           seed: int = 0, **inner_options: Any) -> DenseModel:
     from phreg_bench.methods.catalogue import METHODS

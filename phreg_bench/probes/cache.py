@@ -89,9 +89,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-
-
-
 class CacheEntry:
     """One cache entry: fixed-shape rows of named arrays (see the module docstring)."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -100,5 +99,3 @@ class ResultStore:
                 removed += 1
         return removed
 
-    def iter_files(self) -> Iterator[Path]:
-        yield from result_files(self.root)

@@ -87,7 +87,6 @@ def finished_summary(out: Path, config: ProofConfig, figures: bool) -> dict[str,
     return summary
 
 
-
 def draw_figures(models: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]], images: torch.Tensor,
                  indices: list[int], folder: Path, seed: int = 0) -> list[Path]:
     """Comparison panels of the first :data:`FIGURE_SCENES` images and a norm histogram over all of them."""

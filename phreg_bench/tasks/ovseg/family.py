@@ -13,61 +13,40 @@ Table S.4 Pearson metric.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from phreg_bench.datasets.base import DatasetError
-from phreg_bench.geometry import check_window_settings
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import PearsonMetric, SegmentationMetric
 from phreg_bench.progress import track
 from phreg_bench.protocol_settings import NamedSettings, require
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_bench.tasks.ovseg.harness import HarnessSettings, OVSegPredictor
-from phreg_bench.tasks.ovseg.text import class_queries, file_sha256, read_class_names, read_templates
+from phreg_bench.tasks.ovseg.text import class_queries, read_class_names, read_templates
 from phreg_bench.tasks.sharding import gather_messages, rank_zero_first
 from phreg_bench.tasks.specs import class_file, spec_root
 from phreg_core.distributed import all_sum_int, shard
 from phreg_core.errors import ConfigError, MissingFileError
+from phreg_core.hashing import file_sha256
 
 
-@dataclass(frozen=True, kw_only=True)
-class OVSegSettings(NamedSettings):
-    """An ovseg protocol: the harness numbers (:class:`~phreg_bench.tasks.ovseg.harness.HarnessSettings`) + templates.
+@dataclass(frozen=True)
+class OVSegSettings(HarnessSettings, NamedSettings):
+    """An ovseg protocol: the harness numbers and their checks (:class:`HarnessSettings`) + the templates.
 
     Defaults are the PH-Reg / NACLIP values where a preset leaves a key out (``tasks/ovseg/_base.yaml``).
     """
 
-    resize: int  # short side after resizing (0: keep the image size)
-    crop: int  # sliding-window size (0: whole image)
-    stride: int
-    logit_scale: float
-    prob_thd: float = 0.0
-    area_thd: float | None = None  # SCLIP's small-segment rule
-    max_long: int = 2048
-    window_pad: Literal["none", "center"] = "none"
-    templates: str = "imagenet_templates.txt"  # a file in tasks/templates/ or a path
+    templates: str = field(default="imagenet_templates.txt", kw_only=True)  # a file in tasks/templates/ or a path
 
     def validate(self) -> None:
-        require("resize", self.resize >= 0, f"must be >= 0, got {self.resize}")
-        require("crop", self.crop >= 0, f"must be >= 0 (0: whole image), got {self.crop}")
-        require("stride", self.crop == 0 or self.stride > 0, f"must be > 0 when crop > 0, got {self.stride}")
-        if self.crop > 0:
-            check_window_settings(self.crop, self.stride)  # every pixel covered by a window
-        require("logit_scale", self.logit_scale > 0, f"must be > 0, got {self.logit_scale}")
-        require("prob_thd", 0.0 <= self.prob_thd <= 1.0, f"must be in [0, 1], got {self.prob_thd}")
-        require("area_thd", self.area_thd is None or 0.0 <= self.area_thd <= 1.0,
-                f"must be null or in [0, 1], got {self.area_thd}")
-        require("max_long", self.max_long > 0, f"must be > 0, got {self.max_long}")
+        super().validate()
         require("templates", _template_found(self.templates),
                 f"file {self.templates!r} not found in {spec_root() / 'templates'} nor as a path")
-
-    def harness(self) -> HarnessSettings:
-        values = {f.name: getattr(self, f.name) for f in fields(HarnessSettings)}
-        return HarnessSettings(**values)
 
 
 def _template_found(name: str) -> bool:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,15 +44,17 @@ from torch import Tensor
 from phreg_bench.geometry import check_window_settings, pad_size, rescale_size, resize_image, window_boxes
 from phreg_bench.methods.base import DenseModel
 from phreg_bench.metrics.segmentation import count_values
-from phreg_bench.tasks.ovseg.text import ClassQueries, SynonymPlan
+from phreg_bench.protocol_settings import Settings, require
+from phreg_bench.tasks.ovseg.text import ClassQueries
 from phreg_core.errors import ConfigError
 
 WINDOW_PADS = ("none", "center")
 
 
 @dataclass(frozen=True)
-class HarnessSettings:
-    """The numbers a protocol preset fixes (see ``tasks/ovseg/*.yaml``)."""
+class HarnessSettings(Settings):
+    """The numbers a protocol preset fixes for the harness (see ``tasks/ovseg/*.yaml``), with the one set of
+    range checks (the ovseg family's protocol settings extend this class)."""
 
     resize: int  # short side after resizing; 0 keeps the image size
     crop: int  # sliding-window size; 0 = whole image
@@ -61,30 +63,32 @@ class HarnessSettings:
     prob_thd: float = 0.0
     area_thd: float | None = None  # SCLIP's small-segment rule (SCLIP VOC21 config: 0.1)
     max_long: int = 2048  # mmseg Resize scale=(2048, short)
-    window_pad: str = "none"
+    window_pad: Literal["none", "center"] = "none"
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> HarnessSettings:
-        names = {f.name for f in fields(cls)}
-        values = {key: settings[key] for key in names if key in settings}
-        out = cls(**values)
-        out.validate()
-        return out
+        """The harness part of resolved protocol ``settings`` (other keys ignored), converted and checked;
+        raises :class:`~phreg_bench.protocol_settings.ProtocolError` naming the key."""
+        names = {f.name for f in fields(HarnessSettings)}
+        return HarnessSettings.from_dict({key: settings[key] for key in names if key in settings},
+                                         where="harness settings")
+
+    def harness(self) -> HarnessSettings:
+        """Only the harness numbers (a subclass's extra settings dropped)."""
+        return HarnessSettings(**{f.name: getattr(self, f.name) for f in fields(HarnessSettings)})
 
     def validate(self) -> None:
-        if self.resize < 0 or self.crop < 0 or self.max_long <= 0:
-            raise ConfigError(f"resize/crop must be >= 0 and max_long > 0, got {self}")
+        require("resize", self.resize >= 0, f"must be >= 0, got {self.resize}")
+        require("crop", self.crop >= 0, f"must be >= 0 (0: whole image), got {self.crop}")
+        require("stride", self.crop == 0 or self.stride > 0, f"must be > 0 when crop > 0, got {self.stride}")
         if self.crop > 0:
-            check_window_settings(self.crop, self.stride)
-        if self.window_pad not in WINDOW_PADS:
-            raise ConfigError(f"window_pad must be one of {WINDOW_PADS}, got {self.window_pad!r}")
-        if not 0.0 <= self.prob_thd <= 1.0:
-            raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
-
-
-def synonym_max(scores: Tensor, query_class: Tensor, num_classes: int) -> Tensor:
-    """``[C, ...]``: for each class the max over its queries of ``scores`` ``[Q, ...]``."""
-    return SynonymPlan(query_class, num_classes)(scores)
+            check_window_settings(self.crop, self.stride)  # every pixel covered by a window
+        require("logit_scale", self.logit_scale > 0, f"must be > 0, got {self.logit_scale}")
+        require("prob_thd", 0.0 <= self.prob_thd <= 1.0, f"must be in [0, 1], got {self.prob_thd}")
+        require("area_thd", self.area_thd is None or 0.0 <= self.area_thd <= 1.0,
+                f"must be null or in [0, 1], got {self.area_thd}")
+        require("max_long", self.max_long > 0, f"must be > 0, got {self.max_long}")
+        require("window_pad", self.window_pad in WINDOW_PADS, f"must be one of {WINDOW_PADS}, got {self.window_pad!r}")
 
 
 # Rows of the [Q, rows, W] temporary per step of the log-sum-exp (CPU): about 1 MiB, so it stays in cache.

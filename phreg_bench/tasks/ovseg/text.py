@@ -33,7 +33,6 @@ from torch import Tensor
 from phreg_core.atomic import write_bytes_atomic
 from phreg_core.errors import ConfigError, FileFormatError, PhregError
 from phreg_core.hashing import canonical_json
-from phreg_core.hashing import file_sha256 as file_sha256  # re-exported for the ovseg family
 
 CACHE_FORMAT = 1  # bump when the stored layout or the averaging changes
 PLACEHOLDER = "{c}"
