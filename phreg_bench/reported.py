@@ -12,7 +12,6 @@ Table S.4's NACLIP+DVT ADE20k value is split across a page break in the source (
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,9 +80,6 @@ def write(folder: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from phreg_bench.results.shipped import reported_dir
+    from phreg_bench.results.shipped import regenerate
 
-    default = reported_dir()
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else default
-    for path in write(target):
-        print(path)
+    regenerate(write)

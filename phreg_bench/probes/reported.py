@@ -11,7 +11,6 @@ Backbone names are this project's catalogue names; "+ DVT" rows are recorded as 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from phreg_bench.results.records import Citation, Metrics, ResultRecord, TaskRef
@@ -68,9 +67,6 @@ def write(folder: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from phreg_bench.results.shipped import reported_dir
+    from phreg_bench.results.shipped import regenerate
 
-    default = reported_dir()
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else default
-    for path in write(target):
-        print(path)
+    regenerate(write)

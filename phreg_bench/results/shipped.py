@@ -7,6 +7,8 @@ regenerate them there.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -24,3 +26,11 @@ def reported_dir() -> Path:
         raise FileNotFoundError(f"{folder}: the reported paper results are missing from this installation of "
                                 "phreg-bench; reinstall it (pip install --force-reinstall phreg-bench)")
     return folder
+
+
+def regenerate(write: Callable[[Path], list[Path]], argv: list[str] | None = None) -> None:
+    """The ``__main__`` of a reported-results module: ``write`` its files into ``argv[0]`` (default: the shipped
+    folder, :func:`reported_dir`) and print their paths."""
+    argv = sys.argv[1:] if argv is None else argv
+    for path in write(Path(argv[0]) if argv else reported_dir()):
+        print(path)
