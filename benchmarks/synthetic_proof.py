@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="distillation steps per student (default 200)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1, as `phreg-bench run`: the numbers of the proof table "
+                             "move in the last digit with the thread count; 0: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the rows and timings here")
     args = parser.parse_args(argv)
     if args.threads:

@@ -164,6 +164,22 @@ def test_example_package_as_module_factory(monkeypatch, tmp_path):
     assert json.loads(files[0].read_text())["backbone"]["name"] == "phreg_example_backbone.factory:build"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--backbone-option", "foo=1"], "example-vit has no option 'foo'"),
+    (["--backbone-option", "depth=abc"], "example-vit option depth='abc' must be a positive integer"),
+    (["--weights", "/no/such/weights.safetensors"], "weights file /no/such/weights.safetensors does not exist"),
+])
+def test_example_package_refuses_bad_input_in_one_line(args, message, monkeypatch, tmp_path, capsys):
+    from phreg_bench.cli import main
+
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    code = main(["run", "--backbone", "phreg_example_backbone.factory:build", "--tasks", "synthetic/segmentation",
+                 "--device", "cpu", "--results-dir", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.json"))
+
+
 def test_example_package_through_its_entry_point(monkeypatch, tmp_path):
     """An installed distribution is simulated by a ``.dist-info`` folder on ``sys.path``."""
     dist = tmp_path / "phreg_example_backbone-0.1.0.dist-info"

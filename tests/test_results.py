@@ -39,6 +39,7 @@ def test_measured_record_round_trips_and_validates(tmp_path):
     assert set(record.to_json()["provenance"]) >= {"git", "hardware", "command", "seed", "started_at",
                                                    "finished_at"}
     assert 0 <= record.metrics.values["mIoU"] <= 100
+    assert read_result(str(path)) == record  # a plain string path reads the same
 
 
 def test_nan_is_rejected_on_write_and_on_read(tmp_path):

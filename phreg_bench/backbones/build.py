@@ -11,12 +11,13 @@ gives itself.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from phreg_bench.backbones.base import Backbone
 from phreg_bench.backbones.catalogue import BACKBONES
 from phreg_bench.registry import Factory
-from phreg_core.errors import ConfigError
+from phreg_core.errors import ConfigError, MissingFileError
 
 
 def takes_name(factory: Any) -> bool:
@@ -35,8 +36,13 @@ def build_backbone(name: str, /, *, weights: str | None = None, random_init: boo
 
     Raises :class:`~phreg_bench.registry.RegistryError` for an unknown name (with suggestions),
     :class:`~phreg_bench.registry.RegistryTypeError` when the factory makes something other than a
-    :class:`Backbone`, and :class:`ConfigError` for a ``name`` option (the name is the one asked for).
+    :class:`Backbone`, :class:`ConfigError` for a ``name`` option (the name is the one asked for) and
+    :class:`MissingFileError` for a ``weights`` file that does not exist (checked here, before any factory
+    runs, so that third-party factories fail the same way).
     """
+    if weights is not None and not Path(weights).expanduser().is_file():
+        raise MissingFileError(f"weights file {weights} does not exist (--weights takes a local weights file: "
+                               "safetensors or a PyTorch state dict)")
     if "name" in options:
         raise ConfigError(f"backbone {name!r}: 'name' is not a backbone option; a backbone is named as it is asked for")
     factory = BACKBONES.get(name)

@@ -37,7 +37,7 @@ BACKBONES: Registry[Callable[..., Backbone]] = Registry(
 OFFSET, ANTIALIAS, BUILTIN = "bicubic-offset", "bicubic-antialias", "bicubic"
 
 BACKBONES.add("tiny-vit", "phreg_bench.backbones.builtin:build_tiny_vit",
-              summary="built-in 4-block ViT (random init, offline); the default run's backbone",
+              summary="built-in 4-block ViT (random init, offline): the quickest backbone for trying things",
               patch_size=8, width=64, depth=4, text=False, registers=0, pos_resample=BUILTIN)
 
 _TIMM = "phreg_bench.backbones.timm_backbones:build"

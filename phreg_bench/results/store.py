@@ -20,9 +20,10 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
     write_text_atomic(path, dumps_strict(record))
 
 
-def read_result(path: Path) -> ResultRecord:
+def read_result(path: str | Path) -> ResultRecord:
     """Read one result file through :meth:`ResultRecord.from_json` (validated, migrated, integrity-checked);
     every error is a :class:`ResultError` naming the file."""
+    path = Path(path)
     try:
         text = path.read_bytes()
     except OSError as error:
