@@ -196,10 +196,12 @@ def handle(args: argparse.Namespace) -> int:
 
 def print_runs(runs) -> None:
     """One row per task run (standard output): task, status, main metric and value, result file or error."""
+    from phreg_bench.results.records import format_metric
+
     if not runs:
         return
     table = make_table(None, ("task", "status", "metric", "value", "result / error"))
     for r in runs:
-        value = "" if r.value is None else f"{r.value:.4g}"
+        value = "" if r.value is None else format_metric(r.value)
         add_row(table, r.task, r.status, r.main_metric or "", value, r.path if r.path is not None else r.error or "")
     print_table(table)
