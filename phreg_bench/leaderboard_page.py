@@ -7,8 +7,9 @@ header names its main metric and direction (``↑ mIoU``, ``↓ RMSE``); a delta
 it is an improvement in that direction and red when it is worse; measured values link to their result file
 (relative to the page); reported (paper) rows carry ``†`` and a numbered citation listed under their table.
 Columns that would be empty everywhere (budget for training-free tasks, mean and Δ mean when no row is
-complete) are left out. Every string from a result file is HTML-escaped, and a Content-Security-Policy
-allows only the page's own inline style and script (no external resource is loaded).
+complete) are left out. Every string from a result file is HTML-escaped in the page (the Markdown keeps it
+as plain text, see :func:`md_escape`), and a Content-Security-Policy allows only the page's own inline style
+and script (no external resource is loaded).
 
 The default row order keeps each backbone's rows together: measured before reported, backbones by name,
 ``raw`` first within its group, then the best mean first.
@@ -210,8 +211,23 @@ def digits(value: float | None) -> int:
 # -- Markdown ------------------------------------------------------------------------------------------------
 
 
+_MD_SPECIAL = str.maketrans({"|": "\\|", "<": "\\<", ">": "\\>", "\n": " ", "\r": " "})
+
+
 def md_escape(text: Any) -> str:
-    return html.escape(str(text)).replace("|", "\\|")
+    """``text`` as one line of Markdown text: ``|`` (a table cell's end), ``<`` and ``>`` (raw HTML) are
+    backslash-escaped (CommonMark, "Backslash escapes") and line breaks become spaces; nothing else changes
+    (no HTML entities: the raw file reads as plain text)."""
+    return str(text).translate(_MD_SPECIAL)
+
+
+def md_code(text: Any) -> str:
+    """``text`` as one Markdown code span, taken literally (``__`` in a file name is not emphasis): fenced by
+    one backtick more than its longest run of backticks, padded with spaces when it starts or ends with one."""
+    body = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall("`+", body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
 
 
 def _md_header(column: dict[str, Any]) -> str:
@@ -266,7 +282,7 @@ def to_markdown(board: dict[str, Any]) -> str:
                   for n, c in enumerate(cited, 1)]
     if board["excluded"]:
         lines += ["", "## Excluded files", ""]
-        lines += [f"- <code>{md_escape(item['file'])}</code>: {md_escape(item['reason'])}"
+        lines += [f"- {md_code(item['file'])}: {md_escape(item['reason'])}"
                   for item in board["excluded"]]
     return "\n".join(lines) + "\n"
 

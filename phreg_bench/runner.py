@@ -22,7 +22,16 @@ from phreg_bench.precision import resolve_precision
 from phreg_bench.protocol_settings import OVERRIDE_FLAG, PROTOCOL_FLAG, ProtocolError
 from phreg_bench.registries import DATASETS, METHODS, TASK_FAMILIES, TASKS
 from phreg_bench.results.provenance import provenance, utc_now
-from phreg_bench.results.records import BackboneRef, MethodRef, Protocol, ResultRecord, RunIdentity, TaskRef, Timings
+from phreg_bench.results.records import (
+    BackboneRef,
+    MethodRef,
+    Protocol,
+    ResultRecord,
+    RunIdentity,
+    TaskRef,
+    Timings,
+    format_metric,
+)
 from phreg_bench.results.store import OVERWRITE_MODES, ResultStore
 from phreg_bench.tasks.base import RunContext, TaskFamily, TaskOutcome, TaskSpec
 from phreg_core.distributed import broadcast_flag
@@ -270,5 +279,5 @@ def _run_task(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any
     if env.is_main:  # every rank holds the reduced metrics; one writes (atomically)
         path = store.write(result)
     score = result.metrics.score
-    log(f"done {spec.name}: {score.metric} = {score.value:.4g} -> {path}")
+    log(f"done {spec.name}: {score.metric} = {format_metric(score.value)} -> {path}")
     return TaskRun(spec.name, "done", path, score.metric, score.value)

@@ -91,7 +91,7 @@ class Sweep:
     weights: str | None = None
     random_init: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    batch_size: int = 8
+    batch_size: int | None = None  # default: `phreg-bench run`'s (1 on CPU, 8 on CUDA: cli/_options.py)
     num_workers: int = 0
     budget: Literal["full", "quick"] = "full"
     limit: int | None = None
@@ -142,7 +142,7 @@ class Sweep:
 
     def validate(self, where: str) -> None:
         checks = [
-            ("batch_size", self.batch_size > 0, "must be > 0"),
+            ("batch_size", self.batch_size is None or self.batch_size > 0, "must be null or > 0"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
             ("limit", self.limit is None or self.limit > 0, "must be null or > 0"),
             ("gpus_per_job", self.gpus_per_job >= 0, "must be >= 0 (0: CPU jobs)"),
@@ -285,7 +285,7 @@ def expand(sweep: Sweep) -> list[SweepJob]:
                 for seed in sweep.seeds:
                     argv = ["--backbone", backbone, "--method", method.name, "--tasks", task, "--seed", str(seed),
                             "--results-dir", _absolute(sweep.results), "--precision", sweep.precision,
-                            "--batch-size", str(sweep.batch_size), "--num-workers", str(sweep.num_workers),
+                            "--num-workers", str(sweep.num_workers),
                             "--budget", sweep.budget, "--device", "cuda" if sweep.gpus_per_job else "cpu"]
                     for key, value in sorted(method.options.items()):
                         argv += ["--method-option", _assignment(key, value)]
@@ -293,7 +293,8 @@ def expand(sweep: Sweep) -> list[SweepJob]:
                         argv += ["--protocol-override", _assignment(key, value)]
                     for key, value in sorted(sweep.backbone_options.items()):
                         argv += ["--backbone-option", _assignment(key, value)]
-                    for flag, value in (("--protocol", sweep.protocol), ("--limit", sweep.limit),
+                    for flag, value in (("--protocol", sweep.protocol), ("--batch-size", sweep.batch_size),
+                                        ("--limit", sweep.limit),
                                         ("--weights", sweep.weights), ("--data-root", _absolute(sweep.data_root)),
                                         ("--cache-dir", _absolute(sweep.cache_dir))):
                         if value is not None:

@@ -108,3 +108,28 @@ def test_argument_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1
     assert "--batch-size" in err and "usage:" not in err
+
+
+@pytest.mark.parametrize("command", ["run", "distill"])
+def test_every_option_says_what_it_does_and_its_default(command):
+    import argparse
+
+    from phreg_bench.cli import build_parser
+
+    (subparsers,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subparsers.choices[command]._actions:
+        if not action.option_strings or argparse.SUPPRESS in (action.help, action.default):  # -h
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has no help text"
+        if action.default not in (None, False):
+            assert "default" in action.help, f"{command} {action.option_strings[0]} does not state its default"
+
+
+def test_run_help_names_every_adapter_form():
+    import argparse
+
+    from phreg_bench.cli import build_parser
+
+    (subparsers,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (adapter,) = [a for a in subparsers.choices["run"]._actions if "--adapter" in a.option_strings]
+    assert "folder" in adapter.help and "hf-hub:<user>/<repo>" in adapter.help and "--method phreg" in adapter.help

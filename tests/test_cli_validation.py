@@ -55,6 +55,8 @@ RUN = ["run", "-b", "tiny-vit", "-t", "synthetic"]
     (RUN + ["-m", "dvt"], "'denoiser'"),  # refused before any backbone is built
     (RUN + ["-m", "dvt", "-o", "denoiser=x.pth", "-o", "inner=dvt"], "cannot wrap itself"),
     (RUN + ["--adapter", "/no/such/adapter"], "adapter='/no/such/adapter'"),
+    (RUN + ["-m", "raw", "--adapter", "a"], "--adapter implies --method phreg and cannot be combined with --method "
+                                            "raw"),
     (RUN + ["-o", "x=[1"], "--method-option x=[1"),
     (RUN + ["--limit", "0"], "--limit"),
     (RUN + ["--limit", "-1"], "--limit"),

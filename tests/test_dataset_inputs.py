@@ -162,3 +162,16 @@ def test_skip_corrupt_is_a_run_option(tmp_path, capsys):
     record = json.loads(result.read_text())
     assert record["extra"]["skipped"] == 1 and record["status"]["num_samples"] == 2
     assert record["status"]["complete"] is False
+
+
+# -- the missing-data-root message names every reader's folder -----------------------------------------------
+def test_the_missing_data_root_message_names_every_dataset_folder(monkeypatch):
+    from phreg_bench.datasets.base import resolve_data_root
+
+    monkeypatch.delenv("PHREG_DATA", raising=False)
+    with pytest.raises(DatasetError, match="no data folder") as caught:
+        resolve_data_root(None)
+    for entry in DATASETS:
+        folder = Path(entry.resolve().folder).parts[0]
+        assert f"{folder}/" in str(caught.value), entry.name
+    assert "nyu_depth_v2/" in str(caught.value) and "VOCdevkit/" in str(caught.value)

@@ -150,6 +150,17 @@ def test_hostile_names_are_escaped_in_html_and_markdown(tmp_path):
     assert hostile not in write_index(tmp_path / "out").read_text()
 
 
+def test_markdown_is_plain_text_without_html_entities(tmp_path):
+    store = ResultStore(tmp_path)
+    files = [measured(store, "o'neil & co|x", "raw", "synthetic/segmentation", 1.0)]
+    board = build_table(files, "s", SUITE)
+    board["excluded"] = [{"file": "ovseg__voc__paper__ab.json", "reason": "mmseg's <pipeline> &\nmore"}]
+    text = to_markdown(board)
+    assert "| o'neil & co\\|x |" in text  # the pipe escaped for the table, nothing else
+    assert "- `ovseg__voc__paper__ab.json`: mmseg's \\<pipeline\\> & more" in text
+    assert "&#x27;" not in text and "&amp;" not in text and "&lt;" not in text and "<code>" not in text
+
+
 def test_builtin_suites_name_registered_tasks():
     from phreg_bench.registries import TASKS
 

@@ -169,6 +169,35 @@ def test_error_records_are_listed_by_results_show_and_kept_off_the_leaderboard(t
     assert board["excluded"] == [{"file": str(path), "reason": "failed run: ValueError: bad scene"}]
 
 
+def test_results_show_keeps_a_long_error_message_out_of_the_table(tmp_path, monkeypatch, capsys):
+    from phreg_bench.cli import main
+    from phreg_bench.synthetic.family import SyntheticSegmentation
+
+    message = "the scene generator gave up " + "because " * 30
+
+    def broken(self, model, spec, settings, ctx):
+        raise ValueError(message)
+
+    small_run(tmp_path)  # one finished run beside the failed one
+    monkeypatch.setattr(SyntheticSegmentation, "run", broken)
+    request = RunRequest(backbone="tiny-vit", tasks=["synthetic/segmentation"], results_dir=tmp_path,
+                         protocol_overrides={**SMALL, "num_val": 3})
+    run(request, RunContext(), log=lambda message: None)
+    assert main(["results", "show", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if "synthetic/segmentation" in line]
+    assert len(rows) == 2 and any(" error " in row for row in rows)
+    assert all("gave up" not in row and len(row) < 160 for row in rows)  # no row padded to the message
+    (failed,) = [path for path in result_files(tmp_path) if read_result(path).failed]
+    assert f"{failed}: error: ValueError: {message}" in lines  # the whole message, after the table
+
+
+def test_metric_values_keep_their_decimals():
+    from phreg_bench.results.records import format_metric
+
+    assert [format_metric(v) for v in (61.0, 1.233, 0.5, 61.237)] == ["61.00", "1.233", "0.5000", "61.24"]
+
+
 def test_files_of_earlier_versions_are_migrated_on_read(tmp_path):
     """Before the family declared its row variant the record had no ``protocol.variant``; before precision
     was recorded there was no ``precision`` (and it was not hashed): both still load, unchanged in hash."""

@@ -40,6 +40,14 @@ def test_matrix_expands_to_one_run_per_combination(tmp_path):
     assert "--protocol-override" in command and "num_train=4" in command
 
 
+def test_jobs_leave_the_batch_size_to_run_unless_the_sweep_sets_one(tmp_path):
+    for gpus, device in ((0, "cpu"), (1, "cuda")):
+        (job, *_) = expand(Sweep.load(write_sweep(tmp_path / "s.yaml", gpus_per_job=gpus)))
+        assert "--batch-size" not in job.argv and job.argv[job.argv.index("--device") + 1] == device
+    (job, *_) = expand(Sweep.load(write_sweep(tmp_path / "s.yaml", batch_size=4)))
+    assert job.argv[job.argv.index("--batch-size") + 1] == "4"
+
+
 def test_sweep_file_errors_name_the_key(tmp_path):
     cases = {"unknown key 'backbone'": {"backbone": ["x"]}, "'tasks' is missing": {"tasks": []},
              "batch_size: must be an integer": {"batch_size": "eight"},

@@ -30,6 +30,7 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
     from phreg_bench.cli._options import resolve_batch_size
     from phreg_bench.leaderboard import build_all
     from phreg_bench.progress import make_progress, plain_logger
+    from phreg_bench.results.records import format_metric
     from phreg_bench.runner import RunRequest, run
     from phreg_bench.synthetic.pipeline import run_synthetic_proof
     from phreg_bench.tasks.base import RunContext
@@ -66,7 +67,7 @@ def run_default(args: argparse.Namespace, device: torch.device) -> int:
         add_row(table, row["name"], f"{row['outlier_rate']:.2f}", f"{row['miou']:.1f}", f"{row['depth_rmse']:.3f}")
     print_table(table)
     for backbone_name, method, r in runs:  # every result file, on standard output with the summary
-        value = "" if r.value is None else f" {r.main_metric} = {r.value:.4g}"
+        value = "" if r.value is None else f" {r.main_metric} = {format_metric(r.value)}"
         status = "already done" if r.status == "skipped" and r.path else r.status
         say(f"result:      {backbone_name} × {method} {r.task} {status}{value} ", r.path or r.error or "")
     say("results:     ", results_dir)

@@ -133,7 +133,8 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by commands that run models (device, precision, batch size, ...)."""
-    parser.add_argument("--device", default="auto", type=device_name, help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--device", default="auto", type=device_name,
+                        help="cpu, cuda, cuda:N, mps or auto (default: auto)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="autocast dtype of the backbone forward only; heads, losses and metrics stay fp32. "
                         "Part of the result identity (default: fp32)")

@@ -49,14 +49,15 @@ def register(subparsers) -> None:
     parser.add_argument("--backbone", "-b", required=True, help="backbone name (see `phreg-bench ls backbones`)")
     parser.add_argument("--data", type=Path, help="folder of training images (recursive jpg/png/webp)")
     parser.add_argument("--hf-dataset", help="Hugging Face dataset name instead of --data (needs the [hf] extra)")
-    parser.add_argument("--hf-split", default="train")
-    parser.add_argument("--hf-image-column", default="image")
+    parser.add_argument("--hf-split", default="train", help="split of --hf-dataset to train on (default: train)")
+    parser.add_argument("--hf-image-column", default="image",
+                        help="column of --hf-dataset that holds the images (default: image)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (adapter, checkpoints, log)")
     parser.add_argument("--weights", help="local weights file for the backbone")
     parser.add_argument("--random-init", action="store_true", help="random backbone weights (smoke tests)")
     add_pos_resample_option(parser)
     parser.add_argument("--recipe", default="auto", choices=("auto", *RECIPES),
-                        help="hyper-parameter preset; auto = clip for CLIP towers, dinov2 otherwise")
+                        help="hyper-parameter preset; auto = clip for CLIP towers, dinov2 otherwise (default: auto)")
     parser.add_argument("--registers", type=non_negative_int, default=DEFAULT_REGISTERS,
                         help=f"new register tokens (default {DEFAULT_REGISTERS})")
     parser.add_argument("--views", type=positive_int, help=f"TTA views per image ({_preset_default('views')})")
@@ -71,10 +72,12 @@ def register(subparsers) -> None:
                         help=f"training crop ({_preset_default('resolution')}, if a multiple of the patch "
                         "size, else the backbone's native resolution)")
     parser.add_argument("--unlock", default="official",
-                        help="official (code: CLIP last 2 blocks), paper (last block), or a list such as "
-                        "'registers,pos_embed,patch_embed,last_blocks=1'")
+                        help="what the student trains: official (the released code: CLIP's last 2 blocks), paper "
+                        "(the last block), or a list such as 'registers,pos_embed,patch_embed,last_blocks=1' "
+                        "(default: official)")
     parser.add_argument("--student-last-block", default="auto",
-                        help="auto (CLIP: maskclip value path; others: unchanged), none, or a preset name")
+                        help="auto (CLIP: maskclip value path; others: unchanged), none, or a preset name "
+                        "(default: auto)")
     parser.add_argument("--seed", type=non_negative_int, help=f"random seed ({_preset_default('seed')})")
     parser.add_argument("--checkpoint-every", type=non_negative_int,
                         help=f"steps between checkpoints (0: only at the end; default "
@@ -82,13 +85,13 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--cache-targets", type=Path, help="cache denoised teacher targets here (fixes crops)")
     parser.add_argument("--device", type=device_name,
-                        help=f"cpu, cuda, cuda:N or auto (default {RunOptions.default('device')})")
+                        help=f"cpu, cuda, cuda:N, mps or auto (default {RunOptions.default('device')})")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help=f"auto = bf16 autocast on CUDA, fp32 on CPU ({_preset_default('precision')})")
     workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     parser.add_argument("--num-workers", type=non_negative_int, default=workers,
                         help=f"data-loading processes (default: 4, at most the usable CPU cores; here {workers})")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     parser.set_defaults(handler=handle)
 
 

@@ -1,8 +1,8 @@
 """`phreg-bench results {show,validate}`.
 
 Both read every file they are given: an invalid file is reported (standard error for ``show``) and the
-others are still shown or checked (``show`` lists a failed run's error record with its error); the exit
-status is 1 when any file is invalid or none was found.
+others are still shown or checked (``show`` lists a failed run's error record as ``error`` in the table and
+its error message after the table); the exit status is 1 when any file is invalid or none was found.
 """
 
 from __future__ import annotations
@@ -54,12 +54,15 @@ def _read_all(path: Path) -> tuple[list[tuple[Path, ResultRecord]], list[str]]:
 
 
 def _status(record: ResultRecord) -> tuple[str, str, str]:
-    """``(main metric, value, complete)`` cells; a failed run shows its error instead of a value."""
+    """``(main metric, value, complete)`` cells; a failed run shows ``error`` as its value (the message is
+    listed after the table, so that one long message does not widen every row)."""
+    from phreg_bench.results.records import format_metric
+
     if record.status.error is not None:
-        return "", f"error: {record.status.error.type}: {record.status.error.message}", "no"
+        return "", "error", "no"
     assert record.metrics is not None
     score = record.metrics.score
-    return score.metric, f"{score.value:.4g}", "yes" if record.status.complete else "no"
+    return score.metric, format_metric(score.value), "yes" if record.status.complete else "no"
 
 
 def handle_show(args: argparse.Namespace) -> int:
@@ -72,6 +75,9 @@ def handle_show(args: argparse.Namespace) -> int:
             add_row(table, identity.task.name, identity.backbone.name, identity.method.name, identity.protocol.name,
                     record.kind, *_status(record))
         print_table(table)
+    for file, record in records:  # the failed runs' errors, whole, one line each
+        if record.status.error is not None:
+            say(f"{file}: error: {record.status.error.type}: {record.status.error.message}")
     for error in errors:
         note("INVALID ", error, style="red")
     if not records and not errors:

@@ -56,7 +56,9 @@ def register(subparsers) -> None:
     parser.add_argument("--method", "-m", default=None, help="method name (default: raw; see `ls methods`)")
     parser.add_argument("-o", "--method-option", action="append", metavar="KEY=VALUE",
                         help="method option, repeatable (e.g. -o views=10 -o inner=naclip)")
-    parser.add_argument("--adapter", type=Path, help="PH-Reg adapter file (implies --method phreg)")
+    parser.add_argument("--adapter", metavar="PATH_OR_HUB",
+                        help="PH-Reg adapter: an adapter file or its folder (written by `phreg-bench distill` or "
+                        "`adapter import`), or hf-hub:<user>/<repo>[/<folder>][@<revision>]; implies --method phreg")
     parser.add_argument("--tasks", "-t", help="comma-separated task names; short names (voc, ade, nyu) "
                         "expand to every family that applies to the backbone")
     parser.add_argument("--suite", help="run every task of a suite (see `ls suites`)")
@@ -74,7 +76,7 @@ def register(subparsers) -> None:
                         help="backbone factory option, repeatable")
     add_pos_resample_option(parser)
     parser.add_argument("--budget", default="full", choices=("full", "quick"),
-                        help="probe training schedule: the paper's (full) or a short one (quick)")
+                        help="probe training schedule: the paper's (full) or a short one (quick) (default: full)")
     parser.add_argument("--results-dir", type=Path, default=Path("phreg_results"),
                         help="where result files go (default: ./phreg_results)")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("PHREG_CACHE", ".phreg_cache")),
@@ -117,6 +119,7 @@ def check_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     Runs before any model is built; each error names the option.
     """
     from phreg_bench.methods.options import validate_method_options
+    from phreg_bench.registries import METHODS
 
     if args.backbone is None:
         raise OptionError("--backbone is required when --tasks or --suite is given (see `phreg-bench ls backbones`)")
@@ -127,8 +130,12 @@ def check_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     method_options = parse_assignments(args.method_option, "--method-option")
     method = args.method or "raw"
     if args.adapter is not None:
-        method = args.method or "phreg"
-        method_options["adapter"] = str(args.adapter)
+        if args.method is not None and METHODS.canonical(args.method) != "phreg":
+            raise OptionError(f"--adapter implies --method phreg and cannot be combined with --method {args.method}; "
+                              "drop --method (a wrapper takes the adapter as its inner method's option: "
+                              "-m tta -o inner=phreg -o adapter=PATH)")
+        method = "phreg"
+        method_options["adapter"] = args.adapter
     validate_method_options(method, method_options)
     return method, method_options
 
@@ -196,10 +203,12 @@ def handle(args: argparse.Namespace) -> int:
 
 def print_runs(runs) -> None:
     """One row per task run (standard output): task, status, main metric and value, result file or error."""
+    from phreg_bench.results.records import format_metric
+
     if not runs:
         return
     table = make_table(None, ("task", "status", "metric", "value", "result / error"))
     for r in runs:
-        value = "" if r.value is None else f"{r.value:.4g}"
+        value = "" if r.value is None else format_metric(r.value)
         add_row(table, r.task, r.status, r.main_metric or "", value, r.path if r.path is not None else r.error or "")
     print_table(table)

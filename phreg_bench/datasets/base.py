@@ -57,12 +57,30 @@ class CheckReport:
         return not self.missing and not self.problems and (self.expected is None or self.found == self.expected)
 
 
+def data_root_folders() -> list[str]:
+    """The top-level folders the registered dataset readers look for in a data root (``VOCdevkit``, ``ade``,
+    ``nyu_depth_v2``, ...), read from each reader's ``folder`` so that the list follows the readers; a
+    reader without a ``folder``, or a plugin that cannot be imported, adds none."""
+    from phreg_bench.datasets.catalogue import DATASETS
+    from phreg_bench.registry import RegistryError
+
+    folders = []
+    for entry in DATASETS:
+        try:
+            folder = getattr(entry.resolve(), "folder", "")
+        except RegistryError:
+            continue
+        if folder:
+            folders.append(Path(folder).parts[0])
+    return list(dict.fromkeys(folders))
+
+
 def resolve_data_root(root: str | os.PathLike | None) -> Path:
     """``root`` if given, else ``$PHREG_DATA``; an error saying how to set one otherwise."""
     chosen = root if root is not None else os.environ.get("PHREG_DATA")
     if not chosen:
-        raise DatasetError("no data folder: pass --data-root DIR or set PHREG_DATA=DIR "
-                           "(the folder holding VOCdevkit/, ade/, coco_stuff164k/, cityscapes/)")
+        holding = ", ".join(f"{folder}/" for folder in data_root_folders())
+        raise DatasetError(f"no data folder: pass --data-root DIR or set PHREG_DATA=DIR (the folder holding {holding})")
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise DatasetError(f"data folder {path} does not exist; pass --data-root DIR or set PHREG_DATA")

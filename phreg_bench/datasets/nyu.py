@@ -94,6 +94,7 @@ class NYUv2Depth:
     """NYUv2 depth reader (see the module docstring). ``split`` is ``train`` or ``test``."""
 
     name = "nyuv2"
+    folder = FOLDER  # relative to the data root
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "test", limit: int | None = None,
                  source: str = "auto"):

@@ -211,6 +211,12 @@ class Outcome(TypingProtocol):
     phases: dict[str, float]
 
 
+def format_metric(value: float) -> str:
+    """A metric value for summaries and logs: four significant digits, trailing zeros kept (``61`` ->
+    ``"61.00"``, ``1.233`` -> ``"1.233"``, ``0.5`` -> ``"0.5000"``), so a whole number never loses its decimals."""
+    return f"{value:#.4g}"
+
+
 @dataclass(frozen=True)
 class Score:
     """One cell of a leaderboard: the main metric's value, name and direction."""
