@@ -414,20 +414,6 @@ def test_cli_no_reported_into_an_old_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "lb").iterdir()) == ["index.html", "synthetic.json", "synthetic.md"]
 
 
-def test_cli_writes_into_the_results_folder_by_default(tmp_path, monkeypatch):
-    from phreg_bench.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    measured(ResultStore(tmp_path / "phreg_results"), "vit", "raw", "synthetic/segmentation", 1.0)
-    assert main(["leaderboard", "--no-reported"]) == 0  # where `run` (and `sweep`) write theirs
-    assert sorted(p.name for p in (tmp_path / "phreg_results" / "leaderboard").iterdir()) == [
-        "index.html", "synthetic.json", "synthetic.md"]
-    other = tmp_path / "other"
-    measured(ResultStore(other), "vit", "raw", "synthetic/segmentation", 1.0)
-    assert main(["leaderboard", "--results-dir", str(other), "--no-reported"]) == 0
-    assert (other / "leaderboard" / "synthetic.json").exists() and not (tmp_path / "leaderboards").exists()
-
-
 @pytest.mark.slow
 def test_wheel_ships_the_reported_files(tmp_path):
     import subprocess

@@ -13,10 +13,9 @@ def register(subparsers) -> None:
     parser.add_argument("--results-dir", type=Path, action="append",
                         help="results folder, repeatable (default: ./phreg_results)")
     parser.add_argument("--suite", help="build only this suite (default: every suite with results)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <first --results-dir>/leaderboard, where `run` and `sweep` "
-                        "write theirs); leaderboard files of an earlier build that this one does not write are "
-                        "removed")
+    parser.add_argument("--out", type=Path, default=Path("leaderboards"),
+                        help="output folder (default: ./leaderboards); leaderboard files of an earlier build that "
+                        "this one does not write are removed")
     parser.add_argument("--no-reported", action="store_true",
                         help="leave out the paper's reported numbers shipped with the package")
     parser.set_defaults(handler=handle)
@@ -27,12 +26,11 @@ def handle(args: argparse.Namespace) -> int:
     from phreg_bench.results.shipped import reported_dir
 
     folders = list(args.results_dir or [Path("phreg_results")])
-    out: Path = args.out or folders[0] / "leaderboard"
     if not args.no_reported:
         shipped = reported_dir()
         if shipped.resolve() not in {folder.resolve() for folder in folders}:
             folders.append(shipped)
-    written = build(folders, args.suite, out) if args.suite else build_all(folders[0], out, folders[1:])
+    written = build(folders, args.suite, args.out) if args.suite else build_all(folders[0], args.out, folders[1:])
     for path in written:
         say("wrote ", path)
     return 0
