@@ -110,14 +110,28 @@ def test_argument_errors_are_one_line(capsys):
     assert "--batch-size" in err and "usage:" not in err
 
 
-@pytest.mark.parametrize("command", ["run", "distill"])
-def test_every_option_says_what_it_does_and_its_default(command):
+def _commands():
+    """``(name, parser)`` of every subcommand, nested ones (``adapter import``) included."""
     import argparse
 
     from phreg_bench.cli import build_parser
 
-    (subparsers,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    for action in subparsers.choices[command]._actions:
+    def walk(name, parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    yield from walk(f"{name} {sub}".strip(), child)
+        if name:
+            yield name, parser
+
+    return dict(walk("", build_parser()))
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_option_says_what_it_does_and_its_default(command):
+    import argparse
+
+    for action in _commands()[command]._actions:
         if not action.option_strings or argparse.SUPPRESS in (action.help, action.default):  # -h
             continue
         assert action.help, f"{command} {action.option_strings[0]} has no help text"

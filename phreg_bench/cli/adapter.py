@@ -32,9 +32,11 @@ def register(subparsers) -> None:
     imp.add_argument("--weights", help="local weights file of the base backbone")
     imp.add_argument("--random-init", action="store_true", help="random base weights (tests only)")
     imp.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone factory option")
-    imp.add_argument("--registers", type=int, default=16, help="register tokens in FILE (authors' code: 16)")
+    imp.add_argument("--registers", type=int, default=16,
+                     help="register tokens in FILE (default 16, the authors' code)")
     imp.add_argument("--resolution", type=int, default=448,
-                     help="official-clip: the training size of the stored positional table (authors' code: 448)")
+                     help="official-clip: the training size of the stored positional table "
+                          "(default 448, the authors' code)")
     imp.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     imp.set_defaults(handler=handle_import)
 

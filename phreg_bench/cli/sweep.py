@@ -53,10 +53,13 @@ def register(subparsers) -> None:
     parser.add_argument("--logs-dir", help="job logs (default: RESULTS/.sweep)")
     parser.add_argument("--data-root", help="datasets folder passed to every job")
     parser.add_argument("--cache-dir", help="caches passed to every job (on a filesystem all nodes share)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--budget", choices=("full", "quick"))
-    parser.add_argument("--limit", type=int)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                        help="every job's --precision (overrides the file's; unset: run's)")
+    parser.add_argument("--batch-size", type=int,
+                        help="every job's --batch-size (overrides the file's; unset: run's, 1 on CPU, 8 on CUDA)")
+    parser.add_argument("--budget", choices=("full", "quick"),
+                        help="probe schedule of every job (overrides the file's; unset: run's, full)")
+    parser.add_argument("--limit", type=int, help="evaluate the first N samples in every job (smoke tests; partial)")
     parser.add_argument("--random-init", action="store_true", default=None, help="random weights (smoke tests)")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs (and the SLURM script); run nothing")
     parser.add_argument("--no-wait", action="store_true",

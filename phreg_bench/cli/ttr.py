@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     find.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     find.add_argument("--seed", type=int, default=0, help="image sample and crop seed (default 0)")
     find.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    find.add_argument("--no-progress", action="store_true")
+    find.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     find.set_defaults(handler=handle_find)
 
 
