@@ -51,8 +51,8 @@ class Recipe:
     """What changes the adapter (hashed: recorded in the sidecar and checkpoints, checked on resume).
 
     Defaults are the DINOv2 recipe (paper Table S.3, ``DINOv2_full/distill_main.py``); see :data:`RECIPES`
-    and :meth:`preset`. Learning rates are per optimiser step; ``resolution`` is the square training crop in
-    pixels (recorded; the dataset does the resize + crop).
+    (``preset`` names the one a recipe started from). Learning rates are per optimiser step; ``resolution``
+    is the square training crop in pixels (recorded; the dataset does the resize + crop).
     """
 
     epochs: int = 100  # paper Tables S.2/S.3 (the DINOv2 Table-2 model is the epoch-30 checkpoint, §1.7)
