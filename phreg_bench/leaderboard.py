@@ -146,8 +146,9 @@ def _exclusion(record: ResultRecord, spec, suite: dict[str, Any]) -> str | None:
         return (f"task spec changed since this run: {task.name} spec_hash {str(task.spec_hash)[:12]}, "
                 f"current {spec.spec_hash()[:12]}")
     protocol = record.identity.protocol.name
-    if protocol != _expected_protocol(suite, task.name, spec):
-        return f"protocol mismatch: {protocol!r}, suite uses {_expected_protocol(suite, task.name, spec)!r}"
+    expected = _expected_protocol(suite, task.name, spec)
+    if protocol != expected:
+        return f"protocol mismatch: {protocol!r}, suite uses {expected!r}"
     if status.error is not None:
         return f"failed run: {status.error.type}: {status.error.message}"
     if not status.complete:

@@ -229,9 +229,9 @@ def plan(request: RunRequest, ctx: RunContext, *, backbone: Backbone | None = No
 
 def _identity(spec: TaskSpec, family: TaskFamily, model, settings: dict[str, Any], ctx: RunContext) -> RunIdentity:
     """The task's result identity (its config hash names the file)."""
-    backbone = model.backbone.describe()
     return RunIdentity(
-        task=TaskRef(spec.name, spec.family, spec.version, spec.spec_hash()), backbone=BackboneRef(backbone),
+        task=TaskRef(spec.name, spec.family, spec.version, spec.spec_hash()),
+        backbone=BackboneRef(model.backbone.describe()),
         method=MethodRef(**model.describe()),
         protocol=Protocol(settings["name"], settings, family.row_variant(settings)),
         seed=ctx.seed, limit=ctx.limit, precision=ctx.precision)

@@ -94,7 +94,7 @@ def embedding_paths(vit: TokenViT) -> tuple[str, str]:
     """``(pos_embed_path, patch_embed_path)``: dotted paths, relative to ``vit``, of its positional-embedding
     parameter and its patch-embedding conv, from the attributes of those names every TokenViT class declares.
 
-    Raises :class:`UnsupportedModelError` for an vit that does not declare them.
+    Raises :class:`UnsupportedModelError` for a TokenViT that does not declare them.
     """
     pos, patch = getattr(vit, "pos_embed_path", None), getattr(vit, "patch_embed_path", None)
     if pos is None or patch is None:

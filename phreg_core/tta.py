@@ -229,13 +229,15 @@ def scatter_mean(features: Tensor, coords: Tensor, plans: Sequence[ViewPlan]) ->
     0 is the identity) get 0.
     """
     total, channels, height, width = features.shape
-    counts_per_image = torch.as_tensor([p.num_views for p in plans], device=features.device)
-    if int(counts_per_image.sum()) != total:
-        raise ValueError(f"{total} view features for plans of {int(counts_per_image.sum())} views")
+    views_per_image = [p.num_views for p in plans]  # counted on the host: no device sync on the step's path
+    if sum(views_per_image) != total:
+        raise ValueError(f"{total} view features for plans of {sum(views_per_image)} views")
     batch = len(plans)
     cells = batch * height * width
     valid = (coords >= 0).all(1)  # [V, h, w]
-    image_index = torch.repeat_interleave(torch.arange(batch, device=features.device), counts_per_image).view(-1, 1, 1)
+    image_index = torch.repeat_interleave(torch.arange(batch, device=features.device),
+                                          torch.as_tensor(views_per_image, device=features.device),
+                                          output_size=total).view(-1, 1, 1)
     flat_dst = (image_index * height + coords[:, 0].clamp(min=0)) * width + coords[:, 1].clamp(min=0)
     dst = torch.where(valid, flat_dst, cells).flatten()  # padding goes to a spare row that is dropped
     src = features.permute(0, 2, 3, 1).reshape(-1, channels).float()

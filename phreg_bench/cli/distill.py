@@ -28,9 +28,8 @@ from phreg_bench.cli._options import (
 )
 from phreg_core.recipe import DEFAULT_REGISTERS, PRECISIONS, RECIPES, Recipe, RunOptions
 
-# option -> Recipe field, for the recipe options the command line may override (unset: the preset's value)
-_RECIPE_OPTIONS = {"views": "views", "shift_frac": "shift_frac", "epochs": "epochs", "batch_size": "batch_size",
-                   "lr": "lr", "lr_end": "lr_end", "seed": "seed", "precision": "precision"}
+# the Recipe fields the command line may override, each an option of the same name (unset: the preset's value)
+_RECIPE_OPTIONS = ("views", "shift_frac", "epochs", "batch_size", "lr", "lr_end", "seed", "precision")
 
 
 def _preset_default(name: str) -> str:
@@ -119,8 +118,7 @@ def check_distill(args: argparse.Namespace) -> None:
 
 def recipe_from(args: argparse.Namespace, preset: str, resolution: int) -> Recipe:
     """The preset with only the recipe options the user gave (and the resolved training crop)."""
-    given = {field: getattr(args, option) for option, field in _RECIPE_OPTIONS.items()
-             if getattr(args, option) is not None}
+    given = {field: getattr(args, field) for field in _RECIPE_OPTIONS if getattr(args, field) is not None}
     return Recipe.from_preset(preset, resolution=resolution, **given)
 
 

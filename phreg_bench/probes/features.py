@@ -30,7 +30,6 @@ class FeatureRun(Protocol):
 
     cache_dir: Path  # where persistent feature caches live (temporary ones too, under torchrun)
     device: torch.device
-    precision: str  # fp32 | bf16 | fp16: autocast of the backbone forward only
     progress: Any  # a rich.progress.Progress or None (phreg_bench.progress.track)
     options: dict[str, Any]  # family extras; ``feature_cache=False`` disables the persistent cache
     dist: DistEnv  # the torchrun process group
